@@ -1,0 +1,72 @@
+"""The `edge` command line: serve, check-config, --version."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .config import Config, ConfigError, load
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge", description="A static-file CDN edge node.")
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve files over HTTP")
+    serve.add_argument("--root", help="directory to serve (default: the current directory)")
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free port)")
+    serve.add_argument("--workers", help="worker processes: N or auto (default auto)")
+    serve.add_argument("--config", help="TOML config file; flags override it")
+    serve.add_argument("--header-timeout", type=float, dest="header_timeout",
+                       help="seconds for a whole request head to arrive (default 10)")
+    serve.add_argument("--keepalive-timeout", type=float, dest="keepalive_timeout",
+                       help="seconds an idle keep-alive connection stays open (default 75)")
+    serve.add_argument("--access-log", dest="access_log", help="access log file, or - for stdout (default off)")
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    keys = ("root", "host", "port", "workers", "header_timeout", "keepalive_timeout", "access_log")
+    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+
+
+def serve(config: Config) -> int:
+    """Bind the listener, print the start-up line and run until stopped."""
+    from .worker import make_listener, run
+
+    try:
+        sock = make_listener(config.host, config.port)
+    except OSError as e:
+        print(f"edge: cannot listen on {config.host}:{config.port}: {e.strerror}", file=sys.stderr)
+        return 1
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    # One process until the per-core workers land; `workers` is accepted and reported.
+    print(f"edge {__version__} listening on http://{shown}:{port} root={config.root} workers=1", flush=True)
+    run(config, sock)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `edge` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            load(args.file)
+            print(f"{args.file}: ok")
+            return 0
+        config = load(args.config, _overrides(args))
+    except ConfigError as e:
+        print(f"edge: {e}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

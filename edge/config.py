@@ -1,0 +1,191 @@
+"""Configuration: the TOML file, command-line overrides and validation of every key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or has a bad value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class HeaderRule:
+    """Response headers set on every path that matches a glob."""
+
+    match: str
+    set: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class FileCacheConfig:
+    """Per-worker open-file cache settings."""
+
+    max_entries: int = 10_000
+    valid: float = 1.0
+    inline_max: int = 16_384
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of `edge serve`, validated."""
+
+    root: str = "."
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int | str = "auto"
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    send_timeout: float = 60.0
+    shutdown_timeout: float = 30.0
+    access_log: str | None = None
+    follow_symlinks: str = "inside-root"
+    serve_dotfiles: bool = False
+    index: str = "index.html"
+    server_name: str = "edge"
+    file_cache: FileCacheConfig = field(default_factory=FileCacheConfig)
+    headers: tuple[HeaderRule, ...] = ()
+
+
+SYMLINK_POLICIES = ("inside-root", "never", "always")
+
+
+def _number(key: str, value: Any, *, kind: type, minimum: float, maximum: float | None = None) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise ConfigError(f"{key}: expected {'a number' if kind is float else 'an integer'}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+    return kind(value)
+
+
+def _string(key: str, value: Any, *, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _workers(key: str, value: Any) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: expected a positive integer or \"auto\", got {value!r}")
+    return value
+
+
+def _file_cache(key: str, value: Any) -> FileCacheConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        sub = f"{key}.{name}"
+        if name == "max_entries":
+            out[name] = _number(sub, item, kind=int, minimum=1)
+        elif name == "valid":
+            out[name] = _number(sub, item, kind=float, minimum=0)
+        elif name == "inline_max":
+            out[name] = _number(sub, item, kind=int, minimum=0, maximum=1 << 20)
+        else:
+            raise ConfigError(f"{sub}: unknown key")
+    return FileCacheConfig(**out)
+
+
+def _headers(key: str, value: Any) -> tuple[HeaderRule, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected an array of tables ([[headers]])")
+    rules = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a table")
+        unknown = set(item) - {"match", "set"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+        match = _string(f"{where}.match", item.get("match"))
+        if not match.startswith("/"):
+            raise ConfigError(f"{where}.match: must start with '/', got {match!r}")
+        pairs = item.get("set")
+        if not isinstance(pairs, dict) or not pairs:
+            raise ConfigError(f"{where}.set: expected a non-empty table of header names to values")
+        checked = []
+        for name, val in pairs.items():
+            if not name or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name):
+                raise ConfigError(f"{where}.set: bad header name {name!r}")
+            val = _string(f"{where}.set.{name}", val)
+            if any(c in val for c in "\r\n\0"):
+                raise ConfigError(f"{where}.set.{name}: control characters are not allowed")
+            checked.append((name, val))
+        rules.append(HeaderRule(match=match, set=tuple(checked)))
+    return tuple(rules)
+
+
+def _validate_key(key: str, value: Any) -> Any:
+    """Check one top-level key and return its typed value."""
+    if key in ("root", "host", "index", "server_name"):
+        value = _string(key, value)
+        if not value:
+            raise ConfigError(f"{key}: must not be empty")
+        if key == "index" and "/" in value:
+            raise ConfigError(f"{key}: must be a file name, got {value!r}")
+        if key == "server_name" and any(c in value for c in "\r\n\0"):
+            raise ConfigError(f"{key}: control characters are not allowed")
+        return value
+    if key == "port":
+        return _number(key, value, kind=int, minimum=0, maximum=65535)
+    if key == "workers":
+        return _workers(key, value)
+    if key in ("header_timeout", "keepalive_timeout", "send_timeout", "shutdown_timeout"):
+        return _number(key, value, kind=float, minimum=0)
+    if key == "access_log":
+        if value is None or value == "":
+            return None
+        return _string(key, value)
+    if key == "follow_symlinks":
+        return _string(key, value, choices=SYMLINK_POLICIES)
+    if key == "serve_dotfiles":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if key == "file_cache":
+        return _file_cache(key, value)
+    if key == "headers":
+        return _headers(key, value)
+    raise ConfigError(f"{key}: unknown key")
+
+
+def from_mapping(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from a mapping of keys (as in the TOML file) over `base`."""
+    values = {key: _validate_key(key, value) for key, value in data.items()}
+    return replace(base or Config(), **values)
+
+
+def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file at `path` (if any), then apply command-line `overrides`."""
+    config = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        config = from_mapping(data, config)
+    if overrides:
+        config = from_mapping({k: v for k, v in overrides.items() if v is not None}, config)
+    root = os.path.abspath(config.root)
+    if not os.path.isdir(root):
+        raise ConfigError(f"root: not a directory: {config.root}")
+    return replace(config, root=root)
+
+
+def keys() -> list[str]:
+    """The top-level keys a config file may use."""
+    return [f.name for f in fields(Config)]

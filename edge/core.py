@@ -1,0 +1,212 @@
+"""The sans-I/O heart: a request (method, target, header fields) and a cache lookup become a response plan."""
+
+from __future__ import annotations
+
+import fnmatch
+import secrets
+
+from .conditional import Conditions, evaluate, if_range_allows
+from .filecache import FileEntry, Lookup, NotFound, Redirect
+from .httpdate import format_http_date
+from .negotiation import choose_encoding
+from .paths import BadTarget, has_dot_segment, location_for, normalize_path, split_target
+from .ranges import UNSATISFIABLE, content_range, parse_range
+
+REASONS = {
+    200: "OK", 206: "Partial Content", 301: "Moved Permanently", 304: "Not Modified",
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 412: "Precondition Failed", 414: "URI Too Long",
+    416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
+}
+
+Header = tuple[bytes, bytes]
+#: A body part: bytes, or (offset, length) read from the plan's entry by sendfile.
+Part = bytes | tuple[int, int]
+
+
+class Plan:
+    """What to answer: status, header fields (without Date/Connection), body parts and their length.
+
+    `entry` is the open file the (offset, length) parts refer to. `cache` is scratch space
+    an adapter may use to keep its serialised form of a plan that is reused (e.g. the
+    HTTP/1.1 header block), since precomputed plans live as long as their file entry.
+    """
+
+    __slots__ = ("status", "headers", "parts", "length", "entry", "cache")
+
+    def __init__(self, status: int, headers: list[Header], parts: tuple[Part, ...], length: int,
+                 entry: FileEntry | None = None) -> None:
+        self.status = status
+        self.headers = headers
+        self.parts = parts
+        self.length = length
+        self.entry = entry
+        self.cache: object = None
+
+
+class Request:
+    """The parts of a request core looks at; adapters fill in only the fields that were sent."""
+
+    __slots__ = ("method", "target", "range", "accept_encoding", "conditions")
+
+    def __init__(self, method: bytes, target: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.range: bytes | None = None
+        self.accept_encoding: bytes | None = None
+        self.conditions: Conditions | None = None
+
+
+class Miss:
+    """core needs the file cache to (re)load `path` before it can answer (blocking I/O, done off the loop)."""
+
+    __slots__ = ("path", "query")
+
+    def __init__(self, path: str, query: bytes) -> None:
+        self.path = path
+        self.query = query
+
+
+def text_plan(status: int, extra: list[Header] | None = None, server: bytes = b"edge") -> Plan:
+    """A small text/plain answer such as '404 Not Found'."""
+    body = f"{status} {REASONS.get(status, '')}\n".encode("ascii")
+    headers = [(b"server", server), (b"content-type", b"text/plain; charset=utf-8"),
+               (b"content-length", b"%d" % len(body))]
+    if extra:
+        headers.extend(extra)
+    return Plan(status, headers, (body,), len(body))
+
+
+class Site:
+    """Static-site semantics over a file cache: paths, preconditions, ranges, negotiation, header rules."""
+
+    def __init__(self, cache, *, serve_dotfiles: bool = False, header_rules=(), server_name: str = "edge") -> None:
+        self.cache = cache
+        self.serve_dotfiles = serve_dotfiles
+        self.rules = [(rule.match, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in rule.set])
+                      for rule in header_rules]
+        self.server = server_name.encode("latin-1")
+        self.boundary = b"edge-" + secrets.token_hex(12).encode("ascii")
+        self._errors: dict[int, Plan] = {}
+        self.method_not_allowed = text_plan(405, [(b"allow", b"GET, HEAD")], self.server)
+
+    def error(self, status: int) -> Plan:
+        """The shared plan for a plain error status."""
+        plan = self._errors.get(status)
+        if plan is None:
+            plan = self._errors[status] = text_plan(status, server=self.server)
+        return plan
+
+    def resolve(self, req: Request, now: float) -> Plan | Miss:
+        """Answer `req` from the cache, or say which path must be loaded first."""
+        method = req.method
+        if method != b"GET" and method != b"HEAD":
+            return self.method_not_allowed
+        try:
+            raw, query = split_target(req.target)
+            path = normalize_path(raw)
+        except BadTarget as e:
+            return self.error(e.status)
+        if not self.serve_dotfiles and has_dot_segment(path):
+            return self.error(404)
+        found = self.cache.lookup(path, now)
+        if found is None:
+            return Miss(path, query)
+        return self.respond(req, found, query)
+
+    def respond(self, req: Request, found: Lookup, query: bytes) -> Plan:
+        """Turn a cache answer into the plan for `req` (preconditions, negotiation, ranges)."""
+        if type(found) is not FileEntry:
+            if type(found) is Redirect:
+                return self._redirect(found.path, query)
+            return self.error(found.status)
+        entry = found
+        if entry.variants and req.accept_encoding is not None:
+            coding = choose_encoding(req.accept_encoding, entry.variants.keys())
+            if coding is not None:
+                entry = entry.variants[coding]
+        cond = req.conditions
+        if cond is not None:
+            status = evaluate(cond, entry.etag, entry.last_modified)
+            if status == 304:
+                return self._not_modified(entry)
+            if status:
+                return self.error(status)
+        if req.range is not None and entry.size and (
+                cond is None or cond.if_range is None
+                or if_range_allows(cond.if_range, entry.etag, entry.last_modified)):
+            ranges = parse_range(req.range, entry.size)
+            if ranges is not None:
+                return self._partial(entry, ranges)
+        plan = entry.plans.get(200)
+        if plan is None:
+            if entry.body is not None:
+                parts: tuple[Part, ...] = (entry.body,) if entry.size else ()
+            else:
+                parts = ((0, entry.size),)
+            plan = entry.plans[200] = Plan(200, self._representation_headers(entry, entry.size),
+                                           parts, entry.size, entry)
+        return plan
+
+    def _rule_headers(self, path: str) -> list[Header]:
+        out: list[Header] = []
+        for pattern, headers in self.rules:
+            if fnmatch.fnmatchcase(path, pattern):
+                out.extend(headers)
+        return out
+
+    def _vary(self, entry: FileEntry) -> list[Header]:
+        if entry.encoding is not None or entry.variants:
+            return [(b"vary", b"Accept-Encoding")]
+        return []
+
+    def _representation_headers(self, entry: FileEntry, length: int) -> list[Header]:
+        headers = [(b"server", self.server), (b"content-type", entry.content_type.encode("latin-1")),
+                   (b"content-length", b"%d" % length),
+                   (b"last-modified", format_http_date(entry.last_modified).encode("ascii")),
+                   (b"etag", entry.etag), (b"accept-ranges", b"bytes")]
+        if entry.encoding is not None:
+            headers.append((b"content-encoding", entry.encoding.encode("ascii")))
+        headers.extend(self._vary(entry))
+        headers.extend(self._rule_headers(entry.path))
+        return headers
+
+    def _not_modified(self, entry: FileEntry) -> Plan:
+        plan = entry.plans.get(304)
+        if plan is None:
+            headers = [(b"server", self.server), (b"etag", entry.etag), (b"content-length", b"%d" % entry.size)]
+            headers.extend(self._vary(entry))
+            headers.extend(self._rule_headers(entry.path))
+            plan = entry.plans[304] = Plan(304, headers, (), 0, entry)
+        return plan
+
+    def _partial(self, entry: FileEntry, ranges: list[tuple[int, int]]) -> Plan:
+        size = entry.size
+        if ranges is UNSATISFIABLE:
+            return text_plan(416, [(b"content-range", b"bytes */%d" % size)], self.server)
+        if len(ranges) == 1:
+            offset, length = ranges[0]
+            headers = self._representation_headers(entry, length)
+            headers.append((b"content-range", content_range(offset, length, size)))
+            return Plan(206, headers, ((offset, length),), length, entry)
+        ctype = entry.content_type.encode("latin-1")
+        parts: list[Part] = []
+        total = 0
+        for i, (offset, length) in enumerate(ranges):
+            head = b"%s--%s\r\ncontent-type: %s\r\ncontent-range: %s\r\n\r\n" % (
+                b"\r\n" if i else b"", self.boundary, ctype, content_range(offset, length, size))
+            parts.append(head)
+            parts.append((offset, length))
+            total += len(head) + length
+        tail = b"\r\n--%s--\r\n" % self.boundary
+        parts.append(tail)
+        total += len(tail)
+        headers = self._representation_headers(entry, total)
+        headers[1] = (b"content-type", b"multipart/byteranges; boundary=" + self.boundary)
+        return Plan(206, headers, tuple(parts), total, entry)
+
+    def _redirect(self, path: str, query: bytes) -> Plan:
+        location = location_for(path, query)
+        return text_plan(301, [(b"location", location)], self.server)
+

@@ -1,0 +1,472 @@
+"""HTTP/1.1 adapter: httptools parses bytes into requests; plans go out as header bytes plus sendfile(2)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from .conditional import Conditions
+from .core import REASONS, Miss, Plan, Request
+from .filecache import FileEntry, NotFound
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+MAX_TARGET = 8 * 1024
+MAX_HEAD = 64 * 1024
+MAX_QUEUE = 64  # pipelined requests parsed ahead of the responses before reading pauses
+SENDFILE_CHUNK = 1 << 30
+
+# Interesting request header fields -> small ints (the rest are skipped without allocation).
+_RANGE, _IF_RANGE, _IF_MATCH, _IF_NONE_MATCH, _IF_MOD, _IF_UNMOD, _ACCEPT_ENC = range(7)
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _USER_AGENT, _REFERER = range(7, 12)
+_FIELDS = {b"range": _RANGE, b"if-range": _IF_RANGE, b"if-match": _IF_MATCH, b"if-none-match": _IF_NONE_MATCH,
+           b"if-modified-since": _IF_MOD, b"if-unmodified-since": _IF_UNMOD, b"accept-encoding": _ACCEPT_ENC,
+           b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING, b"host": _HOST,
+           b"user-agent": _USER_AGENT, b"referer": _REFERER}
+_COND_ATTR = {_IF_RANGE: "if_range", _IF_MATCH: "if_match", _IF_NONE_MATCH: "if_none_match",
+              _IF_MOD: "if_modified_since", _IF_UNMOD: "if_unmodified_since"}
+
+_SPECIAL_CASE = {b"etag": b"ETag", b"www-authenticate": b"WWW-Authenticate", b"content-md5": b"Content-MD5"}
+
+CONN_KEEP = b""
+CONN_CLOSE = b"Connection: close\r\n"
+CONN_KEEP_10 = b"Connection: keep-alive\r\n"
+
+# Connection states, for the timeout sweep.
+IDLE, HEAD, BUSY = 0, 1, 2
+
+
+class _Abort(Exception):
+    """Raised from a parser callback to stop parsing with an error status."""
+
+
+def _title(name: bytes) -> bytes:
+    special = _SPECIAL_CASE.get(name)
+    if special is not None:
+        return special
+    return b"-".join(word.capitalize() for word in name.split(b"-"))
+
+
+def serialize_head(plan: Plan, connection: bytes) -> bytes:
+    """The HTTP/1.1 header block of `plan` after the Date line, ending with the blank line."""
+    lines = [b"%s: %s\r\n" % (_title(name), value) for name, value in plan.headers]
+    lines.append(connection)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason.encode("ascii")) for code, reason in REASONS.items()}
+
+
+class Pending:
+    """A queued request: parsed, waiting for its turn to be answered (responses go out in order)."""
+
+    __slots__ = ("req", "keep_alive", "version10", "plan", "ua", "referer")
+
+    def __init__(self, req: Request, keep_alive: bool, version10: bool, plan: Plan | None = None) -> None:
+        self.req = req
+        self.keep_alive = keep_alive
+        self.version10 = version10
+        self.plan = plan
+        self.ua = b"-"
+        self.referer = b"-"
+
+
+class H1Connection(asyncio.Protocol):
+    """One HTTP/1.x connection: parse, queue, answer in order, send files zero-copy."""
+
+    __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
+                 "write_paused", "busy", "req", "url", "head_size", "error", "cl_seen", "has_body", "host_seen",
+                 "ua", "referer", "xfer", "dup", "peer", "last_progress")
+
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.fd = -1
+        self.queue: deque[Pending] = deque()
+        self.state = IDLE
+        self.deadline = 0.0
+        self.in_message = False
+        self.closing = False
+        self.write_paused = False
+        self.busy = False
+        self.req: Request | None = None
+        self.url = b""
+        self.head_size = 0
+        self.error = 0
+        self.cl_seen = False
+        self.has_body = False
+        self.host_seen = 0
+        self.ua = b"-"
+        self.referer = b"-"
+        self.xfer: _Transfer | None = None
+        self.dup = -1
+        self.peer = None
+        self.last_progress = 0.0
+
+    # -- asyncio protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # noqa: D102
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno()
+        # high=0: the protocol is paused whenever anything is buffered, so "not paused" means the
+        # kernel has every byte we wrote and sendfile may write to the socket directly.
+        transport.set_write_buffer_limits(high=0, low=0)
+        w = self.w
+        self.deadline = w.loop.time() + w.header_timeout
+        w.connections.add(self)
+        if w.log is not None:
+            self.peer = transport.get_extra_info("peername")
+
+    def data_received(self, data: bytes) -> None:  # noqa: D102
+        if self.error:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # No protocol switch here: the request is answered as HTTP/1.1, then the connection closes.
+            if self.queue:
+                self.queue[-1].keep_alive = False
+            self.error = -1
+            self.transport.pause_reading()
+        except _Abort:
+            self._fail(self.error)
+        except (httptools.HttpParserError, httptools.HttpParserCallbackError) as e:
+            cause = e.__context__ or e.__cause__
+            self._fail(self.error if isinstance(cause, _Abort) or self.error > 0 else 400)
+        if self.queue and not self.busy and not self.write_paused:
+            self._pump()
+
+    def eof_received(self) -> bool:  # noqa: D102
+        if self.queue or self.busy:
+            self.closing = True
+            return True  # half-close: answer what was asked, then close
+        return False
+
+    def pause_writing(self) -> None:  # noqa: D102
+        self.write_paused = True
+
+    def resume_writing(self) -> None:  # noqa: D102
+        self.write_paused = False
+        if not self.busy:
+            if self.queue:
+                self._pump()
+            elif self.closing:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        self.w.connections.discard(self)
+        self.queue.clear()
+        self.closing = True
+        if self.xfer is not None:
+            self._end_transfer()
+
+    # -- parser callbacks -------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:  # noqa: D102
+        self.in_message = True
+        if self.state == IDLE:
+            self.state = HEAD
+            self.deadline = self.w.loop.time() + self.w.header_timeout
+        self.url = b""
+        self.head_size = 0
+        self.cl_seen = False
+        self.has_body = False
+        self.host_seen = 0
+        self.req = None
+
+    def on_url(self, url: bytes) -> None:  # noqa: D102
+        self.url = self.url + url if self.url else url
+        if len(self.url) > MAX_TARGET:
+            self.error = 414
+            raise _Abort
+        self.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:  # noqa: D102
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEAD:
+            self.error = 431
+            raise _Abort
+        field = _FIELDS.get(name.lower())
+        if field is None:
+            return
+        req = self.req
+        if req is None:
+            req = self.req = Request(b"", self.url)
+        if field == _RANGE:
+            req.range = value
+        elif field == _ACCEPT_ENC:
+            req.accept_encoding = value if req.accept_encoding is None else req.accept_encoding + b"," + value
+        elif field <= _IF_UNMOD:
+            if req.conditions is None:
+                req.conditions = Conditions()
+            attr = _COND_ATTR[field]
+            old = getattr(req.conditions, attr)
+            setattr(req.conditions, attr, value if old is None else old + b"," + value)
+        elif field == _CONTENT_LENGTH:
+            if self.cl_seen:
+                self.error = 400
+                raise _Abort
+            self.cl_seen = True
+            if value.strip() not in (b"0", b""):
+                self.has_body = True
+        elif field == _TRANSFER_ENCODING:
+            self.has_body = True
+        elif field == _HOST:
+            self.host_seen += 1
+        elif field == _USER_AGENT:
+            self.ua = value
+        else:
+            self.referer = value
+
+    def on_headers_complete(self) -> None:  # noqa: D102
+        self.state = BUSY
+
+    def on_message_complete(self) -> None:  # noqa: D102
+        self.in_message = False
+        parser = self.parser
+        req = self.req
+        if req is None:
+            req = Request(parser.get_method(), self.url)
+        else:
+            req.method = parser.get_method()
+            req.target = self.url
+        version = parser.get_http_version()
+        version10 = version == "1.0"
+        keep_alive = parser.should_keep_alive() and not self.has_body and not self.closing
+        pending = Pending(req, keep_alive, version10)
+        if (version != "1.1" and not version10) or (not version10 and self.host_seen != 1) or self.host_seen > 1:
+            pending.plan = self.w.site.error(400)
+            pending.keep_alive = False
+            self.error = -1
+        if self.w.log is not None:
+            pending.ua = self.ua
+            pending.referer = self.referer
+            self.ua = self.referer = b"-"
+        self.queue.append(pending)
+        if len(self.queue) >= MAX_QUEUE:
+            self.transport.pause_reading()
+
+    # -- answering --------------------------------------------------------------------------------
+
+    def _fail(self, status: int) -> None:
+        """Queue an error answer for the malformed request, stop reading, close after it."""
+        self.error = status
+        pending = Pending(Request(b"", b""), False, False, self.w.site.error(status))
+        self.queue.append(pending)
+        self.in_message = False
+        self.transport.pause_reading()
+
+    def _pump(self) -> None:
+        """Answer queued requests in order until one must wait (miss, slow socket)."""
+        w = self.w
+        site = w.site
+        queue = self.queue
+        while queue and not self.busy and not self.write_paused:
+            pending = queue[0]
+            plan = pending.plan
+            if plan is None:
+                plan = site.resolve(pending.req, w.loop.time())
+                if type(plan) is Miss:
+                    self._load(pending, plan)
+                    return
+            queue.popleft()
+            self._send(pending, plan)
+        if self.busy or self.write_paused or queue:
+            return
+        if self.closing or self.error:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if not self.in_message:
+            self.state = IDLE
+            self.deadline = w.loop.time() + w.keepalive_timeout
+        if len(queue) < MAX_QUEUE:
+            self.transport.resume_reading()
+
+    def _load(self, pending: Pending, miss: Miss) -> None:
+        """Open or revalidate a file off the event loop, then answer."""
+        self.busy = True
+        self.transport.pause_reading()
+        w = self.w
+        old = w.cache.stale(miss.path)
+        fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
+        fut.add_done_callback(lambda f: self._loaded(f, pending, miss, old))
+
+    def _loaded(self, fut: asyncio.Future, pending: Pending, miss: Miss, old: FileEntry | None) -> None:
+        w = self.w
+        try:
+            result = fut.result()
+            found = w.cache.store(miss.path, result, w.loop.time())
+        except LookupError:  # the entry was evicted while it was being revalidated: load it afresh
+            fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, None)
+            fut.add_done_callback(lambda f: self._loaded(f, pending, miss, None))
+            return
+        except Exception:
+            found = NotFound(500)
+        self.busy = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        plan = w.site.respond(pending.req, found, miss.query)
+        self.queue.popleft()
+        self._send(pending, plan)
+        if not self.busy:
+            self._pump()
+
+    def _send(self, pending: Pending, plan: Plan) -> None:
+        """Write one response: header block, then inline bytes or file ranges."""
+        w = self.w
+        keep_alive = pending.keep_alive and not self.closing
+        if not keep_alive:
+            conn = CONN_CLOSE
+            self.closing = True
+        else:
+            conn = CONN_KEEP_10 if pending.version10 else CONN_KEEP
+        heads = plan.cache
+        if heads is None:
+            heads = plan.cache = {}
+        head = heads.get(conn)
+        if head is None:
+            head = heads[conn] = serialize_head(plan, conn)
+        status_line = _STATUS_LINES[plan.status]
+        req = pending.req
+        w.requests += 1
+        if w.log is not None:
+            w.access(self.peer, pending, plan)
+        parts = plan.parts
+        if not parts or req.method == b"HEAD" or plan.status == 304:
+            self.transport.write(b"".join((status_line, w.date_line, head)))
+            return
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            self.transport.write(b"".join((status_line, w.date_line, head, parts[0])))
+            return
+        entry = plan.entry
+        entry.acquire()
+        self.xfer = _Transfer(entry, [status_line + w.date_line + head, *parts])
+        self.last_progress = w.loop.time()
+        self.busy = True
+        if self.xfer.drive(self.fd):
+            self._end_transfer()
+        elif self.xfer is not None:
+            if self.xfer.failed:
+                self._abort_transfer()
+            else:
+                self._wait_writable()
+
+    def _wait_writable(self) -> None:
+        """The socket is full: watch a dup of its fd (uvloop will not let us watch the transport's own)."""
+        self.transport.pause_reading()
+        self.dup = os.dup(self.fd)
+        self.w.loop.add_writer(self.dup, self._on_writable)
+
+    def _on_writable(self) -> None:
+        xfer = self.xfer
+        if xfer is None:
+            return
+        if xfer.drive(self.dup):
+            self._end_transfer()
+            if self.transport is not None and not self.transport.is_closing():
+                self._pump()
+        elif xfer.failed:
+            self._abort_transfer()
+        else:
+            self.last_progress = self.w.loop.time()
+
+    def _end_transfer(self) -> None:
+        xfer = self.xfer
+        self.xfer = None
+        self.busy = False
+        if xfer is not None:
+            xfer.entry.release()
+        if self.dup >= 0:
+            self.w.loop.remove_writer(self.dup)
+            os.close(self.dup)
+            self.dup = -1
+
+    def _abort_transfer(self) -> None:
+        """The client went away or the file shrank under us: never let a short body pass as complete."""
+        xfer = self.xfer
+        if xfer is not None and xfer.truncated:
+            self.w.cache.purge(xfer.entry.path)
+        self._end_transfer()
+        self.closing = True
+        self.queue.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def tick(self, now: float) -> None:
+        """Called by the worker's once-a-second sweep: enforce header, keep-alive and send timeouts."""
+        if self.xfer is not None:
+            if now - self.last_progress > self.w.send_timeout:
+                self._abort_transfer()
+            return
+        if now < self.deadline or self.busy or self.queue:
+            return
+        if self.state == HEAD and self.transport is not None:
+            self.error = 408
+            self.transport.write(b"".join((_STATUS_LINES[408], self.w.date_line,
+                                           serialize_head(self.w.site.error(408), CONN_CLOSE),
+                                           self.w.site.error(408).parts[0])))
+            self.transport.close()
+        elif self.state == IDLE and self.transport is not None:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: close now if idle, else after the response in progress."""
+        self.closing = True
+        if not self.busy and not self.queue and not self.in_message and self.transport is not None:
+            self.transport.close()
+
+
+class _Transfer:
+    """The parts of one response still to write: header bytes and (offset, length) file ranges."""
+
+    __slots__ = ("entry", "parts", "index", "done", "failed", "truncated")
+
+    def __init__(self, entry: FileEntry, parts: list) -> None:
+        self.entry = entry
+        self.parts = parts
+        self.index = 0
+        self.done = 0  # bytes of parts[index] already written
+        self.failed = False
+        self.truncated = False
+
+    def drive(self, sock: int) -> bool:
+        """Write as much as the socket takes; True when everything went, False on EAGAIN or failure."""
+        parts = self.parts
+        src = self.entry.fd
+        try:
+            while self.index < len(parts):
+                part = parts[self.index]
+                if type(part) is bytes:
+                    n = os.write(sock, part[self.done:] if self.done else part)
+                    remaining = len(part) - self.done - n
+                else:
+                    offset, length = part
+                    todo = length - self.done
+                    n = os.sendfile(sock, src, offset + self.done, min(todo, SENDFILE_CHUNK))
+                    if n == 0:  # end of file before the promised length: the file shrank
+                        self.failed = self.truncated = True
+                        return False
+                    remaining = todo - n
+                if remaining:
+                    self.done += n
+                    continue
+                self.index += 1
+                self.done = 0
+            return True
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                return False
+            self.failed = True
+            return False

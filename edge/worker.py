@@ -1,0 +1,136 @@
+"""A worker process: one uvloop event loop serving a listening socket, with its file cache and clock."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import signal
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import uvloop
+
+from .accesslog import AccessLog
+from .config import Config
+from .core import Plan, Site
+from .filecache import FileCache, Resolver
+from .http1 import H1Connection, Pending
+from .httpdate import format_http_date
+
+
+def make_listener(host: str, port: int, *, reuseport: bool = False, backlog: int = 4096) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket (IPv6 when `host` is an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit toward the hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def cache_budget(max_entries: int, nofile: int) -> int:
+    """How many open-file cache entries fit in the fd limit, keeping half of it for connections."""
+    return max(16, min(max_entries, nofile // 2))
+
+
+class Worker:
+    """Per-process serving state: loop, site semantics, file cache, connections and the 1 Hz tick."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.header_timeout = config.header_timeout
+        self.keepalive_timeout = config.keepalive_timeout
+        self.send_timeout = config.send_timeout
+        nofile = raise_nofile(config.file_cache.max_entries * 2 + 1024)
+        entries = cache_budget(config.file_cache.max_entries, nofile)
+        if entries < config.file_cache.max_entries:
+            print(f"edge: file_cache.max_entries lowered to {entries} to fit RLIMIT_NOFILE={nofile}",
+                  file=sys.stderr, flush=True)
+        self.resolver = Resolver(config.root, config.follow_symlinks, config.index, config.file_cache.inline_max)
+        self.cache = FileCache(self.resolver, entries, config.file_cache.valid)
+        self.site = Site(self.cache, serve_dotfiles=config.serve_dotfiles, header_rules=config.headers,
+                         server_name=config.server_name)
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
+        self.connections: set[H1Connection] = set()
+        self.requests = 0
+        self.log = AccessLog(config.access_log) if config.access_log else None
+        self.date_line = b""
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._stopping: asyncio.Future | None = None
+        self._update_date()
+
+    def _update_date(self) -> None:
+        self.date_line = b"Date: " + format_http_date(time.time()).encode("ascii") + b"\r\n"
+
+    def _tick(self) -> None:
+        """Once a second: refresh the Date line, enforce timeouts, flush the access log."""
+        self._update_date()
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.tick(now)
+        if self.log is not None:
+            self.log.flush()
+        wall = time.time()
+        self._tick_handle = self.loop.call_later(1.0 - (wall % 1.0) + 0.001, self._tick)
+
+    def access(self, peer: object, pending: Pending, plan: Plan) -> None:
+        """Record one answered request in the access log."""
+        req = pending.req
+        sent = 0 if req.method == b"HEAD" or plan.status == 304 else plan.length
+        self.log.write(peer, req.method or b"-", req.target or b"-", pending.version10, plan.status, sent,
+                       pending.referer, pending.ua)
+
+    async def serve(self, sock: socket.socket) -> None:
+        """Serve `sock` until SIGTERM/SIGINT, then drain for up to shutdown_timeout seconds."""
+        loop = self.loop
+        server = await loop.create_server(lambda: H1Connection(self), sock=sock, backlog=4096)
+        self._stopping = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop)
+        self._tick()
+        await self._stopping
+        server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = loop.time() + self.config.shutdown_timeout
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self.cache.close()
+        if self.log is not None:
+            self.log.close()
+        self.executor.shutdown(wait=False)
+
+    def _request_stop(self) -> None:
+        if self._stopping is not None and not self._stopping.done():
+            self._stopping.set_result(None)
+
+
+def run(config: Config, sock: socket.socket) -> None:
+    """Run one worker on `sock` in a fresh uvloop event loop until it is told to stop."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        worker = Worker(config, runner.get_loop())
+        runner.run(worker.serve(sock))
