@@ -33,7 +33,8 @@ def parse_accept_encoding(value: bytes) -> dict[str, float]:
 def choose_encoding(accept: bytes | None, available: tuple[str, ...] | frozenset[str]) -> str | None:
     """The coding to serve among `available` ('br', 'gzip'), or None for the identity file.
 
-    Highest q wins; on a tie br is preferred to gzip, and both to identity (they are smaller).
+    Highest q wins; on a tie br is preferred to gzip, and both to identity (they are smaller);
+    identity that is not named explicitly counts as acceptable but least preferred.
     """
     if not accept or not available:
         return None
@@ -48,5 +49,6 @@ def choose_encoding(accept: bytes | None, available: tuple[str, ...] | frozenset
             best, best_q = coding, q
     if best is None:
         return None
-    identity = prefs.get("identity", star if star is not None else 1.0)
-    return best if best_q >= identity or identity == 0.0 else None
+    # Identity wins only when the client explicitly rates it above the best coding.
+    identity = prefs.get("identity")
+    return best if identity is None or best_q >= identity else None

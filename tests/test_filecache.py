@@ -1,0 +1,104 @@
+"""Tests of the open-file cache (edge.filecache): resolution, symlink policy, LRU eviction and fd lifetime."""
+
+import os
+
+import pytest
+
+from edge.filecache import UNCHANGED, FileCache, FileEntry, NotFound, Redirect, Resolver
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f.txt").write_bytes(b"hello")
+    (root / "d").mkdir()
+    (tmp_path / "outside.txt").write_bytes(b"secret")
+    os.symlink(root / "f.txt", root / "in-link")
+    os.symlink(tmp_path / "outside.txt", root / "out-link")
+    os.symlink(tmp_path, root / "out-dir")
+    os.mkfifo(root / "fifo")
+    return root
+
+
+def fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("policy, path, served", [
+    ("inside-root", "/in-link", True), ("inside-root", "/out-link", False), ("inside-root", "/out-dir/outside.txt", False),
+    ("never", "/in-link", False), ("never", "/out-link", False), ("never", "/f.txt", True),
+    ("always", "/in-link", True), ("always", "/out-link", True),
+])
+def test_symlink_policy(tree, policy, path, served):
+    found = Resolver(str(tree), policy).load(path)
+    assert isinstance(found, FileEntry) is served
+    if served:
+        os.close(found.fd)
+
+
+def test_non_regular_files(tree):
+    resolver = Resolver(str(tree))
+    assert isinstance(resolver.load("/fifo"), NotFound)  # and it did not block on the FIFO
+    redirect = resolver.load("/d")
+    assert isinstance(redirect, Redirect) and redirect.path == "/d/"
+    assert resolver.load("/d/").status == 404  # no index.html, no listing
+    assert resolver.load("/missing").status == 404
+
+
+def test_revalidation_keeps_the_open_file(tree):
+    resolver = Resolver(str(tree))
+    entry = resolver.load("/f.txt")
+    assert resolver.load("/f.txt", entry) is UNCHANGED
+    (tree / "f.txt.gz").write_bytes(b"gz")  # a new variant appears: the entry must be rebuilt
+    fresh = resolver.load("/f.txt", entry)
+    assert isinstance(fresh, FileEntry) and "gzip" in fresh.variants
+    os.replace(tree / "f.txt.gz", tree / "other")
+    assert resolver.load("/f.txt", fresh) is not UNCHANGED
+    for e in (entry, fresh):
+        e.retire()
+
+
+def test_eviction_waits_for_transfers(tree):
+    for i in range(3):
+        (tree / f"{i}.txt").write_bytes(b"x" * i)
+    cache = FileCache(Resolver(str(tree)), max_entries=2, valid=60)
+    first = cache.store("/0.txt", cache.resolver.load("/0.txt"), 0.0)
+    first.acquire()  # a transfer is using it
+    cache.store("/1.txt", cache.resolver.load("/1.txt"), 0.0)
+    cache.store("/2.txt", cache.resolver.load("/2.txt"), 0.0)  # evicts /0.txt
+    assert cache.evictions == 1 and cache.lookup("/0.txt", 0.0) is None
+    assert first.dead and fd_open(first.fd)  # still open for the transfer
+    fd = first.fd
+    first.release()
+    assert first.fd == -1 and not fd_open(fd)
+    cache.close()
+    assert len(cache) == 0
+
+
+def test_lookup_respects_valid(tree):
+    cache = FileCache(Resolver(str(tree)), max_entries=10, valid=1.0)
+    entry = cache.store("/f.txt", cache.resolver.load("/f.txt"), 10.0)
+    assert cache.lookup("/f.txt", 10.9) is entry
+    assert cache.lookup("/f.txt", 11.0) is None
+    assert cache.stale("/f.txt") is entry
+    assert cache.store("/f.txt", UNCHANGED, 11.0) is entry and cache.lookup("/f.txt", 11.5) is entry
+    neg = cache.store("/nope", cache.resolver.load("/nope"), 10.0)
+    assert cache.lookup("/nope", 10.5) is neg
+    assert cache.purge("/f.txt") == 1 and entry.fd == -1
+    cache.close()
+
+
+def test_inline_bodies_are_read_once(tree):
+    resolver = Resolver(str(tree), inline_max=5)
+    entry = resolver.load("/f.txt")
+    assert entry.body == b"hello"
+    (tree / "big.txt").write_bytes(b"x" * 6)
+    big = resolver.load("/big.txt")
+    assert big.body is None
+    entry.retire()
+    big.retire()
