@@ -109,8 +109,8 @@ def _headers(key: str, value: Any) -> tuple[HeaderRule, ...]:
         if unknown:
             raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
         match = _string(f"{where}.match", item.get("match"))
-        if not match.startswith("/"):
-            raise ConfigError(f"{where}.match: must start with '/', got {match!r}")
+        if not match.startswith(("/", "*")):
+            raise ConfigError(f"{where}.match: must start with '/' or '*', got {match!r}")
         pairs = item.get("set")
         if not isinstance(pairs, dict) or not pairs:
             raise ConfigError(f"{where}.set: expected a non-empty table of header names to values")
