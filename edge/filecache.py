@@ -108,14 +108,13 @@ Lookup = FileEntry | NotFound | Redirect
 class _Entries(LRUCache):
     """An LRU whose evicted entries retire (close their fds once no transfer uses them)."""
 
-    def __init__(self, maxsize: int, on_evict: Callable[[], None]) -> None:
+    def __init__(self, maxsize: int, on_evict: Callable[[FileEntry], None]) -> None:
         super().__init__(maxsize)
         self._on_evict = on_evict
 
     def popitem(self):  # noqa: D102 - cachetools hook
         key, entry = super().popitem()
-        entry.retire()
-        self._on_evict()
+        self._on_evict(entry)
         return key, entry
 
 
@@ -228,20 +227,43 @@ class Resolver:
         return not self.follow_symlinks == "inside-root" or self._allowed(old.fs_path) is not None
 
 
+#: Bytes of small-file bodies a worker keeps in memory at most; past it, files go by sendfile.
+INLINE_BUDGET = 64 << 20
+
+
 class FileCache:
     """The LRU of FileEntry by normalised path, plus a short-lived cache of 404s and redirects."""
 
-    def __init__(self, resolver: Resolver, max_entries: int, valid: float) -> None:
+    def __init__(self, resolver: Resolver, max_entries: int, valid: float, inline_budget: int = INLINE_BUDGET) -> None:
         self.resolver = resolver
         self.valid = valid
+        self.inline_budget = inline_budget
+        self.inline_bytes = 0
         self.evictions = 0
         self.hits = 0
         self.misses = 0
         self._entries = _Entries(max_entries, self._evicted)
         self._negative: TTLCache = TTLCache(maxsize=max(64, max_entries // 4), ttl=max(valid, 0.001))
 
-    def _evicted(self) -> None:
+    def _evicted(self, entry: FileEntry) -> None:
         self.evictions += 1
+        self._drop(entry)
+
+    def _drop(self, entry: FileEntry) -> None:
+        """Retire an entry that left the LRU and give back its share of the inline budget."""
+        for e in (entry, *entry.variants.values()):
+            if e.body is not None:
+                self.inline_bytes -= len(e.body)
+        entry.retire()
+
+    def _admit(self, entry: FileEntry) -> None:
+        """Charge inline bodies to the budget; bodies that do not fit are dropped (sent by sendfile)."""
+        for e in (entry, *entry.variants.values()):
+            if e.body is not None:
+                if self.inline_bytes + len(e.body) > self.inline_budget:
+                    e.body = None
+                else:
+                    self.inline_bytes += len(e.body)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -275,11 +297,12 @@ class FileCache:
             raise LookupError(path)  # evicted while revalidating: caller loads again
         old = self._entries.pop(path, None)
         if old is not None and old is not result:
-            old.retire()
+            self._drop(old)
         result.checked = now
         if isinstance(result, FileEntry):
             self._negative.pop(path, None)
-            self._entries[path] = result
+            self._entries[path] = result  # may evict the oldest entry first
+            self._admit(result)
         else:
             self._negative[path] = result
         return result
@@ -289,7 +312,7 @@ class FileCache:
         if path is None:
             n = len(self._entries)
             for entry in self._entries.values():
-                entry.retire()
+                self._drop(entry)
             self._entries.clear()
             self._negative.clear()
             return n
@@ -297,7 +320,7 @@ class FileCache:
         entry = self._entries.pop(path, None)
         if entry is None:
             return 0
-        entry.retire()
+        self._drop(entry)
         return 1
 
     def close(self) -> None:

@@ -102,3 +102,18 @@ def test_inline_bodies_are_read_once(tree):
     assert big.body is None
     entry.retire()
     big.retire()
+
+
+def test_inline_budget(tree):
+    for name in ("a", "b", "c"):
+        (tree / name).write_bytes(b"x" * 4)
+    cache = FileCache(Resolver(str(tree), inline_max=16), max_entries=2, valid=60, inline_budget=8)
+    a = cache.store("/a", cache.resolver.load("/a"), 0.0)
+    b = cache.store("/b", cache.resolver.load("/b"), 0.0)
+    assert a.body == b.body == b"xxxx" and cache.inline_bytes == 8
+    c = cache.store("/c", cache.resolver.load("/c"), 0.0)  # evicts /a first, so /c fits
+    assert c.body == b"xxxx" and cache.inline_bytes == 8
+    cache.purge("/b")
+    assert cache.inline_bytes == 4
+    cache.close()
+    assert cache.inline_bytes == 0
