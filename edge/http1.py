@@ -82,7 +82,7 @@ class H1Connection(asyncio.Protocol):
 
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "url", "head_size", "error", "cl_seen", "has_body", "host_seen",
-                 "ua", "referer", "xfer", "dup", "peer", "last_progress")
+                 "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused")
 
     def __init__(self, worker: Worker) -> None:
         self.w = worker
@@ -111,6 +111,7 @@ class H1Connection(asyncio.Protocol):
         self.dup = -1
         self.peer = None
         self.last_progress = 0.0
+        self.reading_paused = False
 
     # -- asyncio protocol -------------------------------------------------------------------------
 
@@ -140,12 +141,14 @@ class H1Connection(asyncio.Protocol):
             if self.queue:
                 self.queue[-1].keep_alive = False
             self.error = -1
-            self.transport.pause_reading()
-        except _Abort:
-            self._fail(self.error)
-        except (httptools.HttpParserError, httptools.HttpParserCallbackError) as e:
-            cause = e.__context__ or e.__cause__
-            self._fail(self.error if isinstance(cause, _Abort) or self.error > 0 else 400)
+            self._pause_reading()
+        except httptools.HttpParserError:  # callback errors (_Abort) arrive wrapped in a subclass
+            if self.error == 0:
+                self.error = 400
+            if self.error > 0:
+                self._fail(self.error)
+            else:
+                self._pause_reading()
         if self.queue and not self.busy and not self.write_paused:
             self._pump()
 
@@ -157,14 +160,17 @@ class H1Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:  # noqa: D102
         self.write_paused = True
+        self.last_progress = self.w.loop.time()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:  # noqa: D102
         self.write_paused = False
-        if not self.busy:
-            if self.queue:
-                self._pump()
-            elif self.closing:
-                self.transport.close()
+        if not self.busy and not self.transport.is_closing():
+            self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
         self.w.connections.discard(self)
@@ -233,8 +239,16 @@ class H1Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:  # noqa: D102
         self.state = BUSY
+        if self.has_body:
+            # No method here takes a body: answer now, close after, and never read the body
+            # (a huge or endless upload must not keep the connection busy).
+            self.on_message_complete()
+            self.error = -1
+            raise _Abort
 
     def on_message_complete(self) -> None:  # noqa: D102
+        if self.error:
+            return  # after a request that ends the connection, nothing more is answered
         self.in_message = False
         parser = self.parser
         req = self.req
@@ -257,7 +271,7 @@ class H1Connection(asyncio.Protocol):
             self.ua = self.referer = b"-"
         self.queue.append(pending)
         if len(self.queue) >= MAX_QUEUE:
-            self.transport.pause_reading()
+            self._pause_reading()
 
     # -- answering --------------------------------------------------------------------------------
 
@@ -267,7 +281,7 @@ class H1Connection(asyncio.Protocol):
         pending = Pending(Request(b"", b""), False, False, self.w.site.error(status))
         self.queue.append(pending)
         self.in_message = False
-        self.transport.pause_reading()
+        self._pause_reading()
 
     def _pump(self) -> None:
         """Answer queued requests in order until one must wait (miss, slow socket)."""
@@ -296,13 +310,14 @@ class H1Connection(asyncio.Protocol):
             self.parser = None
             self.req = None
             self.url = b""
-        if len(queue) < MAX_QUEUE:
+        if self.reading_paused:
+            self.reading_paused = False
             self.transport.resume_reading()
 
     def _load(self, pending: Pending, miss: Miss) -> None:
         """Open or revalidate a file off the event loop, then answer."""
         self.busy = True
-        self.transport.pause_reading()
+        self._pause_reading()
         w = self.w
         old = w.cache.stale(miss.path)
         fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
@@ -370,7 +385,7 @@ class H1Connection(asyncio.Protocol):
 
     def _wait_writable(self) -> None:
         """The socket is full: watch a dup of its fd (uvloop will not let us watch the transport's own)."""
-        self.transport.pause_reading()
+        self._pause_reading()
         self.dup = os.dup(self.fd)
         self.w.loop.add_writer(self.dup, self._on_writable)
 
@@ -411,7 +426,7 @@ class H1Connection(asyncio.Protocol):
 
     def tick(self, now: float) -> None:
         """Called by the worker's once-a-second sweep: enforce header, keep-alive and send timeouts."""
-        if self.xfer is not None:
+        if self.xfer is not None or self.write_paused:
             if now - self.last_progress > self.w.send_timeout:
                 self._abort_transfer()
             return
