@@ -88,8 +88,8 @@ class Site:
                       for rule in header_rules]
         self.server = server_name.encode("latin-1")
         self.boundary = b"edge-" + secrets.token_hex(12).encode("ascii")
-        self._errors: dict[int, Plan] = {}
         self.method_not_allowed = text_plan(405, [(b"allow", b"GET, HEAD")], self.server)
+        self._errors: dict[int, Plan] = {405: self.method_not_allowed}
 
     def error(self, status: int) -> Plan:
         """The shared plan for a plain error status."""

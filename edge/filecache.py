@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from typing import Callable
 
 from cachetools import LRUCache, TTLCache
@@ -34,7 +35,8 @@ class FileEntry:
         self.dev = st.st_dev
         suffix = f"-{encoding}" if encoding else ""
         self.etag = f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}{suffix}"'.encode("ascii")
-        self.last_modified = st.st_mtime_ns // 1_000_000_000
+        # RFC 9110 §8.8.2.1: never a Last-Modified later than the Date of the response.
+        self.last_modified = min(st.st_mtime_ns // 1_000_000_000, int(time.time()))
         self.content_type = content_type
         self.encoding = encoding
         self.variants: dict[str, FileEntry] = {}

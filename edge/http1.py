@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 from typing import TYPE_CHECKING
 
 import httptools
@@ -39,6 +40,25 @@ CONN_KEEP_10 = b"Connection: keep-alive\r\n"
 
 # Connection states, for the timeout sweep.
 IDLE, HEAD, BUSY = 0, 1, 2
+
+
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32} [^ \r\n]+ HTTP/1\.[01]\r?\n")
+
+
+def _unknown_method_line(data: bytes, completed: int) -> bool:
+    """True when the request httptools refused for its method has a well-formed request line.
+
+    httptools knows a fixed set of methods; a valid but unknown token (BREW) deserves 405,
+    garbage deserves 400. The refused request starts after the heads of the `completed`
+    requests before it in this chunk (none of which had a body: bodies end the connection).
+    """
+    start = 0
+    for _ in range(completed):
+        end = data.find(b"\r\n\r\n", start)
+        if end < 0:
+            return False
+        start = end + 4
+    return _REQUEST_LINE.match(data, start) is not None
 
 
 class _Abort(Exception):
@@ -82,7 +102,7 @@ class H1Connection(asyncio.Protocol):
 
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "url", "head_size", "error", "cl_seen", "has_body", "host_seen",
-                 "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused")
+                 "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed")
 
     def __init__(self, worker: Worker) -> None:
         self.w = worker
@@ -112,6 +132,7 @@ class H1Connection(asyncio.Protocol):
         self.peer = None
         self.last_progress = 0.0
         self.reading_paused = False
+        self.completed = 0  # requests completed in the chunk being parsed
 
     # -- asyncio protocol -------------------------------------------------------------------------
 
@@ -134,8 +155,11 @@ class H1Connection(asyncio.Protocol):
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
+        self.completed = 0
         try:
             parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            self._fail(405 if _unknown_method_line(data, self.completed) else 400)
         except httptools.HttpParserUpgrade:
             # No protocol switch here: the request is answered as HTTP/1.1, then the connection closes.
             if self.queue:
@@ -250,6 +274,7 @@ class H1Connection(asyncio.Protocol):
         if self.error:
             return  # after a request that ends the connection, nothing more is answered
         self.in_message = False
+        self.completed += 1
         parser = self.parser
         req = self.req
         if req is None:
@@ -270,6 +295,8 @@ class H1Connection(asyncio.Protocol):
             pending.referer = self.referer
             self.ua = self.referer = b"-"
         self.queue.append(pending)
+        if not pending.keep_alive:
+            self.error = -1  # RFC 9112 §9.6: nothing after a closing request is read or answered
         if len(self.queue) >= MAX_QUEUE:
             self._pause_reading()
 
