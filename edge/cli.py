@@ -9,8 +9,15 @@ from . import __version__
 from .config import Config, ConfigError, load
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump), exit status 2 like config errors."""
+
+    def error(self, message: str):  # noqa: D102
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge", description="A static-file CDN edge node.")
+    parser = _Parser(prog="edge", description="A static-file CDN edge node.")
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -48,7 +48,7 @@ def raise_nofile(wanted: int) -> int:
 
 def cache_budget(max_entries: int, nofile: int) -> int:
     """How many open-file cache entries fit in the fd limit, keeping half of it for connections."""
-    return max(16, min(max_entries, nofile // 2))
+    return min(max_entries, max(16, nofile // 2))
 
 
 class Worker:
