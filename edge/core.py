@@ -6,7 +6,7 @@ import fnmatch
 import secrets
 
 from .conditional import Conditions, evaluate, if_range_allows
-from .filecache import FileEntry, Lookup, NotFound, Redirect
+from .filecache import FileEntry, Lookup, Redirect
 from .httpdate import format_http_date
 from .negotiation import choose_encoding
 from .paths import BadTarget, has_dot_segment, location_for, normalize_path, split_target

@@ -1,4 +1,4 @@
-"""Request-target to file path: percent-decoding once, normalisation, and refusal of anything that could leave the root."""
+"""Request-target to file path: decode once, normalise, refuse anything that could leave the root."""
 
 from __future__ import annotations
 
