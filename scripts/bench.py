@@ -1,0 +1,933 @@
+"""Benchmark harness for edge against nginx, granian, aiohttp and uvicorn+Starlette.
+
+Start it through ``scripts/bench``, which first installs what is missing
+(nginx and wrk from apt, .venv with ``pip install -e .``, .bench-venv with the
+peers; BENCH_NO_INSTALL=1 skips that), raises the open-file limit, and stops
+every process it started on exit or Ctrl-C.
+
+Every server runs as one process (granian: its supervisor plus one worker)
+pinned to CPU 1; the load generators run pinned to CPU 0.  Rows:
+
+  1k, 100k   wrk -t1 -c64 --latency: req/s and p99 latency
+  1m, 64m    bench_client.bulk_download (K keep-alive connections reading
+             1 MiB per recv): MB/s (10^6 bytes per second of body payload)
+  idle       bench_client.IdleConnections: server RSS growth per idle
+             keep-alive connection (bytes)
+
+For every throughput row the server's CPU time (utime+stime from
+/proc/PID/stat, summed over the server's process tree) is sampled before and
+after the run: CPU µs per request, or CPU seconds per GiB sent.  Every figure
+is the median of --runs runs, shown with its min-max spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import http.client
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_client  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+PEERS_DIR = Path(__file__).resolve().parent / "bench_peers"
+HOST = "127.0.0.1"
+SERVER_CPU = "1"
+CLIENT_CPU = 0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+OTHER_LOAD_WARN = 0.15      # warn when others used more than this share of a CPU
+
+FILES = {"1k.bin": 1 << 10, "100k.bin": 100 << 10, "1m.bin": 1 << 20, "64m.bin": 64 << 20}
+ALL_SERVERS = ["edge", "nginx", "granian", "aiohttp", "uvicorn"]
+SERVER_LABEL = {
+    "edge": "edge",
+    "nginx": "nginx",
+    "granian": "granian (static route)",
+    "aiohttp": "aiohttp web.static",
+    "uvicorn": "uvicorn+Starlette",
+}
+
+
+@dataclasses.dataclass
+class Row:
+    key: str
+    label: str
+    kind: str          # "wrk", "bulk" or "idle"
+    file: str
+    unit: str
+
+
+ROWS = [
+    Row("1k", "1 KiB GET (req/s)", "wrk", "1k.bin", "req/s"),
+    Row("100k", "100 KiB GET (req/s)", "wrk", "100k.bin", "req/s"),
+    Row("1m", "1 MiB GET (MB/s)", "bulk", "1m.bin", "MB/s"),
+    Row("64m", "64 MiB GET (MB/s)", "bulk", "64m.bin", "MB/s"),
+    Row("idle", "RSS per idle keep-alive conn (B, lower is better)", "idle", "1k.bin", "B"),
+]
+ROW_BY_KEY = {r.key: r for r in ROWS}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Interrupted(f"signal {signum}")
+
+
+# --------------------------------------------------------------------------
+# /proc helpers
+
+
+def proc_tree(root: int) -> list[int]:
+    """root and all its descendants (by scanning /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(root: int) -> float:
+    """utime+stime of the process tree under root, in seconds."""
+    ticks = 0
+    for pid in proc_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        ticks += int(fields[11]) + int(fields[12])   # utime, stime (fields 14, 15)
+    return ticks / CLK_TCK
+
+
+def affinities(root: int) -> set[str]:
+    """Cpus_allowed_list of every thread in the process tree under root."""
+    seen = set()
+    for pid in proc_tree(root):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("Cpus_allowed_list:"):
+                            seen.add(line.split(":", 1)[1].strip())
+                            break
+            except OSError:
+                continue
+    return seen
+
+
+def machine_busy_seconds() -> float:
+    """user+nice+system time of all CPUs (irq/softirq excluded), in seconds."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / CLK_TCK
+
+
+def wait_for_quiet(pid: int, max_wait: float) -> float:
+    """Wait (up to max_wait s) until processes other than the server and this
+    harness use less than OTHER_LOAD_WARN of a CPU; returns the last share seen."""
+    deadline = time.monotonic() + max_wait
+    announced = False
+    while True:
+        s = Sample(pid)
+        time.sleep(0.5)
+        other = s.finish()["other_util"]
+        if other <= OTHER_LOAD_WARN or time.monotonic() >= deadline:
+            return other
+        if not announced:
+            log(f"machine busy (others use {other * 100:.0f}% of a CPU): waiting up to "
+                f"{max_wait:.0f} s for it to calm down")
+            announced = True
+
+
+class Sample:
+    """CPU accounting around one run: the server's tree, the load generator
+    (this process for the Python clients, or the waited-for wrk child) and
+    whatever else ran on the machine meanwhile ("other")."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.t0 = time.perf_counter()
+        self.server0 = cpu_seconds(pid)
+        self.busy0 = machine_busy_seconds()
+        self.client0 = self._client()
+
+    @staticmethod
+    def _client() -> float:
+        s = resource.getrusage(resource.RUSAGE_SELF)
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+    def finish(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        server = cpu_seconds(self.pid) - self.server0
+        client = self._client() - self.client0
+        other = machine_busy_seconds() - self.busy0 - server - client
+        return {"cpu": server, "wall": wall, "util": server / wall,
+                "client_util": client / wall, "other_util": max(0.0, other / wall)}
+
+
+def rss_bytes(root: int) -> int:
+    """VmRSS of the process tree under root, in bytes."""
+    total = 0
+    for pid in proc_tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
+# --------------------------------------------------------------------------
+# servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+NGINX_CONF = """\
+# generated by scripts/bench
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{
+    worker_connections {conns};
+    use epoll;
+}}
+http {{
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    open_file_cache max=10000 inactive=60s;
+    open_file_cache_valid 1s;
+    keepalive_requests 1000000000;
+    keepalive_timeout 600s;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen {host}:{port} backlog=4096;
+        server_name localhost;
+        root {root};
+        location / {{ }}
+    }}
+}}
+"""
+
+
+@dataclasses.dataclass
+class Spec:
+    name: str
+    argv: list[str]
+    prefix: str                       # URL prefix in front of the file names
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    cwd: str | None = None
+
+
+class Harness:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.a = args
+        self.tmp = Path(args.tmp)
+        self.corpus = self.tmp / "corpus"
+        self.bench_venv = Path(args.bench_venv)
+        self.edge_venv = Path(args.edge_venv)
+        self.procs: list[subprocess.Popen] = []
+        self.pidfile = self.tmp / "server-pgids"
+        self.digests: dict[str, str] = {}
+        self.nofile = bench_client.raise_nofile()
+
+    # ---- corpus --------------------------------------------------------
+    def make_corpus(self) -> None:
+        self.corpus.mkdir(parents=True, exist_ok=True)
+        for name, size in FILES.items():
+            h = hashlib.sha256()
+            with open(self.corpus / name, "wb") as f:
+                left = size
+                while left:
+                    chunk = os.urandom(min(left, 1 << 20))
+                    f.write(chunk)
+                    h.update(chunk)
+                    left -= len(chunk)
+            self.digests[name] = h.hexdigest()
+        log(f"corpus in {self.corpus}: {', '.join(FILES)}")
+
+    # ---- server specs --------------------------------------------------
+    def spec(self, name: str, port: int) -> Spec:
+        root = str(self.corpus)
+        bv = self.bench_venv / "bin"
+        if name == "edge":
+            exe = self.edge_venv / "bin" / "edge"
+            if not os.access(exe, os.X_OK):
+                raise RuntimeError(f"{exe} not found (pip install -e . failed or edge not built yet)")
+            return Spec(name, [str(exe), "serve", "--root", root, "--host", HOST,
+                               "--port", str(port), "--workers", "1"], "")
+        if name == "nginx":
+            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+            ntmp = self.tmp / f"nginx-{port}"
+            ntmp.mkdir(exist_ok=True)
+            conf = ntmp / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(
+                tmp=ntmp, host=HOST, port=port, root=root,
+                conns=max(1024, self.a.idle_conns + 2048),
+                nofile=max(self.nofile, 1024)))
+            return Spec(name, [nginx, "-c", str(conf), "-p", str(ntmp), "-e",
+                               str(ntmp / "nginx-error.log")], "")
+        if name == "granian":
+            return Spec(name, [str(bv / "granian"), "--interface", "rsgi",
+                               "--host", HOST, "--port", str(port), "--workers", "1",
+                               "--runtime-threads", "1", "--backlog", "4096",
+                               # idle keep-alive connections hold a backpressure
+                               # slot: allow more than the RSS row opens
+                               "--backpressure", str(max(4096, self.a.idle_conns * 2)),
+                               "--no-ws", "--http", "1", "--no-access-log",
+                               "--log-level", "warning",
+                               "--http1-header-read-timeout", "60000",
+                               "--static-path-route", "/static",
+                               "--static-path-mount", root,
+                               "--working-dir", str(PEERS_DIR), "granian_app:app"],
+                        "/static")
+        if name == "aiohttp":
+            return Spec(name, [str(bv / "python"), str(PEERS_DIR / "aiohttp_app.py"),
+                               "--root", root, "--host", HOST, "--port", str(port)], "")
+        if name == "uvicorn":
+            return Spec(name, [str(bv / "uvicorn"), "--app-dir", str(PEERS_DIR),
+                               "--host", HOST, "--port", str(port),
+                               "--loop", "uvloop", "--http", "httptools",
+                               "--no-access-log", "--log-level", "warning",
+                               "--backlog", "4096", "--timeout-keep-alive", "600",
+                               "starlette_app:app"], "",
+                        env={"BENCH_ROOT": root})
+        raise ValueError(name)
+
+    def start(self, name: str) -> tuple[subprocess.Popen, int, str]:
+        """Start server ``name`` pinned to CPU 1; return (proc, port, url prefix)."""
+        port = free_port()
+        spec = self.spec(name, port)
+        env = dict(os.environ)
+        env.update(spec.env)
+        env.pop("PYTHONPATH", None)
+        logf = open(self.tmp / f"{name}-{port}.log", "wb")
+        argv = ["taskset", "-c", SERVER_CPU, *spec.argv] if self.a.pin else spec.argv
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=spec.cwd,
+                                start_new_session=True)
+        logf.close()
+        self.procs.append(proc)
+        self._write_pidfile()
+        proc.log_path = self.tmp / f"{name}-{port}.log"  # type: ignore[attr-defined]
+        deadline = time.monotonic() + self.a.start_timeout
+        path = spec.prefix + "/1k.bin"
+        last = "no answer"
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode} during "
+                                   f"start-up: {self.log_tail(proc)}")
+            try:
+                status, body = http_get(port, path, timeout=2)
+                if status == 200 and len(body) == FILES["1k.bin"]:
+                    break
+                last = f"HTTP {status}, {len(body)} bytes"
+            except OSError as e:
+                last = f"{e.__class__.__name__}: {e}"
+            if time.monotonic() > deadline:
+                self.stop(proc)
+                raise RuntimeError(f"{name} not serving {path} after "
+                                   f"{self.a.start_timeout:.0f} s ({last}); "
+                                   f"{self.log_tail(proc)}")
+            time.sleep(0.1)
+        return proc, port, spec.prefix
+
+    @staticmethod
+    def log_tail(proc: subprocess.Popen, n: int = 6) -> str:
+        try:
+            text = Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+        except OSError:
+            return "(no log)"
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        return "log: " + (" | ".join(lines[-n:]) if lines else "(empty)")
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+        # granian/edge workers may outlive their parent briefly: reap the group
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if proc in self.procs:
+            self.procs.remove(proc)
+        self._write_pidfile()
+
+    def _write_pidfile(self) -> None:
+        """Process-group ids still running, for scripts/bench's EXIT trap."""
+        tmp = self.pidfile.with_suffix(".new")
+        tmp.write_text("".join(f"{p.pid}\n" for p in self.procs))
+        os.replace(tmp, self.pidfile)
+
+    def stop_all(self) -> None:
+        for p in list(self.procs):
+            try:
+                self.stop(p)
+            except Exception as e:  # noqa: BLE001
+                log(f"could not stop pid {p.pid}: {e}")
+
+    def verify(self, name: str, port: int, prefix: str, fname: str) -> None:
+        """The file must come back complete and byte-identical."""
+        size = FILES[fname]
+        status, body = http_get(port, prefix + "/" + fname, timeout=60)
+        if status != 200 or len(body) != size:
+            raise RuntimeError(f"content check: GET {prefix}/{fname} gave HTTP {status}, "
+                               f"{len(body)} of {size} bytes")
+        if hashlib.sha256(body).hexdigest() != self.digests[fname]:
+            raise RuntimeError(f"content check: GET {prefix}/{fname} body differs from the file")
+
+    # ---- measurements --------------------------------------------------
+    def run_wrk(self, pid: int, port: int, path: str, size: int, seconds: float,
+                conns: int = 64) -> dict:
+        url = f"http://{HOST}:{port}{path}"
+        argv = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", url]
+        if self.a.pin:
+            argv = ["taskset", "-c", str(CLIENT_CPU), *argv]
+        sample = Sample(pid)
+        out = subprocess.run(argv, capture_output=True, text=True,
+                             timeout=seconds + 60).stdout
+        acct = sample.finish()
+        r = parse_wrk(out)
+        if r["requests"] == 0:
+            raise RuntimeError(f"wrk made no requests: {out.strip()[-300:]}")
+        if r["non2xx"]:
+            raise RuntimeError(f"{r['non2xx']} non-2xx responses")
+        if r["bytes_read"] < 0.98 * r["requests"] * size:
+            raise RuntimeError(f"short bodies: {r['bytes_read']:.0f} bytes read for "
+                               f"{r['requests']} requests of {size}")
+        r.update(acct)
+        r.update(value=r["rps"], cpu_metric=acct["cpu"] / r["requests"] * 1e6)
+        return r
+
+    def run_bulk(self, pid: int, port: int, path: str, size: int, seconds: float) -> dict:
+        sample = Sample(pid)
+        r = bench_client.bulk_download(HOST, port, path, size, seconds, self.a.conns)
+        acct = sample.finish()
+        if r["bytes"] == 0:
+            raise RuntimeError("no bytes received")
+        r.update(acct)
+        r.update(value=r["bytes"] / r["elapsed"] / 1e6,
+                 cpu_metric=acct["cpu"] / (r["bytes"] / 2**30))
+        return r
+
+    def run_idle(self, pid: int, port: int, path: str, size: int) -> dict:
+        # light warm-up so lazily-initialised code paths are already paid for
+        for _ in range(3):
+            http_get_many(port, path, 100)
+        time.sleep(0.5)
+        before = rss_bytes(pid)
+        ic = bench_client.IdleConnections(HOST, port, path, size, self.a.idle_conns)
+        try:
+            n = ic.open()
+            time.sleep(1.0)
+            after = rss_bytes(pid)
+            alive = ic.alive()
+        finally:
+            ic.close()
+        if n == 0:
+            raise RuntimeError(f"no idle connection established ({ic.errors})")
+        r = {"value": (after - before) / n, "before": before, "after": after,
+             "established": n, "alive": alive, "failed": ic.failed, "errors": ic.errors}
+        return r
+
+
+# --------------------------------------------------------------------------
+# tiny HTTP helpers (correctness checks and warm-up only)
+
+
+def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def http_get_many(port: int, path: str, n: int) -> None:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        for _ in range(n):
+            conn.request("GET", path)
+            conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_SIZE = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def parse_wrk(out: str) -> dict:
+    r = {"requests": 0, "rps": 0.0, "p99_ms": None, "bytes_read": 0.0, "non2xx": 0,
+         "socket_errors": ""}
+    m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)([KMGT]?B) read", out)
+    if m:
+        r["requests"] = int(m.group(1))
+        r["bytes_read"] = float(m.group(2)) * _SIZE[m.group(3)]
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s|m|h)\s*$", out, re.M)
+    if m:
+        r["p99_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: (.*)", out)
+    if m:
+        r["socket_errors"] = m.group(1).strip()
+    return r
+
+
+# --------------------------------------------------------------------------
+# results and report
+
+
+@dataclasses.dataclass
+class Cell:
+    runs: list[dict] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+    def med(self, key: str):
+        vals = [r[key] for r in self.runs if r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    def span(self, key: str):
+        vals = [r[key] for r in self.runs if r.get(key) is not None]
+        return (min(vals), max(vals)) if vals else None
+
+
+def fmt_num(v: float | None, unit: str) -> str:
+    if v is None:
+        return "—"
+    if unit in ("req/s", "MB/s", "B"):
+        return f"{v:,.0f}"
+    if unit == "ms":
+        return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def fmt_spread(cell: Cell, key: str, unit: str) -> str:
+    sp = cell.span(key)
+    if sp is None or len(cell.runs) < 2:
+        return "—"
+    return f"{fmt_num(sp[0], unit)}–{fmt_num(sp[1], unit)}"
+
+
+def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
+           failures: list[str], raw: list[str]) -> str:
+    out = ["# edge benchmark", ""]
+    out += meta
+    out += ["", "| row | server | median | min–max | p99 latency ms (min–max) "
+            "| server CPU (median) | server busy | client busy | vs nginx |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        ref = results.get((row.key, "nginx"))
+        ref_v = ref.med("value") if ref and ref.runs else None
+        for s in servers:
+            cell = results.get((row.key, s))
+            label = f"**{SERVER_LABEL[s]}**" if s == "edge" else SERVER_LABEL[s]
+            if cell is None:
+                continue
+            if not cell.runs:
+                what = "FAILED (see below)" if cell.error else "not run (interrupted)"
+                out.append(f"| {row.label} | {label} | {what} | — | — | — | — | — | — |")
+                continue
+            if cell.error:
+                label += f" (only {len(cell.runs)} run(s): failed after)"
+            v = cell.med("value")
+            lat = "—"
+            if row.kind == "wrk":
+                p = cell.med("p99_ms")
+                sp = cell.span("p99_ms")
+                lat = fmt_num(p, "ms")
+                if sp and len(cell.runs) > 1:
+                    lat += f" ({fmt_num(sp[0], 'ms')}–{fmt_num(sp[1], 'ms')})"
+            if row.kind == "wrk":
+                cpu = f"{cell.med('cpu_metric'):.1f} µs/req"
+            elif row.kind == "bulk":
+                cpu = f"{cell.med('cpu_metric'):.2f} s/GiB"
+            else:
+                cpu = "—"
+            busy = f"{cell.med('util') * 100:.0f}%" if row.kind != "idle" else "—"
+            cbusy = f"{cell.med('client_util') * 100:.0f}%" if row.kind != "idle" else "—"
+            ratio = f"{v / ref_v:.2f}×" if ref_v and s != "nginx" else ("1×" if s == "nginx" else "n/a")
+            out.append(f"| {row.label} | {label} | {fmt_num(v, row.unit)} {row.unit} "
+                       f"| {fmt_spread(cell, 'value', row.unit)} | {lat} | {cpu} | {busy} "
+                       f"| {cbusy} | {ratio} |")
+    out.append("")
+    out.append("MB = 10^6 bytes of response body. \"server CPU\" is utime+stime of the server's "
+               "process tree during the run, per request or per GiB of body received; "
+               "\"server busy\" is that CPU time over wall time (100% = the server's one "
+               "core saturated) and \"client busy\" the same for the load generator on "
+               f"CPU {CLIENT_CPU} (wrk, or the Python client). On loopback some TCP work is "
+               "charged to whichever side triggers it: when a server queues more than the "
+               "window (nginx's 1 MiB sendfile), the client's ACKs send the rest and the "
+               "client pays for it, so read server CPU together with client busy. "
+               "\"vs nginx\" is median / nginx median (for the RSS row, lower is better).")
+    if failures:
+        out += ["", "## Failures and warnings", ""]
+        out += [f"- {f}" for f in failures]
+    if raw:
+        out += ["", "## Raw runs", "", "```"] + raw + ["```"]
+    return "\n".join(out) + "\n"
+
+
+def versions(a: argparse.Namespace) -> list[str]:
+    vs = []
+    try:
+        p = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
+        vs.append(p.stderr.strip().replace("nginx version: ", ""))
+    except OSError:
+        pass
+    try:
+        p = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        vs.append((p.stdout + p.stderr).split("[")[0].strip().split("Copyright")[0].strip())
+    except OSError:
+        pass
+    from importlib import metadata
+    for pkg in ("granian", "aiohttp", "uvicorn", "starlette", "uvloop", "httptools"):
+        try:
+            vs.append(f"{pkg}/{metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            pass
+    py = Path(a.edge_venv) / "bin" / "python"
+    try:
+        p = subprocess.run([str(py), "-c", "import edge; print(edge.__version__)"],
+                           capture_output=True, text=True, timeout=20)
+        if p.returncode == 0:
+            vs.append(f"edge/{p.stdout.strip()}")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return vs
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+# --------------------------------------------------------------------------
+
+
+def _acct(r: dict) -> str:
+    return (f"server cpu {r['cpu']:.2f}s ({r['util'] * 100:.0f}%), client "
+            f"{r['client_util'] * 100:.0f}%, other {r['other_util'] * 100:.0f}%")
+
+
+def describe_run(row: Row, r: dict) -> str:
+    if row.kind == "wrk":
+        s = (f"{r['rps']:,.0f} req/s p99 {r['p99_ms']} ms, {r['requests']} req, "
+             + _acct(r))
+        if r["socket_errors"]:
+            s += f", socket errors: {r['socket_errors']}"
+        return s
+    if row.kind == "bulk":
+        return (f"{r['value']:,.0f} MB/s, {r['responses']} responses, "
+                f"{r['bytes'] / 2**30:.2f} GiB in {r['elapsed']:.1f}s, " + _acct(r)
+                + f", rcvbuf {r['rcvbuf']}, reconnects {r['reconnects']}"
+                + (", chunked" if r.get("chunked") else ""))
+    return (f"{r['value']:,.0f} B/conn: rss {r['before'] / 2**20:.1f} -> "
+            f"{r['after'] / 2**20:.1f} MiB, {r['established']} established, "
+            f"{r['alive']} still open at measurement"
+            + (f", {r['failed']} failed {r['errors']}" if r['failed'] else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="runs per figure (median is shown)")
+    ap.add_argument("--duration", type=float, default=10, help="seconds per run")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: --runs 1 --duration 3")
+    ap.add_argument("--only", default=",".join(ALL_SERVERS),
+                    help=f"comma-separated servers ({','.join(ALL_SERVERS)})")
+    ap.add_argument("--rows", default=",".join(r.key for r in ROWS),
+                    help=f"comma-separated rows ({','.join(r.key for r in ROWS)})")
+    ap.add_argument("--out", default="bench-results.md", help="markdown output file")
+    ap.add_argument("--conns", type=int, default=4,
+                    help="keep-alive connections of the MB/s client")
+    ap.add_argument("--idle-conns", type=int, default=5000,
+                    help="idle connections for the RSS row")
+    ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per row")
+    ap.add_argument("--start-timeout", type=float, default=30.0)
+    ap.add_argument("--quiet-wait", type=float, default=20.0,
+                    help="before each run wait up to this many seconds for other "
+                         "processes to go quiet (0: don't wait)")
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--bench-venv", default=str(REPO / ".bench-venv"), help=argparse.SUPPRESS)
+    ap.add_argument("--edge-venv", default=str(REPO / ".venv"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.runs, a.duration = 1, 3.0
+    servers = [s.strip() for s in a.only.split(",") if s.strip()]
+    bad = [s for s in servers if s not in ALL_SERVERS]
+    rows = [ROW_BY_KEY[k.strip()] for k in a.rows.split(",") if k.strip() in ROW_BY_KEY]
+    if bad or not servers or not rows:
+        ap.error(f"unknown server(s) {bad}" if bad else "nothing selected")
+    servers = [s for s in ALL_SERVERS if s in servers]   # stable order, edge first
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGHUP, _on_sigterm)
+    own_tmp = a.tmp is None
+    if own_tmp:
+        a.tmp = tempfile.mkdtemp(prefix="edge-bench.")
+    a.pin = (os.cpu_count() or 1) >= 2
+    h = Harness(a)
+    failures: list[str] = []
+    if not a.pin:
+        failures.append("fewer than 2 CPUs: nothing pinned (server and client share a core)")
+    else:
+        os.sched_setaffinity(0, {CLIENT_CPU})   # the Python clients run in this process
+    if h.nofile < a.idle_conns + 1000:
+        failures.append(f"open-file limit is only {h.nofile}")
+    results: dict[tuple[str, str], Cell] = {}
+    raw: list[str] = []
+    interrupted = None
+    t_start = time.time()
+    meta = [
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')} · {os.cpu_count()} × {cpu_model()} · "
+        f"Linux {platform.release()} · Python {platform.python_version()}",
+        "",
+        f"runs per figure: {a.runs} (median, min–max) · {a.duration:g} s per run · "
+        f"{a.warmup:g} s warm-up per row · up to {a.quiet_wait:g} s wait for a quiet "
+        f"machine before each run · servers pinned to CPU {SERVER_CPU}, "
+        f"load generators to CPU {CLIENT_CPU} · open-file limit {h.nofile}",
+        "",
+        "req/s rows: `wrk -t1 -c64 --latency`; MB/s rows: scripts/bench_client.py, "
+        f"{a.conns} keep-alive connections, 1 MiB recv_into, large SO_RCVBUF; RSS row: "
+        f"{a.idle_conns} keep-alive connections, one GET each, then idle "
+        "(VmRSS after − before, divided by connections).",
+    ]
+    try:
+        h.make_corpus()
+        meta += ["", "versions: " + ", ".join(versions(a))]
+        for s in servers:
+            throughput_rows = [r for r in rows if r.kind != "idle"]
+            idle_rows = [r for r in rows if r.kind == "idle"]
+            if throughput_rows:
+                run_throughput(h, s, throughput_rows, results, failures, raw)
+            for row in idle_rows:
+                run_idle_row(h, s, row, results, failures, raw)
+    except (KeyboardInterrupt, Interrupted) as e:
+        interrupted = e
+        failures.append(f"INTERRUPTED ({e.__class__.__name__}); table is partial")
+    finally:
+        h.stop_all()
+    meta[0] += f" · run took {(time.time() - t_start) / 60:.1f} min"
+    text = render(results, servers, rows, meta, failures, raw)
+    print(text)
+    try:
+        Path(a.out).write_text(text)
+        log(f"wrote {a.out}")
+    except OSError as e:
+        log(f"could not write {a.out}: {e}")
+    if own_tmp:
+        shutil.rmtree(a.tmp, ignore_errors=True)
+    if interrupted:
+        return 130
+    return 0
+
+
+def run_throughput(h: Harness, s: str, rows: list[Row], results, failures, raw) -> None:
+    a = h.a
+    try:
+        proc, port, prefix = h.start(s)
+    except Exception as e:  # noqa: BLE001
+        msg = f"{s}: could not start: {e}"
+        log(msg)
+        failures.append(msg)
+        for row in rows:
+            results[(row.key, s)] = Cell(error=str(e))
+        return
+    log(f"{s} up on port {port} (pid {proc.pid}, tree {proc_tree(proc.pid)})")
+    pin_checked = False
+    try:
+        for row in rows:
+            cell = results.setdefault((row.key, s), Cell())
+            path, size = prefix + "/" + row.file, FILES[row.file]
+            try:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited (code {proc.returncode}); "
+                                       f"{h.log_tail(proc)}")
+                h.verify(s, port, prefix, row.file)   # complete and byte-identical?
+                if row.kind == "wrk":
+                    h.run_wrk(proc.pid, port, path, size, a.warmup)
+                else:
+                    h.run_bulk(proc.pid, port, path, size, a.warmup)
+                for i in range(a.runs):
+                    wait_for_quiet(proc.pid, a.quiet_wait)
+                    if row.kind == "wrk":
+                        r = h.run_wrk(proc.pid, port, path, size, a.duration)
+                    else:
+                        r = h.run_bulk(proc.pid, port, path, size, a.duration)
+                    cell.runs.append(r)
+                    if h.a.pin and not pin_checked:
+                        pin_checked = True
+                        cpus = affinities(proc.pid)
+                        if cpus != {SERVER_CPU}:
+                            failures.append(f"{s}: server threads allowed on CPUs {sorted(cpus)}, "
+                                            f"not only {SERVER_CPU} (does it set its own "
+                                            "affinity?): client and server may share a core")
+                    line = f"{row.key:5} {s:8} run {i + 1}: {describe_run(row, r)}"
+                    raw.append(line)
+                    log(line)
+
+            except (KeyboardInterrupt, Interrupted):
+                raise
+            except Exception as e:  # noqa: BLE001
+                cell.error = str(e)
+                msg = f"{row.key} / {s}: {e}"
+                if proc.poll() is not None:
+                    msg += f" (server exited, code {proc.returncode}; {h.log_tail(proc)})"
+                log("FAILED " + msg)
+                failures.append(msg)
+                if proc.poll() is not None:
+                    proc, port, prefix = restart(h, s, proc, failures)
+                    if proc is None:
+                        for rest in rows[rows.index(row) + 1:]:
+                            results[(rest.key, s)] = Cell(error="server would not restart")
+                        return
+            warn_cell(row, s, cell, failures)
+    finally:
+        if proc is not None:
+            h.stop(proc)
+
+
+def warn_cell(row: Row, s: str, cell: Cell, failures: list[str]) -> None:
+    """One line per (row, server) for runs that are suspect."""
+    if not cell.runs:
+        return
+    low = [r["util"] for r in cell.runs if r["util"] < 0.8]
+    if low:
+        failures.append(f"{row.key} / {s}: server CPU only {min(low) * 100:.0f}% busy in "
+                        f"{len(low)} of {len(cell.runs)} run(s): the load generator on CPU "
+                        f"{CLIENT_CPU} (or another process) was the limit, or the server stalled")
+    other = max(r["other_util"] for r in cell.runs)
+    if other > OTHER_LOAD_WARN:
+        failures.append(f"{row.key} / {s}: other processes used up to {other * 100:.0f}% of a "
+                        "CPU during its runs: the machine was not quiet, figures may be "
+                        "disturbed")
+
+
+def restart(h: Harness, s: str, old, failures):
+    h.stop(old)
+    try:
+        proc, port, prefix = h.start(s)
+        log(f"{s} restarted on port {port}")
+        return proc, port, prefix
+    except Exception as e:  # noqa: BLE001
+        failures.append(f"{s}: restart failed: {e}")
+        return None, None, None
+
+
+def run_idle_row(h: Harness, s: str, row: Row, results, failures, raw) -> None:
+    cell = results.setdefault((row.key, s), Cell())
+    path_file, size = row.file, FILES[row.file]
+    for i in range(h.a.runs):
+        try:
+            proc, port, prefix = h.start(s)   # fresh server for each RSS run
+        except Exception as e:  # noqa: BLE001
+            cell.error = str(e)
+            failures.append(f"{row.key} / {s}: could not start: {e}")
+            return
+        try:
+            r = h.run_idle(proc.pid, port, prefix + "/" + path_file, size)
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited (code {proc.returncode}); "
+                                   f"{h.log_tail(proc)}")
+            cell.runs.append(r)
+            line = f"{row.key:5} {s:8} run {i + 1}: {describe_run(row, r)}"
+            raw.append(line)
+            log(line)
+            if r["established"] < h.a.idle_conns or r["alive"] < r["established"]:
+                failures.append(f"{row.key} / {s} run {i + 1}: {r['established']} of "
+                                f"{h.a.idle_conns} connections established, {r['alive']} "
+                                f"still open at measurement {r['errors'] or ''}")
+        except (KeyboardInterrupt, Interrupted):
+            raise
+        except Exception as e:  # noqa: BLE001
+            cell.error = str(e)
+            msg = f"{row.key} / {s}: {e}"
+            log("FAILED " + msg)
+            failures.append(msg)
+            return
+        finally:
+            h.stop(proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

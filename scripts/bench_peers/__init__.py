@@ -1,0 +1,1 @@
+"""Peer servers that scripts/bench compares edge against (see scripts/bench.py)."""
