@@ -21,6 +21,8 @@ REASONS = {
 }
 
 Header = tuple[bytes, bytes]
+#: Request targets whose parse is remembered per worker (cleared when full).
+TARGET_MEMO = 4096
 #: A body part: bytes, or (offset, length) read from the plan's entry by sendfile.
 Part = bytes | tuple[int, int]
 
@@ -90,6 +92,7 @@ class Site:
         self.boundary = b"edge-" + secrets.token_hex(12).encode("ascii")
         self.method_not_allowed = text_plan(405, [(b"allow", b"GET, HEAD")], self.server)
         self._errors: dict[int, Plan] = {405: self.method_not_allowed}
+        self._targets: dict[bytes, tuple[str, bytes] | Plan] = {}
 
     def error(self, status: int) -> Plan:
         """The shared plan for a plain error status."""
@@ -103,17 +106,31 @@ class Site:
         method = req.method
         if method != b"GET" and method != b"HEAD":
             return self.method_not_allowed
-        try:
-            raw, query = split_target(req.target)
-            path = normalize_path(raw)
-        except BadTarget as e:
-            return self.error(e.status)
-        if not self.serve_dotfiles and has_dot_segment(path):
-            return self.error(404)
+        target = req.target
+        known = self._targets.get(target)
+        if known is None:
+            known = self._parse_target(target)
+        if type(known) is Plan:
+            return known
+        path, query = known
         found = self.cache.lookup(path, now)
         if found is None:
             return Miss(path, query)
         return self.respond(req, found, query)
+
+    def _parse_target(self, target: bytes) -> tuple[str, bytes] | Plan:
+        """Split and normalise a target, or the error plan for it; memoised (it is a pure function)."""
+        try:
+            raw, query = split_target(target)
+            path = normalize_path(raw)
+        except BadTarget as e:
+            known: tuple[str, bytes] | Plan = self.error(e.status)
+        else:
+            known = self.error(404) if not self.serve_dotfiles and has_dot_segment(path) else (path, query)
+        if len(self._targets) >= TARGET_MEMO:
+            self._targets.clear()  # hostile floods of unique targets cost a re-parse, not memory
+        self._targets[target] = known
+        return known
 
     def respond(self, req: Request, found: Lookup, query: bytes) -> Plan:
         """Turn a cache answer into the plan for `req` (preconditions, negotiation, ranges)."""

@@ -245,10 +245,15 @@ class FileCache:
         self.hits = 0
         self.misses = 0
         self._entries = _Entries(max_entries, self._evicted)
+        # A plain-dict view of _entries for hits: one C lookup instead of cachetools' Python
+        # layers. Recency in the LRU is refreshed when an entry is revalidated (every `valid`
+        # seconds while it is used), as nginx's open_file_cache counts "inactive" time.
+        self._fast: dict[str, FileEntry] = {}
         self._negative: TTLCache = TTLCache(maxsize=max(64, max_entries // 4), ttl=max(valid, 0.001))
 
     def _evicted(self, entry: FileEntry) -> None:
         self.evictions += 1
+        self._fast.pop(entry.path, None)
         self._drop(entry)
 
     def _drop(self, entry: FileEntry) -> None:
@@ -272,7 +277,7 @@ class FileCache:
 
     def lookup(self, path: str, now: float) -> Lookup | None:
         """The current answer for `path` if it is cached and was checked within `valid` seconds, else None."""
-        entry = self._entries.get(path)
+        entry = self._fast.get(path)
         if entry is not None:
             if now - entry.checked < self.valid:
                 self.hits += 1
@@ -292,18 +297,20 @@ class FileCache:
         """Record what the resolver found for `path` and return the answer to use."""
         self.misses += 1
         if result is UNCHANGED:
-            entry = self._entries.get(path)
+            entry = self._entries.get(path)  # also marks it recently used
             if entry is not None:
                 entry.checked = now
                 return entry
             raise LookupError(path)  # evicted while revalidating: caller loads again
         old = self._entries.pop(path, None)
+        self._fast.pop(path, None)
         if old is not None and old is not result:
             self._drop(old)
         result.checked = now
         if isinstance(result, FileEntry):
             self._negative.pop(path, None)
             self._entries[path] = result  # may evict the oldest entry first
+            self._fast[path] = result
             self._admit(result)
         else:
             self._negative[path] = result
@@ -316,9 +323,11 @@ class FileCache:
             for entry in self._entries.values():
                 self._drop(entry)
             self._entries.clear()
+            self._fast.clear()
             self._negative.clear()
             return n
         self._negative.pop(path, None)
+        self._fast.pop(path, None)
         entry = self._entries.pop(path, None)
         if entry is None:
             return 0

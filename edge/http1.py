@@ -83,18 +83,27 @@ def serialize_head(plan: Plan, connection: bytes) -> bytes:
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason.encode("ascii")) for code, reason in REASONS.items()}
 
 
-class Pending:
-    """A queued request: parsed, waiting for its turn to be answered (responses go out in order)."""
+class Pending(Request):
+    """A parsed request waiting for its turn to be answered (responses go out in order).
 
-    __slots__ = ("req", "keep_alive", "version10", "plan", "ua", "referer")
+    It is core's Request plus the HTTP/1 framing facts, in one object: one allocation a request.
+    """
 
-    def __init__(self, req: Request, keep_alive: bool, version10: bool, plan: Plan | None = None) -> None:
-        self.req = req
-        self.keep_alive = keep_alive
-        self.version10 = version10
-        self.plan = plan
+    __slots__ = ("keep_alive", "version10", "plan", "ua", "referer")
+
+    def __init__(self, target: bytes) -> None:
+        super().__init__(b"", target)
+        self.keep_alive = False
+        self.version10 = False
+        self.plan: Plan | None = None
         self.ua = b"-"
         self.referer = b"-"
+
+
+def _failed(plan: Plan) -> Pending:
+    pending = Pending(b"")
+    pending.plan = plan
+    return pending
 
 
 class H1Connection(asyncio.Protocol):
@@ -118,7 +127,7 @@ class H1Connection(asyncio.Protocol):
         self.closing = False
         self.write_paused = False
         self.busy = False
-        self.req: Request | None = None
+        self.req: Pending | None = None
         self.url = b""
         self.head_size = 0
         self.error = 0
@@ -234,7 +243,7 @@ class H1Connection(asyncio.Protocol):
             return
         req = self.req
         if req is None:
-            req = self.req = Request(b"", self.url)
+            req = self.req = Pending(self.url)
         if field == _RANGE:
             req.range = value
         elif field == _ACCEPT_ENC:
@@ -276,16 +285,16 @@ class H1Connection(asyncio.Protocol):
         self.in_message = False
         self.completed += 1
         parser = self.parser
-        req = self.req
-        if req is None:
-            req = Request(parser.get_method(), self.url)
+        pending = self.req
+        if pending is None:
+            pending = Pending(self.url)
         else:
-            req.method = parser.get_method()
-            req.target = self.url
+            pending.target = self.url
+        self.req = None
+        pending.method = parser.get_method()
         version = parser.get_http_version()
-        version10 = version == "1.0"
-        keep_alive = parser.should_keep_alive() and not self.has_body and not self.closing
-        pending = Pending(req, keep_alive, version10)
+        version10 = pending.version10 = version == "1.0"
+        pending.keep_alive = parser.should_keep_alive() and not self.has_body and not self.closing
         if (version != "1.1" and not version10) or (not version10 and self.host_seen != 1) or self.host_seen > 1:
             pending.plan = self.w.site.error(400)
             pending.keep_alive = False
@@ -305,8 +314,7 @@ class H1Connection(asyncio.Protocol):
     def _fail(self, status: int) -> None:
         """Queue an error answer for the malformed request, stop reading, close after it."""
         self.error = status
-        pending = Pending(Request(b"", b""), False, False, self.w.site.error(status))
-        self.queue.append(pending)
+        self.queue.append(_failed(self.w.site.error(status)))
         self.in_message = False
         self._pause_reading()
 
@@ -319,7 +327,7 @@ class H1Connection(asyncio.Protocol):
             pending = queue[0]
             plan = pending.plan
             if plan is None:
-                plan = site.resolve(pending.req, w.loop.time())
+                plan = site.resolve(pending, w.loop.time())
                 if type(plan) is Miss:
                     self._load(pending, plan)
                     return
@@ -335,7 +343,6 @@ class H1Connection(asyncio.Protocol):
             self.state = IDLE
             self.deadline = w.loop.time() + w.keepalive_timeout
             self.parser = None
-            self.req = None
             self.url = b""
         if self.reading_paused:
             self.reading_paused = False
@@ -364,7 +371,7 @@ class H1Connection(asyncio.Protocol):
         self.busy = False
         if self.transport is None or self.transport.is_closing():
             return
-        plan = w.site.respond(pending.req, found, miss.query)
+        plan = w.site.respond(pending, found, miss.query)
         del self.queue[0]
         self._send(pending, plan)
         if not self.busy:
@@ -386,7 +393,7 @@ class H1Connection(asyncio.Protocol):
         if head is None:
             head = heads[conn] = serialize_head(plan, conn)
         status_line = _STATUS_LINES[plan.status]
-        req = pending.req
+        req = pending
         w.requests += 1
         if w.log is not None:
             w.access(self.peer, pending, plan)

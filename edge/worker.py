@@ -94,7 +94,7 @@ class Worker:
 
     def access(self, peer: object, pending: Pending, plan: Plan) -> None:
         """Record one answered request in the access log."""
-        req = pending.req
+        req = pending
         sent = 0 if req.method == b"HEAD" or plan.status == 304 else plan.length
         self.log.write(peer, req.method or b"-", req.target or b"-", pending.version10, plan.status, sent,
                        pending.referer, pending.ua)
