@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import re
+import socket
 from typing import TYPE_CHECKING
 
 import httptools
@@ -21,6 +22,7 @@ MAX_TARGET = 8 * 1024
 MAX_HEAD = 64 * 1024
 MAX_QUEUE = 64  # pipelined requests parsed ahead of the responses before reading pauses
 SENDFILE_CHUNK = 1 << 30
+CORK_MIN = 1 << 20
 
 # Interesting request header fields -> small ints (the rest are skipped without allocation).
 _RANGE, _IF_RANGE, _IF_MATCH, _IF_NONE_MATCH, _IF_MOD, _IF_UNMOD, _ACCEPT_ENC = range(7)
@@ -59,6 +61,21 @@ def _unknown_method_line(data: bytes, completed: int) -> bool:
             return False
         start = end + 4
     return _REQUEST_LINE.match(data, start) is not None
+
+
+def _cork(fd: int, on: int) -> bool:
+    """Set TCP_CORK on a socket fd we do not own (the transport's); True when it took."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
+        return True
+    except OSError:
+        return False  # the peer is gone; the transfer's own error handling takes over
+    finally:
+        sock.detach()
 
 
 class _Abort(Exception):
@@ -111,7 +128,7 @@ class H1Connection(asyncio.Protocol):
 
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "url", "head_size", "error", "cl_seen", "has_body", "host_seen",
-                 "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed")
+                 "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked")
 
     def __init__(self, worker: Worker) -> None:
         self.w = worker
@@ -142,6 +159,7 @@ class H1Connection(asyncio.Protocol):
         self.last_progress = 0.0
         self.reading_paused = False
         self.completed = 0  # requests completed in the chunk being parsed
+        self.corked = False
 
     # -- asyncio protocol -------------------------------------------------------------------------
 
@@ -209,6 +227,7 @@ class H1Connection(asyncio.Protocol):
         self.w.connections.discard(self)
         self.queue.clear()
         self.closing = True
+        self.corked = False  # the transport closed its fd: the number may already be reused
         if self.xfer is not None:
             self._end_transfer()
 
@@ -407,6 +426,10 @@ class H1Connection(asyncio.Protocol):
         entry = plan.entry
         entry.acquire()
         self.xfer = _Transfer(entry, [status_line + w.date_line + head, *parts])
+        if plan.length >= CORK_MIN:
+            # Big bodies: cork so only full segments leave while sendfile runs (as nginx's
+            # tcp_nopush); uncorking at the end flushes the tail.
+            self.corked = _cork(self.fd, 1)
         self.last_progress = w.loop.time()
         self.busy = True
         if self.xfer.drive(self.fd):
@@ -440,6 +463,9 @@ class H1Connection(asyncio.Protocol):
         xfer = self.xfer
         self.xfer = None
         self.busy = False
+        if self.corked:
+            self.corked = False
+            _cork(self.fd, 0)
         if xfer is not None:
             xfer.entry.release()
         if self.dup >= 0:
