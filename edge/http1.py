@@ -412,12 +412,11 @@ class H1Connection(asyncio.Protocol):
         if head is None:
             head = heads[conn] = serialize_head(plan, conn)
         status_line = _STATUS_LINES[plan.status]
-        req = pending
         w.requests += 1
         if w.log is not None:
             w.access(self.peer, pending, plan)
         parts = plan.parts
-        if not parts or req.method == b"HEAD" or plan.status == 304:
+        if not parts or pending.method == b"HEAD" or plan.status == 304:
             self.transport.write(b"".join((status_line, w.date_line, head)))
             return
         if len(parts) == 1 and type(parts[0]) is bytes:
