@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import resource
 import signal
 import socket
 import sys
@@ -18,6 +17,7 @@ from .core import Plan, Site
 from .filecache import FileCache, Resolver
 from .http1 import H1Connection, Pending
 from .httpdate import format_http_date
+from .limits import raise_nofile
 
 
 def make_listener(host: str, port: int, *, reuseport: bool = False, backlog: int = 4096) -> socket.socket:
@@ -31,19 +31,6 @@ def make_listener(host: str, port: int, *, reuseport: bool = False, backlog: int
     sock.listen(backlog)
     sock.setblocking(False)
     return sock
-
-
-def raise_nofile(wanted: int) -> int:
-    """Raise RLIMIT_NOFILE's soft limit toward the hard limit; returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def cache_budget(max_entries: int, nofile: int) -> int:

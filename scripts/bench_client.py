@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import resource
+import os
 import selectors
 import socket
 import sys
@@ -35,21 +35,17 @@ RCVBUF = 8 << 20              # requested SO_RCVBUF (kernel caps it at rmem_max*
 MAX_HEAD = 64 << 10           # give up on a response head larger than this
 
 
-class ClientError(Exception):
-    pass
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from edge.limits import raise_nofile as _raise_nofile  # noqa: E402  (edge/limits.py needs only the stdlib)
 
 
 def raise_nofile(want: int = 65536) -> int:
-    """Raise RLIMIT_NOFILE's soft limit as far as allowed; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
+    """Raise RLIMIT_NOFILE for the load generator (many idle connections)."""
+    return _raise_nofile(want)
+
+
+class ClientError(Exception):
+    pass
 
 
 def request_bytes(host: str, port: int, path: str) -> bytes:
