@@ -182,22 +182,24 @@ class Resolver:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             return NotFound(404)
-        name = os.path.basename(fs)
         try:
-            ctype = mediatypes.content_type(name, fd)
-        except OSError:
+            ctype = mediatypes.content_type(os.path.basename(fs), fd)
+            entry = self._entry(path, fs, fd, st, ctype, None)
+        except OSError:  # an I/O error reading the head of the file (sniff or inline body)
             os.close(fd)
             return NotFound(404)
-        entry = self._entry(path, fs, fd, st, ctype, None)
         for suffix, coding in VARIANT_SUFFIXES:
             vopened = self._open(fs + suffix)
             if isinstance(vopened, int):
                 continue
             vfd, vst = vopened
-            if not stat.S_ISREG(vst.st_mode):
-                os.close(vfd)
-                continue
-            entry.variants[coding] = self._entry(path, fs + suffix, vfd, vst, ctype, coding)
+            try:
+                if stat.S_ISREG(vst.st_mode):
+                    entry.variants[coding] = self._entry(path, fs + suffix, vfd, vst, ctype, coding)
+                    continue
+            except OSError:
+                pass  # an unreadable variant is skipped; the original still serves
+            os.close(vfd)
         return entry
 
     def _entry(self, path: str, fs: str, fd: int, st: os.stat_result, ctype: str, coding: str | None) -> FileEntry:
