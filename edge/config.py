@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -185,7 +185,3 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
         raise ConfigError(f"root: not a directory: {config.root}")
     return replace(config, root=root)
 
-
-def keys() -> list[str]:
-    """The top-level keys a config file may use."""
-    return [f.name for f in fields(Config)]

@@ -63,19 +63,13 @@ def _unknown_method_line(data: bytes, completed: int) -> bool:
     return _REQUEST_LINE.match(data, start) is not None
 
 
-def _cork(fd: int, on: int) -> bool:
-    """Set TCP_CORK on a socket fd we do not own (the transport's); True when it took."""
+def _cork(transport: asyncio.Transport, on: int) -> bool:
+    """Set TCP_CORK on the transport's socket; True when it took."""
     try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return False
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
         return True
-    except OSError:
+    except (OSError, AttributeError):
         return False  # the peer is gone; the transfer's own error handling takes over
-    finally:
-        sock.detach()
 
 
 class _Abort(Exception):
@@ -227,7 +221,7 @@ class H1Connection(asyncio.Protocol):
         self.w.connections.discard(self)
         self.queue.clear()
         self.closing = True
-        self.corked = False  # the transport closed its fd: the number may already be reused
+        self.corked = False  # the socket is gone: nothing to uncork
         if self.xfer is not None:
             self._end_transfer()
 
@@ -371,19 +365,20 @@ class H1Connection(asyncio.Protocol):
         """Open or revalidate a file off the event loop, then answer."""
         self.busy = True
         self._pause_reading()
-        w = self.w
-        old = w.cache.stale(miss.path)
-        fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
-        fut.add_done_callback(lambda f: self._loaded(f, pending, miss, old))
+        self._start_load(pending, miss, self.w.cache.stale(miss.path))
 
-    def _loaded(self, fut: asyncio.Future, pending: Pending, miss: Miss, old: FileEntry | None) -> None:
+    def _start_load(self, pending: Pending, miss: Miss, old: FileEntry | None) -> None:
+        w = self.w
+        fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
+        fut.add_done_callback(lambda f: self._loaded(f, pending, miss))
+
+    def _loaded(self, fut: asyncio.Future, pending: Pending, miss: Miss) -> None:
         w = self.w
         try:
             result = fut.result()
             found = w.cache.store(miss.path, result, w.loop.time())
         except LookupError:  # the entry was evicted while it was being revalidated: load it afresh
-            fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, None)
-            fut.add_done_callback(lambda f: self._loaded(f, pending, miss, None))
+            self._start_load(pending, miss, None)
             return
         except Exception:
             found = NotFound(500)
@@ -428,7 +423,7 @@ class H1Connection(asyncio.Protocol):
         if plan.length >= CORK_MIN:
             # Big bodies: cork so only full segments leave while sendfile runs (as nginx's
             # tcp_nopush); uncorking at the end flushes the tail.
-            self.corked = _cork(self.fd, 1)
+            self.corked = _cork(self.transport, 1)
         self.last_progress = w.loop.time()
         self.busy = True
         if self.xfer.drive(self.fd):
@@ -464,7 +459,7 @@ class H1Connection(asyncio.Protocol):
         self.busy = False
         if self.corked:
             self.corked = False
-            _cork(self.fd, 0)
+            _cork(self.transport, 0)
         if xfer is not None:
             xfer.entry.release()
         if self.dup >= 0:
@@ -493,9 +488,8 @@ class H1Connection(asyncio.Protocol):
             return
         if self.state == HEAD and self.transport is not None:
             self.error = 408
-            self.transport.write(b"".join((_STATUS_LINES[408], self.w.date_line,
-                                           serialize_head(self.w.site.error(408), CONN_CLOSE),
-                                           self.w.site.error(408).parts[0])))
+            timed_out = _failed(self.w.site.error(408))
+            self._send(timed_out, timed_out.plan)
             self.transport.close()
         elif self.state == IDLE and self.transport is not None:
             self.transport.close()

@@ -25,7 +25,7 @@ import pytest
 
 STRACE = shutil.which("strace") or ("/usr/bin/strace" if os.path.exists("/usr/bin/strace") else None)
 
-SYSCALLS = "sendfile,read,pread64,readv,preadv,recvfrom,write,writev"
+SYSCALLS = "sendfile,read,pread64,readv,preadv,recvfrom,write,writev,setsockopt"
 READS = {"read", "pread64", "readv", "preadv"}
 WRITES = {"write", "writev"}
 
@@ -35,6 +35,8 @@ CALL = re.compile(r"^(\d+)\s+(\w+)\((\d+)<(.*?)>[,)].*?\)\s+=\s+(-?\d+)")
 UNFINISHED = re.compile(r"^(\d+)\s+(\w+)\((\d+)<(.*?)>.*<unfinished \.\.\.>\s*$")
 # "1234  <... sendfile resumed>...) = 1048576"
 RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>.*\)\s+=\s+(-?\d+)")
+# "1234  setsockopt(15<TCP:[...]>, SOL_TCP, TCP_CORK, [1], 4) = 0"
+CORK = re.compile(r"setsockopt\(.*TCP_CORK, \[([01])\], \d+\)\s+=\s+0")
 
 
 def is_socket(annotation: str) -> bool:
@@ -51,8 +53,13 @@ class Trace:
         self.file_reads: dict[str, int] = defaultdict(int)  # non-socket fd annotation -> bytes read
         self.socket_writes = 0  # bytes written with write/writev to sockets
         self.lines = 0
+        self.corks: list[int] = []  # TCP_CORK values set, in order
         pending: dict[str, tuple[str, str]] = {}
         for line in text.splitlines():
+            m = CORK.search(line)
+            if m:
+                self.corks.append(int(m.group(1)))
+                continue
             m = CALL.match(line)
             if m:
                 pid, name, _fd, ann, ret = m.groups()
@@ -216,6 +223,8 @@ def test_file_bytes_go_by_sendfile_and_are_never_read(strace_available, edge, ww
         assert from_file <= 8192, f"{name}: {from_file} bytes read from the file"
     # And the bytes did not go out by write/writev either: those only carry header blocks.
     assert trace.socket_writes <= 16 * 1024, f"{trace.socket_writes} bytes written to sockets by write/writev"
+    # Bodies of 1 MiB or more are corked for the transfer and uncorked after it (else the tail waits).
+    assert trace.corks == [1, 0] * len(results), f"TCP_CORK settings: {trace.corks}"
 
 
 def test_ranges_and_multipart_go_by_sendfile(strace_available, edge, www: Path, tmp_path: Path):
