@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", help="directory to serve (default: the current directory)")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free port)")
-    serve.add_argument("--workers", help="worker processes: N or auto (default auto)")
+    serve.add_argument("--workers", help="worker processes: N or auto, one per usable CPU (default auto)")
+    serve.add_argument("--cpu-affinity", dest="cpu_affinity",
+                       help='pin workers: auto (one CPU each), off, or CPU sets such as "0 1 2-3" (default auto)')
     serve.add_argument("--config", help="TOML config file; flags override it")
     serve.add_argument("--header-timeout", type=float, dest="header_timeout",
                        help="seconds for a whole request head to arrive (default 10)")
@@ -39,25 +41,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    keys = ("root", "host", "port", "workers", "header_timeout", "keepalive_timeout", "access_log")
+    keys = ("root", "host", "port", "workers", "cpu_affinity", "header_timeout", "keepalive_timeout", "access_log")
     return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
 
 
-def serve(config: Config) -> int:
-    """Bind the listener, print the start-up line and run until stopped."""
-    from .worker import make_listener, run
+def serve(config: Config, config_path: str | None, overrides: dict) -> int:
+    """Run the supervisor: listeners, pinned workers, reloads; returns when stopped."""
+    from .supervisor import Supervisor
 
-    try:
-        sock = make_listener(config.host, config.port)
-    except OSError as e:
-        print(f"edge: cannot listen on {config.host}:{config.port}: {e.strerror}", file=sys.stderr)
-        return 1
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    # One process until the per-core workers land; `workers` is accepted and reported.
-    print(f"edge {__version__} listening on http://{shown}:{port} root={config.root} workers=1", flush=True)
-    run(config, sock)
-    return 0
+    return Supervisor(config, config_path, overrides).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             load(args.file)
             print(f"{args.file}: ok")
             return 0
-        config = load(args.config, _overrides(args))
+        overrides = _overrides(args)
+        config = load(args.config, overrides)
     except ConfigError as e:
         print(f"edge: {e}", file=sys.stderr)
         return 2
-    return serve(config)
+    return serve(config, args.config, overrides)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .topology import parse_cpulist
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown or has a bad value; the message names the key."""
@@ -37,6 +39,7 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int | str = "auto"
+    cpu_affinity: str | tuple[frozenset[int], ...] = "auto"
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
@@ -51,6 +54,7 @@ class Config:
 
 
 SYMLINK_POLICIES = ("inside-root", "never", "always")
+MAX_WORKERS = 1024
 
 
 def _number(key: str, value: Any, *, kind: type, minimum: float, maximum: float | None = None) -> Any:
@@ -75,9 +79,34 @@ def _workers(key: str, value: Any) -> int | str:
         return "auto"
     if isinstance(value, str) and value.isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}: expected a positive integer or \"auto\", got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"{key}: expected \"auto\" or an integer from 1 to {MAX_WORKERS}, got {value!r}")
     return value
+
+
+def _cpu_affinity(key: str, value: Any) -> str | tuple[frozenset[int], ...]:
+    """"auto", "off", or CPU sets as an array (["0", "1", "2-3"]) or one string of space-separated sets."""
+    if value in ("auto", "off"):
+        return value
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{key}: expected \"auto\", \"off\" or a list of CPU sets such as [\"0\", \"1-3\"], "
+                          f"got {value!r}")
+    sets = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            cpus = {item}
+        elif isinstance(item, str):
+            try:
+                cpus = parse_cpulist(item)
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+        else:
+            raise ConfigError(f"{key}: expected a CPU number or a CPU list string, got {item!r}")
+        if not cpus:
+            raise ConfigError(f"{key}: empty CPU set")
+        sets.append(frozenset(cpus))
+    return tuple(sets)
 
 
 def _file_cache(key: str, value: Any) -> FileCacheConfig:
@@ -141,6 +170,8 @@ def _validate_key(key: str, value: Any) -> Any:
         return _number(key, value, kind=int, minimum=0, maximum=65535)
     if key == "workers":
         return _workers(key, value)
+    if key == "cpu_affinity":
+        return _cpu_affinity(key, value)
     if key in ("header_timeout", "keepalive_timeout", "send_timeout", "shutdown_timeout"):
         return _number(key, value, kind=float, minimum=0)
     if key == "access_log":

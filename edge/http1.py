@@ -14,6 +14,7 @@ import httptools
 from .conditional import Conditions
 from .core import REASONS, Miss, Plan, Request
 from .filecache import FileEntry, NotFound
+from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -167,6 +168,9 @@ class H1Connection(asyncio.Protocol):
         w = self.w
         self.deadline = w.loop.time() + w.header_timeout
         w.connections.add(self)
+        stats = w.stats
+        stats[CONNECTIONS_TOTAL] += 1
+        stats[CONNECTIONS_ACTIVE] += 1
         if w.log is not None:
             self.peer = transport.get_extra_info("peername")
 
@@ -219,6 +223,7 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
         self.w.connections.discard(self)
+        self.w.stats[CONNECTIONS_ACTIVE] -= 1
         self.queue.clear()
         self.closing = True
         self.corked = False  # the socket is gone: nothing to uncork
@@ -327,6 +332,7 @@ class H1Connection(asyncio.Protocol):
     def _fail(self, status: int) -> None:
         """Queue an error answer for the malformed request, stop reading, close after it."""
         self.error = status
+        self.w.stats[ERRORS] += 1
         self.queue.append(_failed(self.w.site.error(status)))
         self.in_message = False
         self._pause_reading()
@@ -407,19 +413,26 @@ class H1Connection(asyncio.Protocol):
         if head is None:
             head = heads[conn] = serialize_head(plan, conn)
         status_line = _STATUS_LINES[plan.status]
-        w.requests += 1
+        stats = w.stats
+        stats[STATUS_FIELD[plan.status]] += 1
         if w.log is not None:
             w.access(self.peer, pending, plan)
         parts = plan.parts
         if not parts or pending.method == b"HEAD" or plan.status == 304:
-            self.transport.write(b"".join((status_line, w.date_line, head)))
+            data = b"".join((status_line, w.date_line, head))
+            stats[BYTES_OUT] += len(data)
+            self.transport.write(data)
             return
         if len(parts) == 1 and type(parts[0]) is bytes:
-            self.transport.write(b"".join((status_line, w.date_line, head, parts[0])))
+            data = b"".join((status_line, w.date_line, head, parts[0]))
+            stats[BYTES_OUT] += len(data)
+            self.transport.write(data)
             return
         entry = plan.entry
         entry.acquire()
-        self.xfer = _Transfer(entry, [status_line + w.date_line + head, *parts])
+        head = status_line + w.date_line + head
+        stats[BYTES_OUT] += len(head) + plan.length
+        self.xfer = _Transfer(entry, [head, *parts])
         if plan.length >= CORK_MIN:
             # Big bodies: cork so only full segments leave while sendfile runs (as nginx's
             # tcp_nopush); uncorking at the end flushes the tail.
@@ -470,8 +483,12 @@ class H1Connection(asyncio.Protocol):
     def _abort_transfer(self) -> None:
         """The client went away or the file shrank under us: never let a short body pass as complete."""
         xfer = self.xfer
-        if xfer is not None and xfer.truncated:
-            self.w.cache.purge(xfer.entry.path)
+        stats = self.w.stats
+        stats[ERRORS] += 1
+        if xfer is not None:
+            stats[BYTES_OUT] -= xfer.unsent()
+            if xfer.truncated:
+                self.w.cache.purge(xfer.entry.path)
         self._end_transfer()
         self.closing = True
         self.queue.clear()
@@ -494,11 +511,15 @@ class H1Connection(asyncio.Protocol):
         elif self.state == IDLE and self.transport is not None:
             self.transport.close()
 
-    def shutdown(self) -> None:
-        """Graceful stop: close now if idle, else after the response in progress."""
+    def shutdown(self, idle_deadline: float) -> None:
+        """Graceful stop: the next response says Connection: close; an idle connection closes at `idle_deadline`.
+
+        Not closing idle connections at once leaves no window in which a client's next request
+        meets a connection that is already gone (that would fail requests during a reload).
+        """
         self.closing = True
-        if not self.busy and not self.queue and not self.in_message and self.transport is not None:
-            self.transport.close()
+        if self.state == IDLE:
+            self.deadline = min(self.deadline, idle_deadline)
 
 
 class _Transfer:
@@ -513,6 +534,13 @@ class _Transfer:
         self.done = 0  # bytes of parts[index] already written
         self.failed = False
         self.truncated = False
+
+    def unsent(self) -> int:
+        """Bytes of the response not yet written."""
+        left = -self.done
+        for part in self.parts[self.index:]:
+            left += len(part) if type(part) is bytes else part[1]
+        return max(left, 0)
 
     def drive(self, sock: int) -> bool:
         """Write as much as the socket takes; True when everything went, False on EAGAIN or failure."""

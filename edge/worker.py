@@ -7,6 +7,8 @@ import signal
 import socket
 import sys
 import time
+from array import array
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import uvloop
@@ -18,6 +20,9 @@ from .filecache import FileCache, Resolver
 from .http1 import H1Connection, Pending
 from .httpdate import format_http_date
 from .limits import raise_nofile
+from .stats import DRAINING, FC_ENTRIES, FC_EVICTIONS, FC_HITS, FC_MISSES, FIELDS, SERVING, STATE
+
+DRAIN_IDLE_GRACE = 1.0  # seconds an idle keep-alive connection may still send one last request when draining
 
 
 def make_listener(host: str, port: int, *, reuseport: bool = False, backlog: int = 4096) -> socket.socket:
@@ -41,8 +46,10 @@ def cache_budget(max_entries: int, nofile: int) -> int:
 class Worker:
     """Per-process serving state: loop, site semantics, file cache, connections and the 1 Hz tick."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, stats: memoryview | None = None) -> None:
         self.config = config
+        # This worker's slot in the supervisor's shared stats block (a private one when run alone).
+        self.stats = stats if stats is not None else memoryview(array("q", bytes(8 * FIELDS)))
         self.loop = loop
         self.header_timeout = config.header_timeout
         self.keepalive_timeout = config.keepalive_timeout
@@ -58,7 +65,6 @@ class Worker:
                          server_name=config.server_name)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
         self.connections: set[H1Connection] = set()
-        self.requests = 0
         self.log = AccessLog(config.access_log) if config.access_log else None
         self.date_line = b""
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -76,8 +82,17 @@ class Worker:
             conn.tick(now)
         if self.log is not None:
             self.log.flush()
+        self._publish_cache_stats()
         wall = time.time()
         self._tick_handle = self.loop.call_later(1.0 - (wall % 1.0) + 0.001, self._tick)
+
+    def _publish_cache_stats(self) -> None:
+        """Copy the file cache's counters to the shared slot (once a second keeps them off the hot path)."""
+        stats, cache = self.stats, self.cache
+        stats[FC_HITS] = cache.hits
+        stats[FC_MISSES] = cache.misses
+        stats[FC_EVICTIONS] = cache.evictions
+        stats[FC_ENTRIES] = len(cache)
 
     def access(self, peer: object, pending: Pending, plan: Plan) -> None:
         """Record one answered request in the access log."""
@@ -86,18 +101,24 @@ class Worker:
         self.log.write(peer, req.method or b"-", req.target or b"-", pending.version10, plan.status, sent,
                        pending.referer, pending.ua)
 
-    async def serve(self, sock: socket.socket) -> None:
+    async def serve(self, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
         """Serve `sock` until SIGTERM/SIGINT, then drain for up to shutdown_timeout seconds."""
         loop = self.loop
         server = await loop.create_server(lambda: H1Connection(self), sock=sock, backlog=4096)
         self._stopping = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         self._tick()
+        self.stats[STATE] = SERVING
+        if on_ready is not None:
+            on_ready()
         await self._stopping
+        self.stats[STATE] = DRAINING
         server.close()
+        grace = loop.time() + DRAIN_IDLE_GRACE
         for conn in list(self.connections):
-            conn.shutdown()
+            conn.shutdown(grace)
         deadline = loop.time() + self.config.shutdown_timeout
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.05)
@@ -106,18 +127,26 @@ class Worker:
                 conn.transport.abort()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        self._publish_cache_stats()
         self.cache.close()
         if self.log is not None:
             self.log.close()
         self.executor.shutdown(wait=False)
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log (after logrotate moved it)."""
+        if self.log is not None:
+            self.log.flush()
+            self.log.reopen()
 
     def _request_stop(self) -> None:
         if self._stopping is not None and not self._stopping.done():
             self._stopping.set_result(None)
 
 
-def run(config: Config, sock: socket.socket) -> None:
+def run(config: Config, sock: socket.socket, stats: memoryview | None = None,
+        on_ready: Callable[[], None] | None = None) -> None:
     """Run one worker on `sock` in a fresh uvloop event loop until it is told to stop."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        worker = Worker(config, runner.get_loop())
-        runner.run(worker.serve(sock))
+        worker = Worker(config, runner.get_loop(), stats)
+        runner.run(worker.serve(sock, on_ready))

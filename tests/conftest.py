@@ -8,20 +8,28 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-STARTUP = re.compile(r"listening on http://(\S+):(\d+) ")
+STARTUP = re.compile(r"listening on http://(\S+):(\d+) .*workers=(\d+)")
+WORKER_LINE = re.compile(r"^  worker (\d+): pid (\d+) (.*)$")
 
 
 class EdgeProcess:
-    """A running `edge serve` child process bound to a free loopback port."""
+    """A running `edge serve` (supervisor plus workers) bound to a free loopback port.
+
+    `pid` is the supervisor; `banner` maps each worker slot to (pid, placement) as printed at
+    start-up. Output after the banner is collected by threads (a full pipe would block the server).
+    """
 
     def __init__(self, root: Path, *args: str, config: Path | None = None, env: dict | None = None) -> None:
         cmd = [sys.executable, "-m", "edge.cli", "serve", "--root", str(root), "--host", "127.0.0.1",
-               "--port", "0", "--workers", "1", *args]
+               "--port", "0", *args]
+        if "--workers" not in args:
+            cmd += ["--workers", "1"]
         if config is not None:
             cmd += ["--config", str(config)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -36,18 +44,59 @@ class EdgeProcess:
         self.port = int(m.group(2))
         self.pid = self.proc.pid
         self.url = f"http://{self.host}:{self.port}"
+        self.topology = self.proc.stdout.readline().strip()
+        self.banner: dict[int, tuple[int, str]] = {}
+        for _ in range(int(m.group(3))):
+            w = WORKER_LINE.match(self.proc.stdout.readline().rstrip("\n"))
+            assert w, "start-up banner without its worker table"
+            self.banner[int(w.group(1))] = (int(w.group(2)), w.group(3))
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers = [threading.Thread(target=_collect, args=(stream, sink), daemon=True)
+                         for stream, sink in ((self.proc.stdout, self._out), (self.proc.stderr, self._err))]
+        for reader in self._readers:
+            reader.start()
+
+    def stderr(self) -> str:
+        """Everything the server wrote to stderr so far (all of it once the process has exited)."""
+        if self.proc.poll() is not None:
+            for reader in self._readers:
+                reader.join(5)
+        return "".join(self._err)
+
+    def stdout(self) -> str:
+        """Everything the server wrote to stdout after the start-up banner."""
+        if self.proc.poll() is not None:
+            for reader in self._readers:
+                reader.join(5)
+        return "".join(self._out)
+
+    def worker_pids(self) -> list[int]:
+        """The supervisor's live child processes (its workers), read from /proc."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            return []
+
+    @property
+    def worker_pid(self) -> int:
+        """The one worker of a single-worker server (the process that serves requests)."""
+        pids = self.worker_pids()
+        assert len(pids) == 1, f"expected one worker, found {pids}"
+        return pids[0]
 
     def connect(self, timeout: float = 5.0) -> socket.socket:
         """A fresh TCP connection to the server."""
         return socket.create_connection((self.host, self.port), timeout=timeout)
 
     def fds(self) -> int:
-        """How many file descriptors the server process has open."""
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        """How many file descriptors the (single) worker process has open."""
+        return len(os.listdir(f"/proc/{self.worker_pid}/fd"))
 
     def rss(self) -> int:
-        """Resident set size of the server process, in bytes."""
-        with open(f"/proc/{self.pid}/status") as f:
+        """Resident set size of the (single) worker process, in bytes."""
+        with open(f"/proc/{self.worker_pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
@@ -67,6 +116,11 @@ class EdgeProcess:
     def alive(self) -> bool:
         """True while the process runs."""
         return self.proc.poll() is None
+
+
+def _collect(stream, sink: list[str]) -> None:
+    for line in stream:
+        sink.append(line)
 
 
 @pytest.fixture

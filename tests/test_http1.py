@@ -570,7 +570,7 @@ def test_accepted_sockets_have_tcp_nodelay(server):
     try:
         client.send(get("/hello.txt"))
         assert client.response()[0] == 200
-        theirs = _server_socket_for(server.pid, client.sock)
+        theirs = _server_socket_for(server.worker_pid, client.sock)
         try:
             assert theirs.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         finally:

@@ -107,7 +107,7 @@ def test_sigterm_closes_idle_keepalive_connections_and_exits_0(server):
 def test_sigint_on_idle_server_exits_0(server):
     assert request(server, "/hello.txt")[0] == 200
     assert server.stop(signal.SIGINT, timeout=10) == 0
-    err = server.proc.stderr.read()
+    err = server.stderr()
     assert "Traceback" not in err, err
 
 

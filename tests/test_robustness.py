@@ -300,11 +300,11 @@ def test_thousands_of_mixed_requests_leave_no_leak(edge, www: Path, tmp_path: Pa
     baseline = settled_fds(server)
 
     failures = load.run(REQUESTS_PER_ROUND, seed=1)
-    assert server.alive(), server.proc.stderr.read() if not server.alive() else ""
+    assert server.alive(), server.stderr() if not server.alive() else ""
     assert not failures, f"{len(failures)} wrong answers, e.g. {failures[:5]}"
     time.sleep(1.0)
     assert wait_for(lambda: server.fds() == baseline, 10), \
-        f"fds {server.fds()} after round 1, baseline {baseline}: {sorted(fd_targets(server.pid))}"
+        f"fds {server.fds()} after round 1, baseline {baseline}: {sorted(fd_targets(server.worker_pid))}"
     rss_after_first = server.rss()
 
     failures = load.run(REQUESTS_PER_ROUND, seed=2)
@@ -312,7 +312,7 @@ def test_thousands_of_mixed_requests_leave_no_leak(edge, www: Path, tmp_path: Pa
     assert not failures, f"{len(failures)} wrong answers, e.g. {failures[:5]}"
     time.sleep(1.0)
     assert wait_for(lambda: server.fds() == baseline, 10), \
-        f"fds {server.fds()} after round 2, baseline {baseline}: {sorted(fd_targets(server.pid))}"
+        f"fds {server.fds()} after round 2, baseline {baseline}: {sorted(fd_targets(server.worker_pid))}"
     rss_after_second = server.rss()
     assert rss_after_second - rss_after_first <= 20 * MIB, \
         f"RSS grew by {(rss_after_second - rss_after_first) / MIB:.1f} MiB over an identical round"
@@ -353,12 +353,12 @@ def test_evicted_file_finishes_for_a_slow_client(edge, www: Path, tmp_path: Path
     assert head.startswith(b"HTTP/1.1 200")
     assert b"content-length: %d" % len(big) in head.lower()
     time.sleep(0.3)
-    assert big_path in fd_targets(server.pid)
+    assert big_path in fd_targets(server.worker_pid)
 
     for name in others:  # evict big.bin from the LRU while its transfer is still under way
         fetch(name)
     assert server.alive()
-    assert big_path in fd_targets(server.pid), "the fd of a file still being sent was closed"
+    assert big_path in fd_targets(server.worker_pid), "the fd of a file still being sent was closed"
 
     parts = [body]
     got = len(body)
@@ -374,10 +374,10 @@ def test_evicted_file_finishes_for_a_slow_client(edge, www: Path, tmp_path: Path
     assert received == big
 
     # The evicted entry's fd is closed once its last transfer ended; nothing else leaked.
-    assert wait_for(lambda: big_path not in fd_targets(server.pid), 10), \
+    assert wait_for(lambda: big_path not in fd_targets(server.worker_pid), 10), \
         "big.bin is still open after it was evicted and its transfer ended"
     assert wait_for(lambda: server.fds() == baseline, 10), \
-        f"fds {server.fds()}, baseline {baseline}: {sorted(fd_targets(server.pid))}"
+        f"fds {server.fds()}, baseline {baseline}: {sorted(fd_targets(server.worker_pid))}"
     fetch(others[0])
     assert server.alive()
 

@@ -192,7 +192,7 @@ def test_file_bytes_go_by_sendfile_and_are_never_read(strace_available, edge, ww
     status, _, _ = download(server.host, server.port, "/warm-noext")
     assert status == 200
 
-    tracer = Strace(server.pid, tmp_path / "strace.out")
+    tracer = Strace(server.worker_pid, tmp_path / "strace.out")
     results = []
     try:
         for _ in range(2):  # miss, then hit
@@ -231,7 +231,7 @@ def test_ranges_and_multipart_go_by_sendfile(strace_available, edge, www: Path, 
     data = os.urandom(2 << 20)
     (www / "zc-ranges.bin").write_bytes(data)
     server = edge()
-    tracer = Strace(server.pid, tmp_path / "strace.out")
+    tracer = Strace(server.worker_pid, tmp_path / "strace.out")
     bodies = []
     try:
         for rng in ("bytes=100000-1199999", "bytes=0-299999,1500000-1999999"):

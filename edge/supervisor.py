@@ -1,0 +1,521 @@
+"""The supervisor (`edge serve`): owns the listening sockets, forks pinned workers, restarts, reloads and drains them."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
+
+from . import __version__
+from .config import Config, ConfigError, load
+from .pinning import (
+    Placement,
+    assign,
+    pin,
+    set_preferred_node,
+    steer_connections,
+    worker_count,
+)
+from .stats import PID, StatsBlock
+from .topology import Topology, discover
+
+MAX_SLOTS = 4 * 1024 + 1  # up to three generations of the largest worker count, plus the retired slot
+READY_TIMEOUT = 15.0  # seconds a new generation has to start serving before a reload is abandoned
+QUICK_DEATH = 5.0  # a worker that dies sooner than this after starting counts towards backoff
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+KILL_GRACE = 5.0  # after shutdown_timeout, workers still running are killed
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Slot:
+    """A worker position: its listening socket (kept for the supervisor's life) and its placement."""
+
+    index: int
+    sock: socket.socket
+    placement: Placement
+    quick_deaths: int = 0
+    restart_at: float | None = None
+
+
+@dataclass
+class Child:
+    """A forked worker process."""
+
+    pid: int
+    slot: int
+    generation: int
+    stats_index: int
+    ready_fd: int
+    started: float
+    ready: bool = False
+    retiring: bool = False
+
+
+@dataclass
+class _Reload:
+    generation: int
+    deadline: float
+    config: Config
+    slots: list[Slot] = field(default_factory=list)
+
+
+def backoff_delay(quick_deaths: int) -> float:
+    """Delay before restarting a worker that has died `quick_deaths` times in a row soon after starting."""
+    if quick_deaths <= 1:
+        return 0.0
+    return min(BACKOFF_FIRST * 2 ** (quick_deaths - 2), BACKOFF_MAX)
+
+
+def describe_exit(status: int) -> str:
+    """'exited with status 1' or 'killed by SIGKILL' from a waitpid status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class Supervisor:
+    """Process manager of one edge node; `run()` returns the exit status of `edge serve`."""
+
+    def __init__(self, config: Config, config_path: str | None = None, overrides: dict[str, Any] | None = None,
+                 *, sysfs: str = "/sys", out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.sysfs = sysfs
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.topology: Topology = discover(sysfs)
+        self.stats = StatsBlock(MAX_SLOTS)
+        self.slots: list[Slot] = []
+        self.children: dict[int, Child] = {}
+        self.generation = 0  # the serving generation
+        self.started = False
+        self.reload: _Reload | None = None
+        self.reload_wanted = False
+        self.stopping = False
+        self.kill_at: float | None = None
+        self.mempolicy = True
+        self.address: tuple[str, int] = ("", 0)
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -- logging ----------------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        """One line on stderr (the supervisor is never on the request path)."""
+        print(f"edge: {message}", file=self.err, flush=True)
+
+    # -- start-up ---------------------------------------------------------------------------------
+
+    def _placements(self, config: Config) -> list[Placement]:
+        count = worker_count(config.workers, self.topology)
+        return assign(config.cpu_affinity, self.topology, count)
+
+    def _listen(self, host: str, port: int) -> socket.socket:
+        from .worker import make_listener
+
+        return make_listener(host, port, reuseport=True)
+
+    def _probe_mempolicy(self, placements: list[Placement]) -> None:
+        """Try the NUMA memory policy once here, so a container's EPERM is logged once, not per worker."""
+        node = next((p.node for p in placements if p.node is not None), None)
+        if node is None:
+            return
+        try:
+            set_preferred_node(node)
+            set_preferred_node(None)
+        except OSError as e:
+            self.mempolicy = False
+            self.log(f"NUMA memory policy unavailable ({e.strerror}); workers are pinned to CPUs only")
+
+    def start(self) -> int:
+        """Bind one SO_REUSEPORT socket per worker, fork the first generation; 0 once all serve."""
+        config = self.config
+        try:
+            placements = self._placements(config)
+        except ValueError as e:
+            self.log(str(e))
+            return 2
+        try:
+            first = self._listen(config.host, config.port)
+            port = first.getsockname()[1]
+            socks = [first] + [self._listen(config.host, port) for _ in placements[1:]]
+        except OSError as e:
+            self.log(f"cannot listen on {config.host}:{config.port}: {e.strerror}")
+            return 1
+        self.address = (config.host, port)
+        self.slots = [Slot(i, s, p) for i, (s, p) in enumerate(zip(socks, placements))]
+        self._probe_mempolicy(placements)
+        self._install_signals()
+        self.generation = 1
+        for slot in self.slots:
+            self._spawn(slot, config, 1)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not all(c.ready for c in self.children.values()):
+            if time.monotonic() > deadline or self.stopping:
+                self.log("workers did not start; stopping")
+                self._kill_all()
+                return 1
+            failed = self._wait(deadline - time.monotonic())
+            if failed:
+                self.log(f"worker {failed} failed to start; stopping")
+                self._kill_all()
+                return 1
+        self.started = True
+        self._banner()
+        return 0
+
+    def _banner(self) -> None:
+        host, port = self.address
+        shown = f"[{host}]" if ":" in host else host
+        lines = [f"edge {__version__} listening on http://{shown}:{port} root={self.config.root} "
+                 f"workers={len(self.slots)}",
+                 f"  topology: {self.topology.describe()}"]
+        lines += self._table()
+        print("\n".join(lines), file=self.out, flush=True)
+
+    def _table(self) -> list[str]:
+        rows = []
+        for child in sorted(self.children.values(), key=lambda c: (c.generation, c.slot)):
+            if child.generation == self.generation and not child.retiring:
+                slot = self.slots[child.slot]
+                rows.append(f"  worker {child.slot}: pid {child.pid} {slot.placement.describe()}")
+        return rows
+
+    # -- signals and the loop ---------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
+                    signal.SIGCHLD):
+            signal.signal(sig, lambda *_: None)  # the number reaches the loop through the wakeup fd
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+
+    def run(self) -> int:
+        """Start, then supervise until stopped; returns the process exit status."""
+        code = self.start()
+        if code:
+            return code
+        while not (self.stopping and not self.children):
+            self._wait(self._next_timer())
+        totals = self.stats.totals()
+        self.log(f"stopped; served {totals['requests']} requests, {totals['bytes_out']} bytes, "
+                 f"{totals['connections_total']} connections")
+        return 0
+
+    def _next_timer(self) -> float | None:
+        now = time.monotonic()
+        times = [s.restart_at for s in self.slots if s.restart_at is not None]
+        if self.reload is not None:
+            times.append(self.reload.deadline)
+        if self.kill_at is not None:
+            times.append(self.kill_at)
+        if not times:
+            return None
+        return max(0.0, min(times) - now)
+
+    def _wait(self, timeout: float | None) -> int | None:
+        """One turn of the loop: signals, readiness reports, exits, timers. Returns a slot that failed to start."""
+        failed = None
+        for key, _ in self.sel.select(timeout):
+            if key.data is None:
+                self._signals()
+            else:
+                failed = self._ready(key.data) if failed is None else failed
+        exited = self._reap()
+        if failed is None and exited is not None:
+            failed = exited
+        self._timers()
+        return failed
+
+    def _signals(self) -> None:
+        try:
+            data = self._wake_r.recv(256)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.stop()
+            elif signum == signal.SIGQUIT:
+                self.quit()
+            elif signum == signal.SIGHUP:
+                self.reload_wanted = True
+            elif signum == signal.SIGUSR1:
+                self.log("reopening log files")
+                self._signal_children(signal.SIGUSR1)
+        if self.reload_wanted and self.reload is None and not self.stopping:
+            self.reload_wanted = False
+            self.begin_reload()
+
+    def _ready(self, child: Child) -> int | None:
+        """A worker wrote its readiness byte (or closed the pipe by dying first)."""
+        try:
+            data = os.read(child.ready_fd, 16)
+        except OSError:
+            data = b""
+        self.sel.unregister(child.ready_fd)
+        os.close(child.ready_fd)
+        child.ready_fd = -1
+        if not data:
+            return None  # it died before it was ready; _reap handles the exit
+        child.ready = True
+        if self.reload is not None and child.generation == self.reload.generation:
+            self._maybe_finish_reload()
+        return None
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    def _spawn(self, slot: Slot, config: Config, generation: int) -> Child:
+        placement = slot.placement
+        stats_index = self.stats.claim(generation, placement.cpu,
+                                       placement.node if placement.node is not None else -1)
+        ready_r, ready_w = os.pipe()
+        for stream in (self.out, self.err, sys.stdout, sys.stderr):
+            stream.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(ready_r)
+                self._become_worker(parent, slot, config, stats_index, ready_w)
+                code = 0
+            except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        os.close(ready_w)
+        self.stats.slot(stats_index)[PID] = pid
+        child = Child(pid, slot.index, generation, stats_index, ready_r, time.monotonic())
+        self.children[pid] = child
+        self.sel.register(ready_r, selectors.EVENT_READ, child)
+        return child
+
+    def _become_worker(self, parent: int, slot: Slot, config: Config, stats_index: int, ready_w: int) -> None:
+        """In the forked child: drop the supervisor's state, pin, and serve slot's socket."""
+        from .worker import run
+
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal hangup is the supervisor's business
+        try:
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:
+            return  # the supervisor died while we forked
+        self.sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        for child in self.children.values():
+            if child.ready_fd >= 0:
+                os.close(child.ready_fd)
+        for other in self.slots + (self.reload.slots if self.reload else []):
+            if other.sock is not slot.sock:
+                other.sock.close()
+        warning = pin(slot.placement, mempolicy=self.mempolicy)
+        if warning:
+            print(f"edge: worker {slot.index}: {warning}", file=sys.stderr, flush=True)
+        steer_connections(slot.sock, slot.placement)
+        stats = self.stats.slot(stats_index)
+        stats[PID] = os.getpid()
+
+        def ready() -> None:
+            os.write(ready_w, b"R")
+            os.close(ready_w)
+
+        run(config, slot.sock, stats, ready)
+
+    def _reap(self) -> int | None:
+        """Collect exited workers; replace those of the serving generation. Returns a slot that died unready."""
+        failed = None
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            if child.ready_fd >= 0:
+                self.sel.unregister(child.ready_fd)
+                os.close(child.ready_fd)
+                child.ready_fd = -1
+            self.stats.release(child.stats_index)
+            how = describe_exit(status)
+            if self.stopping or child.retiring:
+                if os.waitstatus_to_exitcode(status) != 0 and not self.stopping:
+                    self.log(f"worker {child.slot} (pid {child.pid}, generation {child.generation}) {how}")
+                continue
+            if self.reload is not None and child.generation == self.reload.generation:
+                self.log(f"worker {child.slot} of generation {child.generation} (pid {child.pid}) {how} "
+                         "while starting")
+                self.abort_reload("a new worker died while starting")
+                continue
+            if not self.started:
+                failed = child.slot if failed is None else failed
+                self.log(f"worker {child.slot} (pid {child.pid}) {how}")
+                continue
+            self._schedule_restart(child, how)
+        return failed
+
+    def _schedule_restart(self, child: Child, how: str) -> None:
+        slot = self.slots[child.slot]
+        lived = time.monotonic() - child.started
+        slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH or not child.ready else 0
+        delay = backoff_delay(slot.quick_deaths)
+        slot.restart_at = time.monotonic() + delay
+        when = "now" if delay == 0 else f"in {delay:.1f} s ({slot.quick_deaths} quick deaths in a row)"
+        self.log(f"worker {child.slot} (pid {child.pid}) {how}; restarting {when}")
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if not self.stopping:
+            for slot in self.slots:
+                if slot.restart_at is not None and slot.restart_at <= now:
+                    slot.restart_at = None
+                    child = self._spawn(slot, self.config, self.generation)
+                    self.log(f"worker {slot.index} restarted as pid {child.pid}")
+        if self.reload is not None and now >= self.reload.deadline:
+            self.abort_reload(f"the new workers did not start within {READY_TIMEOUT:.0f} s")
+        if self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None
+            if self.children:
+                self.log(f"{len(self.children)} worker(s) still running after shutdown_timeout; killing them")
+                self._signal_children(signal.SIGKILL)
+
+    def _signal_children(self, sig: int, children: list[Child] | None = None) -> None:
+        for child in list(self.children.values()) if children is None else children:
+            try:
+                os.kill(child.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _kill_all(self) -> None:
+        self._signal_children(signal.SIGKILL)
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            child = self.children.pop(pid)
+            self.stats.release(child.stats_index)
+
+    # -- stop -------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """SIGTERM/SIGINT: every worker stops accepting and drains; the supervisor exits when all are gone."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.log(f"stopping: draining {len(self.children)} worker(s)")
+        if self.reload is not None:
+            self._signal_children(signal.SIGKILL, self._generation_children(self.reload.generation))
+            self.reload = None
+        self._signal_children(signal.SIGTERM)
+        for slot in self.slots:
+            slot.sock.close()  # with the workers' copies closed too, new connections are refused
+        self.kill_at = time.monotonic() + self.config.shutdown_timeout + KILL_GRACE
+
+    def quit(self) -> None:
+        """SIGQUIT: stop now, without draining."""
+        self.stopping = True
+        self.log("quitting: killing every worker")
+        self._signal_children(signal.SIGKILL)
+        for slot in self.slots:
+            slot.sock.close()
+
+    # -- reload -----------------------------------------------------------------------------------
+
+    def _generation_children(self, generation: int) -> list[Child]:
+        return [c for c in self.children.values() if c.generation == generation]
+
+    def begin_reload(self) -> None:
+        """SIGHUP: validate the config again, then start a new generation on the same sockets."""
+        try:
+            config = load(self.config_path, self.overrides)
+            placements = self._placements(config)
+        except (ConfigError, ValueError) as e:
+            self.log(f"reload failed, still serving the old configuration: {e}")
+            return
+        host, port = self.address
+        if (config.host, config.port) != (self.config.host, self.config.port):
+            self.log(f"reload: host and port changes need a restart; still listening on {host}:{port}")
+            config = replace(config, host=self.config.host, port=self.config.port)
+        slots = []
+        try:
+            for i, placement in enumerate(placements):
+                sock = self.slots[i].sock if i < len(self.slots) else self._listen(host, port)
+                slots.append(Slot(i, sock, placement))
+        except OSError as e:
+            for extra in slots[len(self.slots):]:
+                extra.sock.close()
+            self.log(f"reload failed, cannot add a listener: {e.strerror}")
+            return
+        generation = max(self.generation, *(c.generation for c in self.children.values())) + 1
+        self.reload = _Reload(generation, time.monotonic() + READY_TIMEOUT, config, slots)
+        self.log(f"reload: starting generation {generation} ({len(slots)} workers)")
+        try:
+            for slot in slots:
+                self._spawn(slot, config, generation)
+        except (OSError, RuntimeError) as e:
+            self.abort_reload(str(e))
+
+    def _maybe_finish_reload(self) -> None:
+        new = self.reload
+        assert new is not None
+        fresh = self._generation_children(new.generation)
+        if len(fresh) < len(new.slots) or not all(c.ready for c in fresh):
+            return
+        old = [c for c in self.children.values() if c.generation != new.generation]
+        for child in old:
+            child.retiring = True
+        self._signal_children(signal.SIGTERM, old)
+        for extra in self.slots[len(new.slots):]:
+            extra.sock.close()  # fewer workers now: the old workers' copies close as they drain
+        self.slots = new.slots
+        self.config = new.config
+        self.generation = new.generation
+        self.reload = None
+        self.log(f"reload: generation {new.generation} serving; {len(old)} old worker(s) draining")
+        for line in self._table():
+            self.log(line.strip())
+        if self.reload_wanted:
+            self.reload_wanted = False
+            self.begin_reload()
+
+    def abort_reload(self, why: str) -> None:
+        """The new generation could not start: kill it and keep the old one serving."""
+        new = self.reload
+        if new is None:
+            return
+        self.reload = None
+        doomed = self._generation_children(new.generation)
+        for child in doomed:
+            child.retiring = True
+        self._signal_children(signal.SIGKILL, doomed)
+        for extra in new.slots[len(self.slots):]:
+            extra.sock.close()
+        self.log(f"reload failed, still serving the old configuration: {why}")
