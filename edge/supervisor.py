@@ -161,8 +161,13 @@ class Supervisor:
         self._probe_mempolicy(placements)
         self._install_signals()
         self.generation = 1
-        for slot in self.slots:
-            self._spawn(slot, config, 1)
+        try:
+            for slot in self.slots:
+                self._spawn(slot, config, 1)
+        except OSError as e:
+            self.log(f"cannot start workers: {e}")
+            self._kill_all()
+            return 1
         deadline = time.monotonic() + READY_TIMEOUT
         while not all(c.ready for c in self.children.values()):
             if time.monotonic() > deadline or self.stopping:
@@ -396,7 +401,12 @@ class Supervisor:
             for slot in self.slots:
                 if slot.restart_at is not None and slot.restart_at <= now:
                     slot.restart_at = None
-                    child = self._spawn(slot, self.config, self.generation)
+                    try:
+                        child = self._spawn(slot, self.config, self.generation)
+                    except (OSError, RuntimeError) as e:
+                        slot.restart_at = now + 1.0
+                        self.log(f"worker {slot.index}: cannot start a replacement ({e}); trying again in 1 s")
+                        continue
                     self.log(f"worker {slot.index} restarted as pid {child.pid}")
         if self.reload is not None and now >= self.reload.deadline:
             self.abort_reload(f"the new workers did not start within {READY_TIMEOUT:.0f} s")
