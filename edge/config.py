@@ -77,7 +77,7 @@ def _string(key: str, value: Any, *, choices: tuple[str, ...] | None = None) -> 
 def _workers(key: str, value: Any) -> int | str:
     if value == "auto":
         return "auto"
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
         raise ConfigError(f"{key}: expected \"auto\" or an integer from 1 to {MAX_WORKERS}, got {value!r}")

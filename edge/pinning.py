@@ -13,7 +13,7 @@ from .topology import Topology, format_cpulist
 
 MPOL_DEFAULT = 0
 MPOL_PREFERRED = 1
-_SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "ppc64le": 260, "s390x": 270}
+_SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "ppc64le": 261, "s390x": 270}
 SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
 
 

@@ -67,6 +67,8 @@ class StatsBlock:
 
     def release(self, index: int) -> None:
         """Fold an ended worker's counters into the retired slot and free its slot (supervisor side)."""
+        if index == RETIRED:
+            raise ValueError("the retired slot is not a worker's")
         s = self.slot(index)
         retired = self.slot(RETIRED)
         for i in COUNTERS:
@@ -74,14 +76,14 @@ class StatsBlock:
         for i in range(FIELDS):
             s[i] = 0
 
-    def workers(self) -> list[dict[str, int | str]]:
+    def workers(self) -> list[dict[str, int | float | str]]:
         """A snapshot of every slot in use: identity, state and every counter and gauge."""
         out = []
         for index in range(1, self.capacity):
             s = self.slot(index)
             if s[STATE] == FREE:
                 continue
-            row: dict[str, int | str] = {"slot": index, "pid": s[PID], "generation": s[GENERATION],
+            row: dict[str, int | float | str] = {"slot": index, "pid": s[PID], "generation": s[GENERATION],
                                          "cpu": s[CPU], "numa_node": s[NODE], "started": s[STARTED_MS] / 1000,
                                          "state": STATE_NAMES[s[STATE]]}
             row.update({name: s[i] for i, name in NAMES.items()})

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import STARTUP, Client, request
+from conftest import STARTUP, Client, EdgeProcess, request
+from edge.config import MAX_WORKERS, Config, ConfigError, from_mapping
 
 REPO = Path(__file__).resolve().parent.parent
 EDGE = [sys.executable, "-m", "edge.cli"]
@@ -215,3 +218,159 @@ def test_shipped_example_config_passes(tmp_path: Path):
         copy.write_text(text)
         out = run("check-config", str(copy))
     assert out.returncode == 0, out.stderr
+
+
+# -- cpu_affinity and the workers cap ---------------------------------------------------------------
+
+
+def _sets(*groups: tuple[int, ...]) -> tuple[frozenset[int], ...]:
+    """cpu_affinity's parsed form: a tuple of CPU sets."""
+    return tuple(frozenset(g) for g in groups)
+
+
+@pytest.mark.parametrize("value, parsed", [
+    ("auto", "auto"),
+    ("off", "off"),
+    (["0", "1", "2-3"], _sets((0,), (1,), (2, 3))),
+    ([0, 1, 5], _sets((0,), (1,), (5,))),
+    ([0, "4-7", "1,3"], _sets((0,), (4, 5, 6, 7), (1, 3))),
+    ("0 1 2-3", _sets((0,), (1,), (2, 3))),
+    ("  0,2   4-5\n", _sets((0, 2), (4, 5))),
+    ("3", _sets((3,))),
+    (["0", "0"], _sets((0,), (0,))),  # the same set twice: two workers share it
+])
+def test_cpu_affinity_accepted_forms(value: object, parsed: object) -> None:
+    """cpu_affinity takes auto, off, an array of CPU lists or numbers, or one space-separated string."""
+    config = from_mapping({"cpu_affinity": value})
+    assert config.cpu_affinity == parsed
+    if isinstance(parsed, tuple):
+        assert all(isinstance(s, frozenset) for s in config.cpu_affinity)
+
+
+def test_cpu_affinity_defaults_to_auto() -> None:
+    """Without the key, workers are pinned one per CPU."""
+    assert Config().cpu_affinity == "auto"
+    assert from_mapping({}).cpu_affinity == "auto"
+
+
+@pytest.mark.parametrize("value", [
+    "", "   ", [], "bogus", "Auto", "auto off", "3-1", "0-", ["0", "x"], [""], [-1], [True], [1.5], [None],
+    [[0, 1]], 5, 1.0, True, {"cpus": "0"}, None,
+])
+def test_cpu_affinity_bad_values_name_the_key(value: object) -> None:
+    """Every malformed cpu_affinity is a ConfigError whose message starts with the key."""
+    with pytest.raises(ConfigError) as caught:
+        from_mapping({"cpu_affinity": value})
+    assert str(caught.value).startswith("cpu_affinity: "), str(caught.value)
+
+
+@pytest.mark.parametrize("value", [1, 1024, "1024", "auto"])
+def test_workers_up_to_the_cap(value: object) -> None:
+    """workers accepts 1 to 1024 (as a number or a digit string from the CLI) and auto."""
+    expected = value if value == "auto" else int(value)
+    assert from_mapping({"workers": value}).workers == expected
+    assert MAX_WORKERS == 1024
+
+
+@pytest.mark.parametrize("value", [1025, "1025", 10**6, -1])
+def test_workers_above_the_cap_rejected(value: object) -> None:
+    """More than 1024 workers is a ConfigError naming workers and the cap."""
+    with pytest.raises(ConfigError, match=r"^workers: .*1024"):
+        from_mapping({"workers": value})
+
+
+def test_workers_superscript_digit_is_a_config_error() -> None:
+    """A string str.isdigit() accepts but int() does not ('²') must still be a ConfigError naming workers."""
+    with pytest.raises(ConfigError, match="^workers: "):
+        from_mapping({"workers": "²"})
+
+
+CPU_AFFINITY_FILES = [
+    ('cpu_affinity = "off"\n', True),
+    ('cpu_affinity = ["0", "1-2"]\n', True),
+    ('cpu_affinity = "0 1"\n', True),
+    ("cpu_affinity = [0, 1]\n", True),
+    ('cpu_affinity = ["1-"]\n', False),
+    ("cpu_affinity = []\n", False),
+    ("cpu_affinity = 3\n", False),
+    ("workers = 1025\n", False),
+]
+
+
+@pytest.mark.parametrize("text, ok", CPU_AFFINITY_FILES, ids=[t.strip() for t, _ in CPU_AFFINITY_FILES])
+def test_check_config_cpu_affinity_and_workers_cap(tmp_path: Path, text: str, ok: bool) -> None:
+    """check-config accepts the cpu_affinity forms and rejects bad ones (and workers > 1024) in one line."""
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(text)
+    out = run("check-config", str(cfg))
+    if ok:
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"{cfg}: ok"
+    else:
+        assert_one_line_error(out, text.split()[0])
+        assert out.stdout == ""
+
+
+@pytest.mark.parametrize("flag, value, key", [
+    ("--cpu-affinity", "bogus", "cpu_affinity"),
+    ("--cpu-affinity", "", "cpu_affinity"),
+    ("--cpu-affinity", "2-1", "cpu_affinity"),
+    ("--workers", "1025", "workers"),
+])
+def test_serve_rejects_bad_cpu_affinity_and_workers_flags(www: Path, flag: str, value: str, key: str) -> None:
+    """Bad --cpu-affinity / --workers values exit 2 with one line naming the key, before listening."""
+    out = run("serve", "--root", str(www), "--host", "127.0.0.1", "--port", "0", flag, value)
+    line = assert_one_line_error(out, key)
+    assert line.startswith(f"edge: {key}: "), line
+    assert out.stdout == ""
+
+
+def test_serve_rejects_a_cpu_it_may_not_use(www: Path) -> None:
+    """--cpu-affinity naming a CPU outside the affinity mask exits 2, naming cpu_affinity and that CPU."""
+    cpu = max(os.sched_getaffinity(0)) + 1000
+    out = run("serve", "--root", str(www), "--host", "127.0.0.1", "--port", "0", "--workers", "1",
+              "--cpu-affinity", str(cpu))
+    line = assert_one_line_error(out, "cpu_affinity")
+    assert f"CPU {cpu} " in line, line
+    assert out.stdout == ""
+
+
+def _worker_pids(supervisor: int, timeout: float = 5.0) -> list[int]:
+    """The pids of the supervisor's child processes (its workers), read from /proc."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == supervisor:
+                found.append(int(name))
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_cpu_affinity_flag_pins_the_worker(tmp_path: Path, edge: Callable[..., EdgeProcess]) -> None:
+    """--cpu-affinity N reaches the config and the worker runs on CPU N only, even over the file's "off"."""
+    cpu = max(os.sched_getaffinity(0))
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('cpu_affinity = "off"\n')
+    server = edge("--cpu-affinity", str(cpu), config=cfg)
+    workers = _worker_pids(server.pid)
+    assert len(workers) == 1, workers
+    assert os.sched_getaffinity(workers[0]) == {cpu}
+    assert request(server, "/hello.txt")[0] == 200
+
+
+def test_cpu_affinity_off_leaves_the_worker_unpinned(edge: Callable[..., EdgeProcess]) -> None:
+    """--cpu-affinity off: the worker keeps the whole affinity mask it inherited."""
+    server = edge("--cpu-affinity", "off")
+    workers = _worker_pids(server.pid)
+    assert len(workers) == 1, workers
+    assert os.sched_getaffinity(workers[0]) == os.sched_getaffinity(0)
+    assert request(server, "/hello.txt")[0] == 200
