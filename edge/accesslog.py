@@ -26,12 +26,11 @@ class AccessLog:
         if old > 2:
             os.close(old)
 
-    def write(self, peer: object, method: bytes, target: bytes, version10: bool, status: int, sent: int,
+    def write(self, peer: object, method: bytes, target: bytes, proto: bytes, status: int, sent: int,
               referer: bytes, ua: bytes) -> None:
         """Queue one line; it reaches the file at the next flush()."""
         host = peer[0] if isinstance(peer, tuple) else "-"
         stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
-        proto = b"HTTP/1.0" if version10 else b"HTTP/1.1"
         line = b'%s - - [%s] "%s %s %s" %d %d "%s" "%s"\n' % (
             host.encode("ascii", "replace"), stamp.encode("ascii"), method, _clean(target), proto, status, sent,
             _clean(referer), _clean(ua))

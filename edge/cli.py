@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cpu-affinity", dest="cpu_affinity",
                        help='pin workers: auto (one CPU each), off, or CPU sets such as "0 1 2-3" (default auto)')
     serve.add_argument("--config", help="TOML config file; flags override it")
+    serve.add_argument("--tls-port", type=int, dest="tls_port", help="port of the TLS listener (h2 and http/1.1)")
+    serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain for TLS")
+    serve.add_argument("--tls-key", dest="tls_key", help="PEM private key for TLS")
     serve.add_argument("--header-timeout", type=float, dest="header_timeout",
                        help="seconds for a whole request head to arrive (default 10)")
     serve.add_argument("--keepalive-timeout", type=float, dest="keepalive_timeout",
@@ -42,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict:
     keys = ("root", "host", "port", "workers", "cpu_affinity", "header_timeout", "keepalive_timeout", "access_log")
-    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    out = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    tls = {key: getattr(args, f"tls_{key}") for key in ("port", "cert", "key") if getattr(args, f"tls_{key}") is not None}
+    if tls:
+        out["tls"] = tls
+    return out
 
 
 def serve(config: Config, config_path: str | None, overrides: dict) -> int:

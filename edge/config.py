@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .topology import parse_cpulist
@@ -32,6 +32,36 @@ class FileCacheConfig:
 
 
 @dataclass(frozen=True)
+class Http2Config:
+    """HTTP/2 settings and abuse limits (per connection); each limit ends the connection with GOAWAY."""
+
+    max_concurrent_streams: int = 128
+    max_requests: int = 10_000  # then GOAWAY(NO_ERROR): the client opens a fresh connection
+    max_header_list_size: int = 65_536  # decoded header list (HPACK bomb)
+    max_header_block_size: int = 65_536  # encoded HEADERS + CONTINUATION (CONTINUATION flood)
+    reset_rate: float = 100.0  # stream resets per second, client-sent and server-sent (Rapid/MadeYou Reset)
+    reset_burst: int = 200
+    ping_rate: float = 10.0
+    ping_burst: int = 50
+    settings_rate: float = 10.0
+    settings_burst: int = 50
+    empty_data_rate: float = 100.0
+    empty_data_burst: int = 200
+    priority_rate: float = 100.0
+    priority_burst: int = 500
+    stall_timeout: float = 30.0  # seconds a response may wait for a peer that never opens its window
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The TLS listener: port and certificate files (none: no TLS listener)."""
+
+    port: int | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of `edge serve`, validated."""
 
@@ -51,6 +81,8 @@ class Config:
     server_name: str = "edge"
     file_cache: FileCacheConfig = field(default_factory=FileCacheConfig)
     headers: tuple[HeaderRule, ...] = ()
+    http2: Http2Config = field(default_factory=Http2Config)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 SYMLINK_POLICIES = ("inside-root", "never", "always")
@@ -126,6 +158,36 @@ def _file_cache(key: str, value: Any) -> FileCacheConfig:
     return FileCacheConfig(**out)
 
 
+def _http2(key: str, value: Any) -> Http2Config:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table")
+    defaults = Http2Config()
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        sub = f"{key}.{name}"
+        if not hasattr(defaults, name):
+            raise ConfigError(f"{sub}: unknown key")
+        kind = type(getattr(defaults, name))
+        out[name] = _number(sub, item, kind=kind, minimum=1 if kind is int else 0.001,
+                            maximum=(1 << 31) - 1 if kind is int else None)
+    return Http2Config(**out)
+
+
+def _tls(key: str, value: Any) -> TlsConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        sub = f"{key}.{name}"
+        if name == "port":
+            out[name] = None if item is None else _number(sub, item, kind=int, minimum=0, maximum=65535)
+        elif name in ("cert", "key"):
+            out[name] = None if item in (None, "") else _string(sub, item)
+        else:
+            raise ConfigError(f"{sub}: unknown key")
+    return TlsConfig(**out)
+
+
 def _headers(key: str, value: Any) -> tuple[HeaderRule, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{key}: expected an array of tables ([[headers]])")
@@ -188,6 +250,10 @@ def _validate_key(key: str, value: Any) -> Any:
         return _file_cache(key, value)
     if key == "headers":
         return _headers(key, value)
+    if key == "http2":
+        return _http2(key, value)
+    if key == "tls":
+        return _tls(key, value)
     raise ConfigError(f"{key}: unknown key")
 
 
@@ -210,9 +276,30 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
         config = from_mapping(data, config)
     if overrides:
-        config = from_mapping({k: v for k, v in overrides.items() if v is not None}, config)
+        flat = {k: v for k, v in overrides.items() if v is not None}
+        if "tls" in flat:  # flags set single fields of the [tls] table
+            flat["tls"] = {**{k: v for k, v in asdict(config.tls).items() if v is not None}, **flat["tls"]}
+        config = from_mapping(flat, config)
     root = os.path.abspath(config.root)
     if not os.path.isdir(root):
         raise ConfigError(f"root: not a directory: {config.root}")
-    return replace(config, root=root)
+    tls = config.tls
+    if (tls.port is None) != (tls.cert is None) or (tls.cert is None) != (tls.key is None):
+        raise ConfigError("tls: port, cert and key go together (--tls-port, --tls-cert, --tls-key)")
+    if tls.cert is not None:
+        tls = replace(tls, cert=os.path.abspath(tls.cert), key=os.path.abspath(tls.key))
+        check_tls(tls)
+    return replace(config, root=root, tls=tls)
+
+
+def check_tls(tls: TlsConfig) -> None:
+    """Load the certificate and key once, so a bad pair is a config error (at start and on reload)."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert, tls.key)
+    except OSError as e:
+        raise ConfigError(f"tls: cannot read {e.filename or tls.cert}: {e.strerror}") from None
+    except ssl.SSLError as e:
+        raise ConfigError(f"tls: bad certificate or key ({e.reason or e})") from None
 

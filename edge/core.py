@@ -60,6 +60,29 @@ class Request:
         self.conditions: Conditions | None = None
 
 
+# Request header fields core reads -> small ints; both adapters dispatch on these.
+RANGE, IF_RANGE, IF_MATCH, IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_UNMODIFIED_SINCE, ACCEPT_ENCODING = range(7)
+SEMANTIC_FIELDS = {b"range": RANGE, b"if-range": IF_RANGE, b"if-match": IF_MATCH, b"if-none-match": IF_NONE_MATCH,
+                   b"if-modified-since": IF_MODIFIED_SINCE, b"if-unmodified-since": IF_UNMODIFIED_SINCE,
+                   b"accept-encoding": ACCEPT_ENCODING}
+_CONDITION_ATTR = {IF_RANGE: "if_range", IF_MATCH: "if_match", IF_NONE_MATCH: "if_none_match",
+                   IF_MODIFIED_SINCE: "if_modified_since", IF_UNMODIFIED_SINCE: "if_unmodified_since"}
+
+
+def apply_field(req: Request, field: int, value: bytes) -> None:
+    """Record one semantic header field (a SEMANTIC_FIELDS value) on `req`; repeated list fields are joined."""
+    if field == RANGE:
+        req.range = value
+    elif field == ACCEPT_ENCODING:
+        req.accept_encoding = value if req.accept_encoding is None else req.accept_encoding + b"," + value
+    else:
+        if req.conditions is None:
+            req.conditions = Conditions()
+        attr = _CONDITION_ATTR[field]
+        old = getattr(req.conditions, attr)
+        setattr(req.conditions, attr, value if old is None else old + b"," + value)
+
+
 class Miss:
     """core needs the file cache to (re)load `path` before it can answer (blocking I/O, done off the loop)."""
 

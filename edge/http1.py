@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .conditional import Conditions
-from .core import REASONS, Miss, Plan, Request
+from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Miss, Plan, Request, apply_field
 from .filecache import FileEntry, NotFound
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
 
@@ -24,18 +23,19 @@ MAX_HEAD = 64 * 1024
 MAX_QUEUE = 64  # pipelined requests parsed ahead of the responses before reading pauses
 SENDFILE_CHUNK = 1 << 30
 CORK_MIN = 1 << 20
+TLS_CHUNK = 64 * 1024
+TLS_HIGH = 256 * 1024
 
-# Interesting request header fields -> small ints (the rest are skipped without allocation).
-_RANGE, _IF_RANGE, _IF_MATCH, _IF_NONE_MATCH, _IF_MOD, _IF_UNMOD, _ACCEPT_ENC = range(7)
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _USER_AGENT, _REFERER = range(7, 12)
-_FIELDS = {b"range": _RANGE, b"if-range": _IF_RANGE, b"if-match": _IF_MATCH, b"if-none-match": _IF_NONE_MATCH,
-           b"if-modified-since": _IF_MOD, b"if-unmodified-since": _IF_UNMOD, b"accept-encoding": _ACCEPT_ENC,
-           b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING, b"host": _HOST,
-           b"user-agent": _USER_AGENT, b"referer": _REFERER}
-_COND_ATTR = {_IF_RANGE: "if_range", _IF_MATCH: "if_match", _IF_NONE_MATCH: "if_none_match",
-              _IF_MOD: "if_modified_since", _IF_UNMOD: "if_unmodified_since"}
+# Interesting request header fields -> small ints (the rest are skipped without allocation): core's
+# semantic fields first, then the ones framing and logging need.
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _USER_AGENT, _REFERER, _UPGRADE, _HTTP2_SETTINGS = range(7, 14)
+_FIELDS = {**SEMANTIC_FIELDS, b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
+           b"host": _HOST, b"user-agent": _USER_AGENT, b"referer": _REFERER, b"upgrade": _UPGRADE,
+           b"http2-settings": _HTTP2_SETTINGS}
 
 _SPECIAL_CASE = {b"etag": b"ETag", b"www-authenticate": b"WWW-Authenticate", b"content-md5": b"Content-MD5"}
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 CONN_KEEP = b""
 CONN_CLOSE = b"Connection: close\r\n"
@@ -101,7 +101,8 @@ class Pending(Request):
     It is core's Request plus the HTTP/1 framing facts, in one object: one allocation a request.
     """
 
-    __slots__ = ("keep_alive", "version10", "plan", "ua", "referer")
+    # upgrade and h2_settings are set only when sent (read with getattr on the rare upgrade path).
+    __slots__ = ("keep_alive", "version10", "plan", "ua", "referer", "upgrade", "h2_settings")
 
     def __init__(self, target: bytes) -> None:
         super().__init__(b"", target)
@@ -123,10 +124,12 @@ class H1Connection(asyncio.Protocol):
 
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "url", "head_size", "error", "cl_seen", "has_body", "host_seen",
-                 "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked")
+                 "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
+                 "tls")
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, *, tls: bool = False) -> None:
         self.w = worker
+        self.tls = tls  # bytes must pass through the TLS layer: pread + write instead of sendfile
         self.transport: asyncio.Transport | None = None
         # The parser (~0.5 KiB) exists only while a request is in flight: idle keep-alive
         # connections stay small, and making one costs well under a microsecond.
@@ -164,7 +167,10 @@ class H1Connection(asyncio.Protocol):
         self.fd = sock.fileno()
         # high=0: the protocol is paused whenever anything is buffered, so "not paused" means the
         # kernel has every byte we wrote and sendfile may write to the socket directly.
-        transport.set_write_buffer_limits(high=0, low=0)
+        if self.tls:
+            transport.set_write_buffer_limits(high=TLS_HIGH, low=TLS_HIGH // 4)
+        else:
+            transport.set_write_buffer_limits(high=0, low=0)
         w = self.w
         self.deadline = w.loop.time() + w.header_timeout
         w.connections.add(self)
@@ -179,14 +185,19 @@ class H1Connection(asyncio.Protocol):
             return
         parser = self.parser
         if parser is None:
+            if data[:3] == b"PRI" and PREFACE.startswith(data[:24]) and not self.queue and not self.busy:
+                self._switch_to_h2(data)  # HTTP/2 with prior knowledge (RFC 9113 §3.3)
+                return
             parser = self.parser = httptools.HttpRequestParser(self)
         self.completed = 0
         try:
             parser.feed_data(data)
         except httptools.HttpParserInvalidMethodError:
             self._fail(405 if _unknown_method_line(data, self.completed) else 400)
-        except httptools.HttpParserUpgrade:
-            # No protocol switch here: the request is answered as HTTP/1.1, then the connection closes.
+        except httptools.HttpParserUpgrade as e:
+            if self._h2c_upgrade(data[e.args[0]:] if e.args else b""):
+                return
+            # Any other upgrade: the request is answered as HTTP/1.1, then the connection closes.
             if self.queue:
                 self.queue[-1].keep_alive = False
             self.error = -1
@@ -200,6 +211,33 @@ class H1Connection(asyncio.Protocol):
                 self._pause_reading()
         if self.queue and not self.busy and not self.write_paused:
             self._pump()
+
+    def _switch_to_h2(self, data: bytes) -> None:
+        from .http2 import H2Connection
+
+        self.w.connections.discard(self)
+        self.closing = True
+        H2Connection(self.w).take_over(self.transport, data)
+
+    def _h2c_upgrade(self, rest: bytes) -> bool:
+        """Upgrade: h2c (RFC 7540 §3.2): 101, then the request is answered on HTTP/2 stream 1."""
+        if len(self.queue) != 1 or self.busy or self.tls:
+            return False
+        pending = self.queue[0]
+        settings = getattr(pending, "h2_settings", None)
+        tokens = {t.strip().lower() for t in getattr(pending, "upgrade", b"").split(b",")}
+        if b"h2c" not in tokens or settings is None or pending.method not in (b"GET", b"HEAD") or self.has_body:
+            return False
+        from .http2 import H2Connection
+
+        self.queue.clear()
+        self.parser = None
+        self.w.connections.discard(self)
+        self.closing = True
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        pending.plan = None
+        H2Connection(self.w).upgrade(self.transport, settings, pending, rest)
+        return True
 
     def eof_received(self) -> bool:  # noqa: D102
         if self.queue or self.busy:
@@ -218,6 +256,10 @@ class H1Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:  # noqa: D102
         self.write_paused = False
+        if self.tls and self.xfer is not None:
+            if self._drive_tls() and not self.transport.is_closing():
+                self._pump()
+            return
         if not self.busy and not self.transport.is_closing():
             self._pump()
 
@@ -262,16 +304,8 @@ class H1Connection(asyncio.Protocol):
         req = self.req
         if req is None:
             req = self.req = Pending(self.url)
-        if field == _RANGE:
-            req.range = value
-        elif field == _ACCEPT_ENC:
-            req.accept_encoding = value if req.accept_encoding is None else req.accept_encoding + b"," + value
-        elif field <= _IF_UNMOD:
-            if req.conditions is None:
-                req.conditions = Conditions()
-            attr = _COND_ATTR[field]
-            old = getattr(req.conditions, attr)
-            setattr(req.conditions, attr, value if old is None else old + b"," + value)
+        if field <= ACCEPT_ENCODING:
+            apply_field(req, field, value)
         elif field == _CONTENT_LENGTH:
             if self.cl_seen:
                 self.error = 400
@@ -285,8 +319,12 @@ class H1Connection(asyncio.Protocol):
             self.host_seen += 1
         elif field == _USER_AGENT:
             self.ua = value
-        else:
+        elif field == _REFERER:
             self.referer = value
+        elif field == _UPGRADE:
+            req.upgrade = value
+        else:
+            req.h2_settings = value
 
     def on_headers_complete(self) -> None:  # noqa: D102
         self.state = BUSY
@@ -433,6 +471,10 @@ class H1Connection(asyncio.Protocol):
         head = status_line + w.date_line + head
         stats[BYTES_OUT] += len(head) + plan.length
         self.xfer = _Transfer(entry, [head, *parts])
+        if self.tls:
+            self.busy = True
+            self._drive_tls()
+            return
         if plan.length >= CORK_MIN:
             # Big bodies: cork so only full segments leave while sendfile runs (as nginx's
             # tcp_nopush); uncorking at the end flushes the tail.
@@ -446,6 +488,25 @@ class H1Connection(asyncio.Protocol):
                 self._abort_transfer()
             else:
                 self._wait_writable()
+
+    def _drive_tls(self) -> bool:
+        """Over TLS: pread the file in chunks and write them until the transport's buffer is full.
+
+        True when the whole response has been written.
+        """
+        xfer = self.xfer
+        transport = self.transport
+        while not self.write_paused:
+            chunk = xfer.read(TLS_CHUNK)
+            if chunk is None:
+                if xfer.failed:
+                    self._abort_transfer()
+                    return False
+                self._end_transfer()
+                return True
+            transport.write(chunk)
+        self.last_progress = self.w.loop.time()
+        return False
 
     def _wait_writable(self) -> None:
         """The socket is full: watch a dup of its fd (uvloop will not let us watch the transport's own)."""
@@ -534,6 +595,29 @@ class _Transfer:
         self.done = 0  # bytes of parts[index] already written
         self.failed = False
         self.truncated = False
+
+    def read(self, most: int) -> bytes | None:
+        """The next piece of the response as bytes (file ranges by pread); None at the end or on failure."""
+        parts = self.parts
+        if self.index >= len(parts):
+            return None
+        part = parts[self.index]
+        if type(part) is bytes:
+            self.index += 1
+            return part
+        offset, length = part
+        try:
+            data = os.pread(self.entry.fd, min(most, length - self.done), offset + self.done)
+        except OSError:
+            data = b""
+        if not data:  # end of file before the promised length: the file shrank
+            self.failed = self.truncated = True
+            return None
+        self.done += len(data)
+        if self.done == length:
+            self.index += 1
+            self.done = 0
+        return data
 
     def unsent(self) -> int:
         """Bytes of the response not yet written."""

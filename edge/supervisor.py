@@ -7,6 +7,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import time
 import traceback
@@ -24,6 +25,7 @@ from .pinning import (
     worker_count,
 )
 from .stats import PID, StatsBlock
+from .tls import server_context
 from .topology import Topology, discover
 
 MAX_SLOTS = 4 * 1024 + 1  # up to three generations of the largest worker count, plus the retired slot
@@ -42,6 +44,7 @@ class Slot:
     index: int
     sock: socket.socket
     placement: Placement
+    tls_sock: socket.socket | None = None
     quick_deaths: int = 0
     restart_at: float | None = None
 
@@ -66,6 +69,7 @@ class _Reload:
     deadline: float
     config: Config
     slots: list[Slot] = field(default_factory=list)
+    tls_context: ssl.SSLContext | None = None
 
 
 def backoff_delay(quick_deaths: int) -> float:
@@ -109,6 +113,8 @@ class Supervisor:
         self.kill_at: float | None = None
         self.mempolicy = True
         self.address: tuple[str, int] = ("", 0)
+        self.tls_port: int | None = None
+        self.tls_context: ssl.SSLContext | None = None
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
 
@@ -128,6 +134,19 @@ class Supervisor:
         from .worker import make_listener
 
         return make_listener(host, port, reuseport=True)
+
+    def _listen_all(self, host: str, port: int, count: int) -> list[socket.socket]:
+        """`count` SO_REUSEPORT sockets on one address (port 0: the first one picks it)."""
+        first = self._listen(host, port)
+        port = first.getsockname()[1]
+        socks = [first]
+        try:
+            socks += [self._listen(host, port) for _ in range(count - 1)]
+        except OSError:
+            for sock in socks:
+                sock.close()
+            raise
+        return socks
 
     def _probe_mempolicy(self, placements: list[Placement]) -> None:
         """Try the NUMA memory policy once here, so a container's EPERM is logged once, not per worker."""
@@ -149,21 +168,29 @@ class Supervisor:
         except ValueError as e:
             self.log(str(e))
             return 2
+        if config.tls.cert is not None:
+            try:
+                self.tls_context = server_context(config.tls)
+            except (OSError, ssl.SSLError) as e:
+                self.log(f"tls: cannot load the certificate: {e}")
+                return 2
         try:
-            first = self._listen(config.host, config.port)
-            port = first.getsockname()[1]
-            socks = [first] + [self._listen(config.host, port) for _ in placements[1:]]
+            socks = self._listen_all(config.host, config.port, len(placements))
+            tls_socks: list[socket.socket | None] = [None] * len(placements)
+            if config.tls.port is not None:
+                tls_socks = list(self._listen_all(config.host, config.tls.port, len(placements)))
+                self.tls_port = tls_socks[0].getsockname()[1]
         except OSError as e:
-            self.log(f"cannot listen on {config.host}:{config.port}: {e.strerror}")
+            self.log(f"cannot listen on {config.host}: {e.strerror}")
             return 1
-        self.address = (config.host, port)
-        self.slots = [Slot(i, s, p) for i, (s, p) in enumerate(zip(socks, placements))]
+        self.address = (config.host, socks[0].getsockname()[1])
+        self.slots = [Slot(i, s, p, t) for i, (s, p, t) in enumerate(zip(socks, placements, tls_socks))]
         self._probe_mempolicy(placements)
         self._install_signals()
         self.generation = 1
         try:
             for slot in self.slots:
-                self._spawn(slot, config, 1)
+                self._spawn(slot, config, 1, self.tls_context)
         except OSError as e:
             self.log(f"cannot start workers: {e}")
             self._kill_all()
@@ -186,7 +213,8 @@ class Supervisor:
     def _banner(self) -> None:
         host, port = self.address
         shown = f"[{host}]" if ":" in host else host
-        lines = [f"edge {__version__} listening on http://{shown}:{port} root={self.config.root} "
+        tls = f"https://{shown}:{self.tls_port} " if self.tls_port is not None else ""
+        lines = [f"edge {__version__} listening on http://{shown}:{port} {tls}root={self.config.root} "
                  f"workers={len(self.slots)}",
                  f"  topology: {self.topology.describe()}"]
         lines += self._table()
@@ -285,7 +313,7 @@ class Supervisor:
 
     # -- workers ----------------------------------------------------------------------------------
 
-    def _spawn(self, slot: Slot, config: Config, generation: int) -> Child:
+    def _spawn(self, slot: Slot, config: Config, generation: int, tls_context: ssl.SSLContext | None) -> Child:
         placement = slot.placement
         stats_index = self.stats.claim(generation, placement.cpu,
                                        placement.node if placement.node is not None else -1)
@@ -298,7 +326,7 @@ class Supervisor:
             code = 1
             try:
                 os.close(ready_r)
-                self._become_worker(parent, slot, config, stats_index, ready_w)
+                self._become_worker(parent, slot, config, stats_index, ready_w, tls_context)
                 code = 0
             except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor
                 traceback.print_exc()
@@ -315,7 +343,8 @@ class Supervisor:
         self.sel.register(ready_r, selectors.EVENT_READ, child)
         return child
 
-    def _become_worker(self, parent: int, slot: Slot, config: Config, stats_index: int, ready_w: int) -> None:
+    def _become_worker(self, parent: int, slot: Slot, config: Config, stats_index: int, ready_w: int,
+                       tls_context: ssl.SSLContext | None) -> None:
         """In the forked child: drop the supervisor's state, pin, and serve slot's socket."""
         from .worker import run
 
@@ -338,6 +367,8 @@ class Supervisor:
         for other in self.slots + (self.reload.slots if self.reload else []):
             if other.sock is not slot.sock:
                 other.sock.close()
+            if other.tls_sock is not None and other.tls_sock is not slot.tls_sock:
+                other.tls_sock.close()
         warning = pin(slot.placement, mempolicy=self.mempolicy)
         if warning:
             print(f"edge: worker {slot.index}: {warning}", file=sys.stderr, flush=True)
@@ -349,7 +380,7 @@ class Supervisor:
             os.write(ready_w, b"R")
             os.close(ready_w)
 
-        run(config, slot.sock, stats, ready)
+        run(config, slot.sock, stats, ready, slot.tls_sock, tls_context)
 
     def _reap(self) -> int | None:
         """Collect exited workers; replace those of the serving generation. Returns a slot that died unready."""
@@ -402,7 +433,7 @@ class Supervisor:
                 if slot.restart_at is not None and slot.restart_at <= now:
                     slot.restart_at = None
                     try:
-                        child = self._spawn(slot, self.config, self.generation)
+                        child = self._spawn(slot, self.config, self.generation, self.tls_context)
                     except (OSError, RuntimeError) as e:
                         slot.restart_at = now + 1.0
                         self.log(f"worker {slot.index}: cannot start a replacement ({e}); trying again in 1 s")
@@ -445,8 +476,7 @@ class Supervisor:
             self._signal_children(signal.SIGKILL, self._generation_children(self.reload.generation))
             self.reload = None
         self._signal_children(signal.SIGTERM)
-        for slot in self.slots:
-            slot.sock.close()  # with the workers' copies closed too, new connections are refused
+        self._close_sockets(self.slots)  # with the workers' copies closed too, new connections are refused
         self.kill_at = time.monotonic() + self.config.shutdown_timeout + KILL_GRACE
 
     def quit(self) -> None:
@@ -454,8 +484,14 @@ class Supervisor:
         self.stopping = True
         self.log("quitting: killing every worker")
         self._signal_children(signal.SIGKILL)
-        for slot in self.slots:
+        self._close_sockets(self.slots)
+
+    @staticmethod
+    def _close_sockets(slots: list[Slot]) -> None:
+        for slot in slots:
             slot.sock.close()
+            if slot.tls_sock is not None:
+                slot.tls_sock.close()
 
     # -- reload -----------------------------------------------------------------------------------
 
@@ -474,22 +510,37 @@ class Supervisor:
         if (config.host, config.port) != (self.config.host, self.config.port):
             self.log(f"reload: host and port changes need a restart; still listening on {host}:{port}")
             config = replace(config, host=self.config.host, port=self.config.port)
-        slots = []
+        if (config.tls.port is None) != (self.config.tls.port is None) or \
+                (config.tls.port is not None and config.tls.port != self.config.tls.port):
+            self.log("reload: turning TLS on or off or moving its port needs a restart; keeping the TLS listener")
+            config = replace(config, tls=replace(self.config.tls, cert=config.tls.cert or self.config.tls.cert,
+                                                 key=config.tls.key or self.config.tls.key))
+        tls_context = None
+        if self.tls_port is not None:
+            try:
+                tls_context = server_context(config.tls)  # a renewed certificate takes effect here
+            except (OSError, ssl.SSLError) as e:
+                self.log(f"reload failed, still serving the old configuration: tls: {e}")
+                return
+        slots: list[Slot] = []
         try:
             for i, placement in enumerate(placements):
-                sock = self.slots[i].sock if i < len(self.slots) else self._listen(host, port)
-                slots.append(Slot(i, sock, placement))
+                if i < len(self.slots):
+                    old = self.slots[i]
+                    slots.append(Slot(i, old.sock, placement, old.tls_sock))
+                else:
+                    tls_sock = self._listen(host, self.tls_port) if self.tls_port is not None else None
+                    slots.append(Slot(i, self._listen(host, port), placement, tls_sock))
         except OSError as e:
-            for extra in slots[len(self.slots):]:
-                extra.sock.close()
+            self._close_sockets(slots[len(self.slots):])
             self.log(f"reload failed, cannot add a listener: {e.strerror}")
             return
         generation = max(self.generation, *(c.generation for c in self.children.values())) + 1
-        self.reload = _Reload(generation, time.monotonic() + READY_TIMEOUT, config, slots)
+        self.reload = _Reload(generation, time.monotonic() + READY_TIMEOUT, config, slots, tls_context)
         self.log(f"reload: starting generation {generation} ({len(slots)} workers)")
         try:
             for slot in slots:
-                self._spawn(slot, config, generation)
+                self._spawn(slot, config, generation, tls_context)
         except (OSError, RuntimeError) as e:
             self.abort_reload(str(e))
 
@@ -503,10 +554,10 @@ class Supervisor:
         for child in old:
             child.retiring = True
         self._signal_children(signal.SIGTERM, old)
-        for extra in self.slots[len(new.slots):]:
-            extra.sock.close()  # fewer workers now: the old workers' copies close as they drain
+        self._close_sockets(self.slots[len(new.slots):])  # fewer workers: the old ones' copies close as they drain
         self.slots = new.slots
         self.config = new.config
+        self.tls_context = new.tls_context
         self.generation = new.generation
         self.reload = None
         self.log(f"reload: generation {new.generation} serving; {len(old)} old worker(s) draining")
@@ -526,6 +577,5 @@ class Supervisor:
         for child in doomed:
             child.retiring = True
         self._signal_children(signal.SIGKILL, doomed)
-        for extra in new.slots[len(self.slots):]:
-            extra.sock.close()
+        self._close_sockets(new.slots[len(self.slots):])
         self.log(f"reload failed, still serving the old configuration: {why}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import ssl
 import sys
 import time
 from array import array
@@ -20,6 +21,7 @@ from .filecache import FileCache, Resolver
 from .http1 import H1Connection, Pending
 from .httpdate import format_http_date
 from .limits import raise_nofile
+from .tls import AlpnDispatch
 from .stats import DRAINING, FC_ENTRIES, FC_EVICTIONS, FC_HITS, FC_MISSES, FIELDS, SERVING, STATE
 
 DRAIN_IDLE_GRACE = 1.0  # seconds an idle keep-alive connection may still send one last request when draining
@@ -72,7 +74,8 @@ class Worker:
         self._update_date()
 
     def _update_date(self) -> None:
-        self.date_line = b"Date: " + format_http_date(time.time()).encode("ascii") + b"\r\n"
+        self.date_value = format_http_date(time.time()).encode("ascii")
+        self.date_line = b"Date: " + self.date_value + b"\r\n"
 
     def _tick(self) -> None:
         """Once a second: refresh the Date line, enforce timeouts, flush the access log."""
@@ -98,13 +101,18 @@ class Worker:
         """Record one answered request in the access log."""
         req = pending
         sent = 0 if req.method == b"HEAD" or plan.status == 304 else plan.length
-        self.log.write(peer, req.method or b"-", req.target or b"-", pending.version10, plan.status, sent,
+        self.log.write(peer, req.method or b"-", req.target or b"-", b"HTTP/1.0" if pending.version10 else b"HTTP/1.1",
+                       plan.status, sent,
                        pending.referer, pending.ua)
 
-    async def serve(self, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
-        """Serve `sock` until SIGTERM/SIGINT, then drain for up to shutdown_timeout seconds."""
+    async def serve(self, sock: socket.socket, on_ready: Callable[[], None] | None = None,
+                    tls_sock: socket.socket | None = None, tls_context: ssl.SSLContext | None = None) -> None:
+        """Serve `sock` (and `tls_sock` with `tls_context`) until SIGTERM/SIGINT, then drain."""
         loop = self.loop
-        server = await loop.create_server(lambda: H1Connection(self), sock=sock, backlog=4096)
+        servers = [await loop.create_server(lambda: H1Connection(self), sock=sock, backlog=4096)]
+        if tls_sock is not None:
+            servers.append(await loop.create_server(lambda: AlpnDispatch(self), sock=tls_sock, backlog=4096,
+                                                    ssl=tls_context, ssl_handshake_timeout=self.header_timeout))
         self._stopping = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop)
@@ -115,7 +123,8 @@ class Worker:
             on_ready()
         await self._stopping
         self.stats[STATE] = DRAINING
-        server.close()
+        for server in servers:
+            server.close()
         grace = loop.time() + DRAIN_IDLE_GRACE
         for conn in list(self.connections):
             conn.shutdown(grace)
@@ -145,8 +154,9 @@ class Worker:
 
 
 def run(config: Config, sock: socket.socket, stats: memoryview | None = None,
-        on_ready: Callable[[], None] | None = None) -> None:
-    """Run one worker on `sock` in a fresh uvloop event loop until it is told to stop."""
+        on_ready: Callable[[], None] | None = None, tls_sock: socket.socket | None = None,
+        tls_context: ssl.SSLContext | None = None) -> None:
+    """Run one worker on `sock` (and `tls_sock`) in a fresh uvloop event loop until it is told to stop."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         worker = Worker(config, runner.get_loop(), stats)
-        runner.run(worker.serve(sock, on_ready))
+        runner.run(worker.serve(sock, on_ready, tls_sock, tls_context))

@@ -1,0 +1,474 @@
+"""HTTP/2 adapter (h2): frames in; core's plans out as HEADERS and flow-controlled, interleaved DATA."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import GoAwayFrame, HeadersFrame, PushPromiseFrame
+
+from .core import SEMANTIC_FIELDS, Miss, Plan, Request, apply_field
+from .filecache import FileEntry, NotFound
+from .ratelimit import TokenBucket
+from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+BATCH = 256 * 1024  # bytes of DATA framed per turn of the loop before yielding to other connections
+WRITE_HIGH = 512 * 1024  # transport buffer above which framing pauses
+READ_CHUNK = 16_384  # default SETTINGS_MAX_FRAME_SIZE; bigger frames only when the peer allows them
+MAX_FRAME = 65_536
+
+_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                    normalize_outbound_headers=False)
+_STATUS = {code: b"%d" % code for code in range(100, 600)}
+
+NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
+PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
+CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
+INTERNAL = h2.errors.ErrorCodes.INTERNAL_ERROR
+
+
+class HeaderBlockTooLarge(h2.exceptions.ProtocolError):
+    """HEADERS plus CONTINUATION frames beyond http2.max_header_block_size."""
+
+    error_code = CALM
+
+
+class _CappedFrameBuffer(FrameBuffer):
+    """h2's frame buffer with a byte cap on one header block (h2 itself only caps the frame count)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(server=True)
+        self.cap = cap
+        self.block = 0
+
+    def _update_header_buffer(self, f):  # noqa: ANN001, ANN202 - h2's hook
+        if f is not None and (self._headers_buffer or isinstance(f, (HeadersFrame, PushPromiseFrame))):
+            self.block = self.block + len(f.data) if self._headers_buffer else len(f.data)
+            if self.block > self.cap:
+                raise HeaderBlockTooLarge(f"header block over {self.cap} bytes")
+        return super()._update_header_buffer(f)
+
+
+class _Out:
+    """A response body on its way out: parts (bytes or (offset, length) of `entry`) and progress."""
+
+    __slots__ = ("sid", "parts", "index", "done", "entry", "blocked")
+
+    def __init__(self, sid: int, parts: tuple, entry: FileEntry | None) -> None:
+        self.sid = sid
+        self.parts = parts
+        self.index = 0
+        self.done = 0
+        self.entry = entry
+        self.blocked = 0.0  # when the peer's window closed on it (0: not blocked)
+
+
+class H2Connection(asyncio.Protocol):
+    """One HTTP/2 connection (h2c by prior knowledge or Upgrade, or TLS with ALPN h2)."""
+
+    def __init__(self, worker: Worker, *, secure: bool = False) -> None:
+        self.w = worker
+        self.secure = secure
+        self.limits = limits = worker.config.http2
+        self.transport: asyncio.Transport | None = None
+        conn = self.h2 = h2.connection.H2Connection(config=_CONFIG)
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+        })
+        conn.decoder.max_header_list_size = limits.max_header_list_size
+        conn.incoming_buffer = _CappedFrameBuffer(limits.max_header_block_size)
+        now = worker.loop.time()
+        self.resets = TokenBucket(limits.reset_rate, limits.reset_burst, now)
+        self.pings = TokenBucket(limits.ping_rate, limits.ping_burst, now)
+        self.settings = TokenBucket(limits.settings_rate, limits.settings_burst, now)
+        self.empty = TokenBucket(limits.empty_data_rate, limits.empty_data_burst, now)
+        self.priority = TokenBucket(limits.priority_rate, limits.priority_burst, now)
+        self.out: dict[int, _Out] = {}  # streams with body left to send, in round-robin order
+        self.open: set[int] = set()  # streams we still owe a response (loading or sending)
+        self.with_body: set[int] = set()  # client streams that carry a request body we do not read
+        self.requests = 0
+        self.goaway = 0  # last stream id promised in our graceful GOAWAY (0: none sent)
+        self.closing = False
+        self.paused = False
+        self.paused_at = 0.0
+        self.scheduled = False
+        self.last_active = now
+        self.peer = None
+        self.buf = bytearray(MAX_FRAME)
+        self.view = memoryview(self.buf)
+
+    # -- becoming the protocol of a transport -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # noqa: D102 - TLS with ALPN h2
+        stats = self.w.stats
+        stats[CONNECTIONS_TOTAL] += 1
+        stats[CONNECTIONS_ACTIVE] += 1
+        self._attach(transport)
+        self.h2.initiate_connection()
+        self._flush()
+
+    def take_over(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Continue a cleartext connection whose first bytes were the HTTP/2 preface (prior knowledge)."""
+        self._attach(transport)
+        transport.set_protocol(self)
+        self.h2.initiate_connection()
+        self._flush()
+        if data:
+            self.data_received(data)
+        transport.resume_reading()
+
+    def upgrade(self, transport: asyncio.Transport, settings: bytes, req: Request, rest: bytes) -> None:
+        """Continue after `101 Switching Protocols` (Upgrade: h2c): answer the HTTP/1.1 request on stream 1."""
+        self._attach(transport)
+        transport.set_protocol(self)
+        try:
+            self.h2.initiate_upgrade_connection(settings)
+        except Exception:  # noqa: BLE001 - a bad HTTP2-Settings value is the client's protocol error
+            self._die(PROTOCOL_ERROR)
+            return
+        self._flush()
+        self.open.add(1)
+        self.requests = 1
+        self._answer(1, req)
+        if rest:
+            self.data_received(rest)
+        transport.resume_reading()
+
+    def _attach(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
+        self.w.connections.add(self)
+        if self.w.log is not None:
+            self.peer = transport.get_extra_info("peername")
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:  # noqa: D102
+        if self.transport is None:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._die(getattr(e, "error_code", PROTOCOL_ERROR) or PROTOCOL_ERROR)
+            return
+        now = self.w.loop.time()
+        self.last_active = now
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.RequestReceived:
+                self._request(event, now)
+            elif kind is h2.events.DataReceived:
+                if event.flow_controlled_length:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif not event.stream_ended and not self.empty.take(now):
+                    return self._die(CALM)
+            elif kind is h2.events.StreamReset:
+                self._cancel(event.stream_id)
+                if not self.resets.take(now):
+                    return self._die(CALM)
+            elif kind is h2.events.PingReceived:
+                if not self.pings.take(now):
+                    return self._die(CALM)
+            elif kind is h2.events.RemoteSettingsChanged:
+                if not self.settings.take(now):
+                    return self._die(CALM)
+            elif kind is h2.events.PriorityUpdated:
+                if not self.priority.take(now):
+                    return self._die(CALM)
+            elif kind is h2.events.ConnectionTerminated:
+                self.closing = True
+                self.out.clear()
+                self._flush()
+                self.transport.close()
+                return
+            if self.transport is None:
+                return
+        self._pump()
+
+    def _request(self, event: h2.events.RequestReceived, now: float) -> None:
+        sid = event.stream_id
+        if self.goaway and sid > self.goaway:
+            self._reset(sid, REFUSED, now)  # sent after our GOAWAY: safe for the client to retry elsewhere
+            return
+        if not event.stream_ended:
+            self.with_body.add(sid)
+        method = path = None
+        has_authority = False
+        req = Request(b"", b"")
+        for name, value in event.headers:
+            if name[0] == 58:  # b":"
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    has_authority = True
+            else:
+                field = SEMANTIC_FIELDS.get(name)
+                if field is not None:
+                    apply_field(req, field, value)
+                elif name == b"host":
+                    has_authority = True
+        self.open.add(sid)
+        self.requests += 1
+        if self.requests >= self.limits.max_requests and not self.goaway:
+            self._send_goaway(sid)
+        req.method = method or b""
+        req.target = path or b""
+        if not has_authority or not path:
+            # RFC 9113 §8.3.1: :authority or Host is required (CONNECT, without :path, is not served).
+            plan = self.w.site.method_not_allowed if method == b"CONNECT" else self.w.site.error(400)
+            self._respond(sid, req, plan)
+            return
+        self._answer(sid, req)
+
+    def _answer(self, sid: int, req: Request) -> None:
+        w = self.w
+        plan = w.site.resolve(req, w.loop.time())
+        if type(plan) is Miss:
+            self._load(sid, req, plan, w.cache.stale(plan.path))
+            return
+        self._respond(sid, req, plan)
+
+    def _load(self, sid: int, req: Request, miss: Miss, old: FileEntry | None) -> None:
+        """Open or revalidate a file off the event loop, then answer the stream (if it is still open)."""
+        w = self.w
+        fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
+        fut.add_done_callback(lambda f: self._loaded(f, sid, req, miss))
+
+    def _loaded(self, fut: asyncio.Future, sid: int, req: Request, miss: Miss) -> None:
+        w = self.w
+        try:
+            found = w.cache.store(miss.path, fut.result(), w.loop.time())
+        except LookupError:  # evicted while revalidating: load afresh
+            self._load(sid, req, miss, None)
+            return
+        except Exception:  # noqa: BLE001 - an unreadable file is a 500 for this stream, not a dead worker
+            found = NotFound(500)
+        if sid not in self.open or self.transport is None:
+            return
+        self._respond(sid, req, w.site.respond(req, found, miss.query))
+        self._pump()
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def _respond(self, sid: int, req: Request, plan: Plan) -> None:
+        w = self.w
+        cache = plan.cache
+        if cache is None:
+            cache = plan.cache = {}
+        head = cache.get("h2")
+        if head is None:
+            head = cache["h2"] = [(b":status", _STATUS[plan.status]), *plan.headers]
+        w.stats[STATUS_FIELD[plan.status]] += 1
+        parts = plan.parts
+        bodiless = not parts or req.method == b"HEAD" or plan.status == 304
+        try:
+            self.h2.send_headers(sid, [*head, (b"date", w.date_value)], end_stream=bodiless)
+        except h2.exceptions.StreamClosedError:
+            self.open.discard(sid)
+            return
+        if w.log is not None:
+            w.log.write(self.peer, req.method or b"-", req.target or b"-", b"HTTP/2.0", plan.status,
+                        0 if bodiless else plan.length, b"-", b"-")
+        if bodiless:
+            self._finished(sid)
+            return
+        entry = plan.entry
+        if entry is not None:
+            entry.acquire()
+        self.out[sid] = _Out(sid, parts, entry)
+
+    def _finished(self, sid: int) -> None:
+        self.open.discard(sid)
+        if sid in self.with_body:
+            self.with_body.discard(sid)
+            try:
+                self.h2.reset_stream(sid, NO_ERROR)  # RFC 9113 §8.1: the answer is complete, stop sending
+            except h2.exceptions.StreamClosedError:
+                pass
+
+    def _pump(self) -> None:
+        """Frame DATA for the streams with body left, one frame each in turn, up to BATCH bytes; then write."""
+        self.scheduled = False
+        out = self.out
+        if out and not self.paused and self.transport is not None:
+            conn = self.h2
+            frame_cap = min(conn.max_outbound_frame_size, MAX_FRAME)
+            budget = BATCH
+            now = 0.0
+            while budget > 0 and out:
+                moved = False
+                for sid in list(out):
+                    stream = out[sid]
+                    window = conn.local_flow_control_window(sid)
+                    if window <= 0:
+                        if not stream.blocked:
+                            stream.blocked = now or self.w.loop.time()
+                        continue
+                    stream.blocked = 0.0
+                    sent = self._send_chunk(stream, min(window, frame_cap))
+                    if sent < 0:
+                        continue  # the stream was reset
+                    budget -= sent
+                    moved = True
+                if not moved:
+                    break
+            if out and budget <= 0 and not self.scheduled:
+                self.scheduled = True
+                self.w.loop.call_soon(self._pump)  # let other connections have the loop
+        self._flush()
+        if self.goaway and not self.open and not self.out and self.transport is not None:
+            self.transport.close()
+
+    def _send_chunk(self, stream: _Out, room: int) -> int:
+        """Send up to `room` bytes of `stream` as one DATA frame; -1 when the stream had to be reset."""
+        part = stream.parts[stream.index]
+        done = stream.done
+        if type(part) is bytes:
+            chunk = memoryview(part)[done:done + room]
+            left = len(part) - done - len(chunk)
+        else:
+            offset, length = part
+            want = min(room, length - done)
+            try:
+                n = os.preadv(stream.entry.fd, [self.view[:want]], offset + done)
+            except OSError:
+                n = 0
+            if n <= 0:  # the file shrank under us: never let a short body pass as complete
+                self.w.cache.purge(stream.entry.path)
+                self._reset(stream.sid, INTERNAL, self.w.loop.time())
+                return -1
+            chunk = self.view[:n]
+            left = length - done - n
+        if left:
+            stream.done = done + len(chunk)
+            last = False
+        else:
+            stream.index += 1
+            stream.done = 0
+            last = stream.index == len(stream.parts)
+        self.h2.send_data(stream.sid, chunk, end_stream=last)
+        if last:
+            del self.out[stream.sid]
+            if stream.entry is not None:
+                stream.entry.release()
+            self._finished(stream.sid)
+        return len(chunk)
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.w.stats[BYTES_OUT] += len(data)
+            self.transport.write(data)
+
+    def _cancel(self, sid: int) -> None:
+        """Forget a stream the peer reset (or we did): stop sending, release its file."""
+        stream = self.out.pop(sid, None)
+        if stream is not None and stream.entry is not None:
+            stream.entry.release()
+        self.open.discard(sid)
+        self.with_body.discard(sid)
+
+    def _reset(self, sid: int, code: int, now: float) -> None:
+        """Reset a stream from our side; these count against the reset budget too (MadeYouReset)."""
+        self._cancel(sid)
+        self.w.stats[ERRORS] += 1
+        try:
+            self.h2.reset_stream(sid, code)
+        except h2.exceptions.StreamClosedError:
+            pass
+        if not self.resets.take(now):
+            self._die(CALM)
+
+    def _send_goaway(self, last: int) -> None:
+        """Graceful GOAWAY: streams up to `last` are still answered; later ones are refused.
+
+        Written by hand: h2's close_connection() would close its state machine and forbid the
+        DATA frames still owed on open streams.
+        """
+        self.goaway = max(last, 1)
+        self._flush()
+        if self.transport is not None:
+            self.transport.write(GoAwayFrame(0, last_stream_id=last, error_code=NO_ERROR).serialize())
+
+    def _die(self, code: int) -> None:
+        """End the connection now with GOAWAY(code) and free everything it held."""
+        if self.transport is None:
+            return
+        self.w.stats[ERRORS] += 1
+        try:
+            self.h2.close_connection(error_code=code)
+        except h2.exceptions.ProtocolError:
+            pass
+        self._flush()
+        for sid in list(self.out):
+            self._cancel(sid)
+        self.open.clear()
+        transport = self.transport
+        transport.close()
+
+    # -- flow control of our own writes -----------------------------------------------------------
+
+    def pause_writing(self) -> None:  # noqa: D102
+        self.paused = True
+        self.paused_at = self.w.loop.time()
+
+    def resume_writing(self) -> None:  # noqa: D102
+        self.paused = False
+        self._pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        w = self.w
+        w.connections.discard(self)
+        w.stats[CONNECTIONS_ACTIVE] -= 1
+        for sid in list(self.out):
+            self._cancel(sid)
+        self.open.clear()
+        self.transport = None
+
+    def eof_received(self) -> bool:  # noqa: D102
+        return False
+
+    # -- the worker's 1 Hz sweep and shutdown -----------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Idle timeout, zero-window stall timeout, send timeout; close a drained connection."""
+        if self.transport is None:
+            return
+        if self.paused and now - self.paused_at > self.w.send_timeout:
+            self.transport.abort()
+            return
+        stall = self.limits.stall_timeout
+        for stream in self.out.values():
+            if stream.blocked and now - stream.blocked > stall:
+                self._die(CALM)
+                return
+        if not self.open and not self.out:
+            if self.goaway or now - self.last_active > self.w.keepalive_timeout:
+                if not self.goaway:
+                    self._send_goaway(self.h2.highest_inbound_stream_id)
+                self.transport.close()
+
+    def shutdown(self, idle_deadline: float) -> None:
+        """Graceful stop: GOAWAY now, answer the streams already open, then close."""
+        if self.transport is None:
+            return
+        if not self.goaway:
+            self._send_goaway(self.h2.highest_inbound_stream_id)
+        if not self.open and not self.out:
+            self.transport.close()
