@@ -53,6 +53,14 @@ class Http2Config:
 
 
 @dataclass(frozen=True)
+class PushConfig:
+    """HTTP/2 server push: page path -> asset paths, and how many pushes one request may cause."""
+
+    pages: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    max_per_request: int = 8
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """The TLS listener: port and certificate files (none: no TLS listener)."""
 
@@ -82,6 +90,8 @@ class Config:
     file_cache: FileCacheConfig = field(default_factory=FileCacheConfig)
     headers: tuple[HeaderRule, ...] = ()
     http2: Http2Config = field(default_factory=Http2Config)
+    push: PushConfig = field(default_factory=PushConfig)
+    early_hints: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 
@@ -173,6 +183,28 @@ def _http2(key: str, value: Any) -> Http2Config:
     return Http2Config(**out)
 
 
+def _push(key: str, value: Any) -> PushConfig:
+    """[push]: "/page" = ["/asset", ...] entries plus max_per_request."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table")
+    pages = []
+    limit = PushConfig.max_per_request
+    for name, item in value.items():
+        sub = f"{key}.{name}"
+        if name == "max_per_request":
+            limit = _number(sub, item, kind=int, minimum=0, maximum=100)
+            continue
+        if not name.startswith("/"):
+            raise ConfigError(f"{sub}: unknown key (pages start with '/')")
+        if not isinstance(item, list) or not all(isinstance(a, str) for a in item):
+            raise ConfigError(f"{key}.\"{name}\": expected an array of paths")
+        for asset in item:
+            if not asset.startswith("/") or asset.startswith("//") or any(c in asset for c in " \r\n\0"):
+                raise ConfigError(f"{key}.\"{name}\": {asset!r} is not a same-origin path")
+        pages.append((name, tuple(item)))
+    return PushConfig(tuple(pages), limit)
+
+
 def _tls(key: str, value: Any) -> TlsConfig:
     if not isinstance(value, dict):
         raise ConfigError(f"{key}: expected a table")
@@ -242,7 +274,9 @@ def _validate_key(key: str, value: Any) -> Any:
         return _string(key, value)
     if key == "follow_symlinks":
         return _string(key, value, choices=SYMLINK_POLICIES)
-    if key == "serve_dotfiles":
+    if key == "push":
+        return _push(key, value)
+    if key in ("serve_dotfiles", "early_hints"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value

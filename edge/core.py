@@ -6,7 +6,9 @@ import fnmatch
 import secrets
 
 from .conditional import Conditions, evaluate, if_range_allows
+from .config import PushConfig
 from .filecache import FileEntry, Lookup, Redirect
+from .hints import PageHints, page_hints
 from .httpdate import format_http_date
 from .negotiation import choose_encoding
 from .paths import BadTarget, has_dot_segment, location_for, normalize_path, split_target
@@ -106,7 +108,8 @@ def text_plan(status: int, extra: list[Header] | None = None, server: bytes = b"
 class Site:
     """Static-site semantics over a file cache: paths, preconditions, ranges, negotiation, header rules."""
 
-    def __init__(self, cache, *, serve_dotfiles: bool = False, header_rules=(), server_name: str = "edge") -> None:
+    def __init__(self, cache, *, serve_dotfiles: bool = False, header_rules=(), server_name: str = "edge",
+                 push: PushConfig | None = None, index: str = "index.html") -> None:
         self.cache = cache
         self.serve_dotfiles = serve_dotfiles
         self.rules = [(rule.match, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in rule.set])
@@ -116,6 +119,13 @@ class Site:
         self.method_not_allowed = text_plan(405, [(b"allow", b"GET, HEAD")], self.server)
         self._errors: dict[int, Plan] = {405: self.method_not_allowed}
         self._targets: dict[bytes, tuple[str, bytes] | Plan] = {}
+        push = push or PushConfig()
+        self.push_pages = dict(push.pages)
+        self.push_limit = push.max_per_request
+        self.index = index
+        #: Whether any page can have early hints or pushes (adapters skip all hint work otherwise).
+        self.has_hints = bool(self.push_pages) or any(name == b"link" for _, hs in self.rules for name, _ in hs)
+        self._hints: dict[str, PageHints | None] = {}
 
     def error(self, status: int) -> Plan:
         """The shared plan for a plain error status."""
@@ -154,6 +164,28 @@ class Site:
             self._targets.clear()  # hostile floods of unique targets cost a re-parse, not memory
         self._targets[target] = known
         return known
+
+    def hints(self, target: bytes) -> PageHints | None:
+        """Link rel=preload values (for 103) and assets to push for the page at `target`; memoised per path."""
+        known = self._targets.get(target)
+        if known is None:
+            known = self._parse_target(target)
+        if type(known) is Plan:
+            return None
+        path = known[0]
+        try:
+            return self._hints[path]
+        except KeyError:
+            pass
+        configured = self.push_pages.get(path, ())
+        if not configured and path.endswith("/"):
+            configured = self.push_pages.get(path + self.index, ())
+        links = [value for name, value in self._rule_headers(path) if name == b"link"]
+        found = page_hints(configured, links, self.push_limit)
+        if len(self._hints) >= TARGET_MEMO:
+            self._hints.clear()
+        self._hints[path] = found
+        return found
 
     def respond(self, req: Request, found: Lookup, query: bytes) -> Plan:
         """Turn a cache answer into the plan for `req` (preconditions, negotiation, ranges)."""

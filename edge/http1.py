@@ -384,9 +384,14 @@ class H1Connection(asyncio.Protocol):
             pending = queue[0]
             plan = pending.plan
             if plan is None:
+                if w.early_hints and pending.method == b"GET" and not pending.version10:
+                    self._early_hints(pending)
                 plan = site.resolve(pending, w.loop.time())
                 if type(plan) is Miss:
                     self._load(pending, plan)
+                    return
+                if self.write_paused:  # the 103 is still buffered: the response waits for it
+                    pending.plan = plan
                     return
             del queue[0]
             self._send(pending, plan)
@@ -430,10 +435,20 @@ class H1Connection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         plan = w.site.respond(pending, found, miss.query)
+        if self.write_paused:  # bytes (a 103) still buffered: sendfile must not overtake them
+            pending.plan = plan
+            return
         del self.queue[0]
         self._send(pending, plan)
         if not self.busy:
             self._pump()
+
+    def _early_hints(self, pending: Pending) -> None:
+        """103 Early Hints with the page's Link rel=preload values, before the response is ready."""
+        hints = self.w.site.hints(pending.target)
+        if hints is not None and hints.links:
+            self.transport.write(b"HTTP/1.1 103 Early Hints\r\n" + b"".join(b"Link: %s\r\n" % v for v in hints.links)
+                                 + b"\r\n")
 
     def _send(self, pending: Pending, plan: Plan) -> None:
         """Write one response: header block, then inline bytes or file ranges."""

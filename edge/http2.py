@@ -17,6 +17,7 @@ from hyperframe.frame import GoAwayFrame, HeadersFrame, PushPromiseFrame
 
 from .core import SEMANTIC_FIELDS, Miss, Plan, Request, apply_field
 from .filecache import FileEntry, NotFound
+from .hints import PageHints
 from .ratelimit import TokenBucket
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
 
@@ -100,6 +101,7 @@ class H2Connection(asyncio.Protocol):
         self.out: dict[int, _Out] = {}  # streams with body left to send, in round-robin order
         self.open: set[int] = set()  # streams we still owe a response (loading or sending)
         self.with_body: set[int] = set()  # client streams that carry a request body we do not read
+        self.paths: dict[int, bytes] = {}  # :path of open client streams of pages with pushes
         self.requests = 0
         self.goaway = 0  # last stream id promised in our graceful GOAWAY (0: none sent)
         self.closing = False
@@ -206,8 +208,7 @@ class H2Connection(asyncio.Protocol):
             return
         if not event.stream_ended:
             self.with_body.add(sid)
-        method = path = None
-        has_authority = False
+        method = path = authority = None
         req = Request(b"", b"")
         for name, value in event.headers:
             if name[0] == 58:  # b":"
@@ -216,58 +217,128 @@ class H2Connection(asyncio.Protocol):
                 elif name == b":path":
                     path = value
                 elif name == b":authority":
-                    has_authority = True
+                    authority = value
             else:
                 field = SEMANTIC_FIELDS.get(name)
                 if field is not None:
                     apply_field(req, field, value)
-                elif name == b"host":
-                    has_authority = True
+                elif name == b"host" and authority is None:
+                    authority = value
         self.open.add(sid)
         self.requests += 1
         if self.requests >= self.limits.max_requests and not self.goaway:
             self._send_goaway(sid)
         req.method = method or b""
         req.target = path or b""
-        if not has_authority or not path:
+        if not authority or not path:
             # RFC 9113 §8.3.1: :authority or Host is required (CONNECT, without :path, is not served).
             plan = self.w.site.method_not_allowed if method == b"CONNECT" else self.w.site.error(400)
             self._respond(sid, req, plan)
             return
+        hints = None
+        if self.w.site.has_hints:
+            self.paths[sid] = path  # so a push never duplicates what the client is fetching itself
+            if method == b"GET":
+                hints = self._hints(sid, req, authority)
+        if hints is not None:
+            misses = [m for m in (self._resolve(asset) for asset in hints.push) if type(m) is Miss]
+            if misses:  # open the assets first, so only files that exist are promised
+                self._warm(misses, lambda: self._answer(sid, req, (hints, authority)))
+                return
+            self._answer(sid, req, (hints, authority))
+            return
         self._answer(sid, req)
 
-    def _answer(self, sid: int, req: Request) -> None:
+    def _hints(self, sid: int, req: Request, authority: bytes) -> PageHints | None:
+        """The page's hints: 103 Early Hints go out at once; pushes only when the client allows them."""
+        hints = self.w.site.hints(req.target)
+        if hints is None:
+            return None
+        if self.w.early_hints and hints.links:
+            self.h2.send_headers(sid, [(b":status", b"103"), *((b"link", v) for v in hints.links)])
+        if not hints.push or not self.h2.remote_settings.enable_push:
+            return None
+        return hints
+
+    def _resolve(self, path: str) -> Plan | Miss:
+        return self.w.site.resolve(Request(b"GET", path.encode("latin-1")), self.w.loop.time())
+
+    def _warm(self, misses: list[Miss], then) -> None:  # noqa: ANN001
+        """Load `misses` into the file cache off the loop, then call `then` (once, when all are done)."""
+        w = self.w
+        left = [len(misses)]
+
+        def one(fut: asyncio.Future, miss: Miss) -> None:
+            try:
+                w.cache.store(miss.path, fut.result(), w.loop.time())
+            except Exception:  # noqa: BLE001, S110 - an asset that cannot be opened is simply not pushed
+                pass
+            left[0] -= 1
+            if left[0] == 0 and self.transport is not None:
+                then()
+                self._pump()
+
+        for miss in misses:
+            fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, None)
+            fut.add_done_callback(lambda f, m=miss: one(f, m))
+
+    def _answer(self, sid: int, req: Request, push: tuple[PageHints, bytes] | None = None) -> None:
         w = self.w
         plan = w.site.resolve(req, w.loop.time())
         if type(plan) is Miss:
-            self._load(sid, req, plan, w.cache.stale(plan.path))
+            self._load(sid, req, plan, w.cache.stale(plan.path), push)
             return
-        self._respond(sid, req, plan)
+        self._respond(sid, req, plan, push)
 
-    def _load(self, sid: int, req: Request, miss: Miss, old: FileEntry | None) -> None:
+    def _load(self, sid: int, req: Request, miss: Miss, old: FileEntry | None,
+              push: tuple[PageHints, bytes] | None = None) -> None:
         """Open or revalidate a file off the event loop, then answer the stream (if it is still open)."""
         w = self.w
         fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
-        fut.add_done_callback(lambda f: self._loaded(f, sid, req, miss))
+        fut.add_done_callback(lambda f: self._loaded(f, sid, req, miss, push))
 
-    def _loaded(self, fut: asyncio.Future, sid: int, req: Request, miss: Miss) -> None:
+    def _loaded(self, fut: asyncio.Future, sid: int, req: Request, miss: Miss,
+                push: tuple[PageHints, bytes] | None) -> None:
         w = self.w
         try:
             found = w.cache.store(miss.path, fut.result(), w.loop.time())
         except LookupError:  # evicted while revalidating: load afresh
-            self._load(sid, req, miss, None)
+            self._load(sid, req, miss, None, push)
             return
         except Exception:  # noqa: BLE001 - an unreadable file is a 500 for this stream, not a dead worker
             found = NotFound(500)
         if sid not in self.open or self.transport is None:
             return
-        self._respond(sid, req, w.site.respond(req, found, miss.query))
+        self._respond(sid, req, w.site.respond(req, found, miss.query), push)
         self._pump()
+
+    def _promise(self, sid: int, hints: PageHints, authority: bytes) -> list[tuple[int, Request, Plan]]:
+        """PUSH_PROMISE each asset that exists and that the client is not already requesting."""
+        requested = set(self.paths.values())
+        scheme = b"https" if self.secure else b"http"
+        promised = []
+        for asset in hints.push:
+            target = asset.encode("latin-1")
+            if target in requested:
+                continue
+            plan = self._resolve(asset)
+            if type(plan) is not Plan or plan.status != 200:
+                continue
+            try:
+                psid = self.h2.get_next_available_stream_id()
+                self.h2.push_stream(sid, psid, [(b":method", b"GET"), (b":scheme", scheme),
+                                                (b":authority", authority), (b":path", target)])
+            except h2.exceptions.ProtocolError:
+                break  # the client's stream limit, or it turned push off meanwhile
+            self.open.add(psid)
+            promised.append((psid, Request(b"GET", target), plan))
+        return promised
 
     # -- output -----------------------------------------------------------------------------------
 
-    def _respond(self, sid: int, req: Request, plan: Plan) -> None:
+    def _respond(self, sid: int, req: Request, plan: Plan, push: tuple[PageHints, bytes] | None = None) -> None:
         w = self.w
+        promised = self._promise(sid, *push) if push is not None and plan.status == 200 else ()
         cache = plan.cache
         if cache is None:
             cache = plan.cache = {}
@@ -292,9 +363,12 @@ class H2Connection(asyncio.Protocol):
         if entry is not None:
             entry.acquire()
         self.out[sid] = _Out(sid, parts, entry)
+        for psid, preq, pplan in promised:
+            self._respond(psid, preq, pplan)
 
     def _finished(self, sid: int) -> None:
         self.open.discard(sid)
+        self.paths.pop(sid, None)
         if sid in self.with_body:
             self.with_body.discard(sid)
             try:
@@ -383,6 +457,7 @@ class H2Connection(asyncio.Protocol):
             stream.entry.release()
         self.open.discard(sid)
         self.with_body.discard(sid)
+        self.paths.pop(sid, None)
 
     def _reset(self, sid: int, code: int, now: float) -> None:
         """Reset a stream from our side; these count against the reset budget too (MadeYouReset)."""

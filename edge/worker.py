@@ -64,7 +64,8 @@ class Worker:
         self.resolver = Resolver(config.root, config.follow_symlinks, config.index, config.file_cache.inline_max)
         self.cache = FileCache(self.resolver, entries, config.file_cache.valid)
         self.site = Site(self.cache, serve_dotfiles=config.serve_dotfiles, header_rules=config.headers,
-                         server_name=config.server_name)
+                         server_name=config.server_name, push=config.push, index=config.index)
+        self.early_hints = config.early_hints and self.site.has_hints
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
         self.connections: set[H1Connection] = set()
         self.log = AccessLog(config.access_log) if config.access_log else None
