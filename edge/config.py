@@ -78,6 +78,7 @@ class Config:
     port: int = 8080
     workers: int | str = "auto"
     cpu_affinity: str | tuple[frozenset[int], ...] = "auto"
+    incoming_cpu: bool = True  # SO_INCOMING_CPU on pinned workers' sockets
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     send_timeout: float = 60.0
@@ -276,7 +277,7 @@ def _validate_key(key: str, value: Any) -> Any:
         return _string(key, value, choices=SYMLINK_POLICIES)
     if key == "push":
         return _push(key, value)
-    if key in ("serve_dotfiles", "early_hints"):
+    if key in ("serve_dotfiles", "early_hints", "incoming_cpu"):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value

@@ -372,7 +372,10 @@ class Supervisor:
         warning = pin(slot.placement, mempolicy=self.mempolicy)
         if warning:
             print(f"edge: worker {slot.index}: {warning}", file=sys.stderr, flush=True)
-        steer_connections(slot.sock, slot.placement)
+        if config.incoming_cpu:
+            steer_connections(slot.sock, slot.placement)
+            if slot.tls_sock is not None:
+                steer_connections(slot.tls_sock, slot.placement)
         stats = self.stats.slot(stats_index)
         stats[PID] = os.getpid()
 

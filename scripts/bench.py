@@ -5,14 +5,27 @@ Start it through ``scripts/bench``, which first installs what is missing
 peers; BENCH_NO_INSTALL=1 skips that), raises the open-file limit, and stops
 every process it started on exit or Ctrl-C.
 
-Every server runs as one process (granian: its supervisor plus one worker)
-pinned to CPU 1; the load generators run pinned to CPU 0.  Rows:
+In the pinned rows every server runs as one worker (edge and granian: a
+supervisor plus one worker) pinned to CPU 1; the load generators run pinned
+to CPU 0.  Rows:
 
   1k, 100k   wrk -t1 -c64 --latency: req/s and p99 latency
   1m, 64m    bench_client.bulk_download (K keep-alive connections reading
              1 MiB per recv): MB/s (10^6 bytes per second of body payload)
   idle       bench_client.IdleConnections: server RSS growth per idle
              keep-alive connection (bytes)
+
+Two more rows use the whole machine, edge and nginx only: nothing is pinned
+by taskset (edge keeps its default --cpu-affinity auto, one CPU per worker;
+nginx runs a master with worker_processes N and no worker_cpu_affinity) and
+wrk -t2 -c128 --latency runs on all CPUs too, 1 KiB GET:
+
+  machine    edge --workers auto against nginx worker_processes auto
+  scaling    1 and 2 workers of each; prints each server's 2-worker /
+             1-worker req/s and edge's ratio over nginx's (target >= 0.95)
+
+Their cells are measured interleaved (run 1 of every cell, then run 2, ...)
+so that the ratios pair runs taken close together.
 
 For every throughput row the server's CPU time (utime+stime from
 /proc/PID/stat, summed over the server's process tree) is sampled before and
@@ -28,6 +41,7 @@ import hashlib
 import http.client
 import os
 import platform
+import pwd
 import re
 import resource
 import shutil
@@ -48,6 +62,10 @@ PEERS_DIR = Path(__file__).resolve().parent / "bench_peers"
 HOST = "127.0.0.1"
 SERVER_CPU = "1"
 CLIENT_CPU = 0
+MULTI_SERVERS = ("edge", "nginx")    # the servers of the unpinned multi-worker rows
+WRK_PINNED = (1, 64)                 # wrk threads, connections: pinned rows
+WRK_UNPINNED = (2, 128)              # unpinned rows: 64 connections per wrk thread
+SCALING_TARGET = 0.95                # edge scaling / nginx scaling, printed not asserted
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 OTHER_LOAD_WARN = 0.15      # warn when others used more than this share of a CPU
 
@@ -69,6 +87,7 @@ class Row:
     kind: str          # "wrk", "bulk" or "idle"
     file: str
     unit: str
+    workers: str | None = None   # "auto" or N: unpinned multi-worker row; None: pinned
 
 
 ROWS = [
@@ -77,8 +96,16 @@ ROWS = [
     Row("1m", "1 MiB GET (MB/s)", "bulk", "1m.bin", "MB/s"),
     Row("64m", "64 MiB GET (MB/s)", "bulk", "64m.bin", "MB/s"),
     Row("idle", "RSS per idle keep-alive conn (B, lower is better)", "idle", "1k.bin", "B"),
+    Row("machine", "1 KiB GET, whole machine: workers auto, unpinned (req/s)", "wrk", "1k.bin",
+        "req/s", workers="auto"),
+    Row("scaling-1", "1 KiB GET, 1 worker, unpinned (req/s)", "wrk", "1k.bin", "req/s",
+        workers="1"),
+    Row("scaling-2", "1 KiB GET, 2 workers, unpinned (req/s)", "wrk", "1k.bin", "req/s",
+        workers="2"),
 ]
 ROW_BY_KEY = {r.key: r for r in ROWS}
+ROW_GROUPS = {"scaling": ("scaling-1", "scaling-2")}   # --rows names that select several rows
+ROW_NAMES = ["1k", "100k", "1m", "64m", "idle", "machine", "scaling"]   # --rows choices
 
 
 def log(msg: str) -> None:
@@ -118,9 +145,9 @@ def proc_tree(root: int) -> list[int]:
     return out
 
 
-def cpu_seconds(root: int) -> float:
-    """utime+stime of the process tree under root, in seconds."""
-    ticks = 0
+def cpu_by_pid(root: int) -> dict[int, float]:
+    """utime+stime of every process in the tree under root, in seconds."""
+    out = {}
     for pid in proc_tree(root):
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -128,8 +155,13 @@ def cpu_seconds(root: int) -> float:
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()
-        ticks += int(fields[11]) + int(fields[12])   # utime, stime (fields 14, 15)
-    return ticks / CLK_TCK
+        out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK   # utime, stime (fields 14, 15)
+    return out
+
+
+def cpu_seconds(root: int) -> float:
+    """utime+stime of the process tree under root, in seconds."""
+    return sum(cpu_by_pid(root).values())
 
 
 def affinities(root: int) -> set[str]:
@@ -177,14 +209,16 @@ def wait_for_quiet(pid: int, max_wait: float) -> float:
 
 
 class Sample:
-    """CPU accounting around one run: the server's tree, the load generator
-    (this process for the Python clients, or the waited-for wrk child) and
-    whatever else ran on the machine meanwhile ("other")."""
+    """CPU accounting around one run: the server's tree (and each of its
+    worker processes), the load generator (this process for the Python
+    clients, or the waited-for wrk child) and whatever else ran on the
+    machine meanwhile ("other")."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.t0 = time.perf_counter()
-        self.server0 = cpu_seconds(pid)
+        self.by_pid0 = cpu_by_pid(pid)
+        self.server0 = sum(self.by_pid0.values())
         self.busy0 = machine_busy_seconds()
         self.client0 = self._client()
 
@@ -196,10 +230,13 @@ class Sample:
 
     def finish(self) -> dict:
         wall = time.perf_counter() - self.t0
-        server = cpu_seconds(self.pid) - self.server0
+        by_pid = cpu_by_pid(self.pid)
+        server = sum(by_pid.values()) - self.server0
         client = self._client() - self.client0
         other = machine_busy_seconds() - self.busy0 - server - client
-        return {"cpu": server, "wall": wall, "util": server / wall,
+        workers = [(t - self.by_pid0.get(p, 0.0)) / wall
+                   for p, t in sorted(by_pid.items()) if p != self.pid]
+        return {"cpu": server, "wall": wall, "util": server / wall, "worker_util": workers,
                 "client_util": client / wall, "other_util": max(0.0, other / wall)}
 
 
@@ -231,8 +268,9 @@ def free_port() -> int:
 NGINX_CONF = """\
 # generated by scripts/bench
 daemon off;
-master_process off;
-worker_processes 1;
+master_process {master};
+worker_processes {workers};
+{user}
 worker_rlimit_nofile {nofile};
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
@@ -302,15 +340,25 @@ class Harness:
         log(f"corpus in {self.corpus}: {', '.join(FILES)}")
 
     # ---- server specs --------------------------------------------------
-    def spec(self, name: str, port: int) -> Spec:
+    def spec(self, name: str, port: int, workers: str | None = None) -> Spec:
+        """How to start ``name``: one worker (workers None), or ``workers``
+        ("auto" or N) for the multi-worker rows (edge and nginx only)."""
         root = str(self.corpus)
         bv = self.bench_venv / "bin"
+        if workers is not None and name not in MULTI_SERVERS:
+            raise ValueError(f"{name}: no multi-worker configuration in this harness")
         if name == "edge":
             exe = self.edge_venv / "bin" / "edge"
             if not os.access(exe, os.X_OK):
                 raise RuntimeError(f"{exe} not found (pip install -e . failed or edge not built yet)")
-            return Spec(name, [str(exe), "serve", "--root", root, "--host", HOST,
-                               "--port", str(port), "--workers", "1"], "")
+            argv = [str(exe), "serve", "--root", root, "--host", HOST, "--port", str(port), "--workers", workers or "1"]
+            if workers is not None:
+                # On loopback the CPU that "receives" a connection is the client's, so SO_INCOMING_CPU
+                # would hand all of a wrk thread's connections to one worker: off for these rows.
+                conf = self.tmp / "edge-unsteered.toml"
+                conf.write_text("incoming_cpu = false\n")
+                argv += ["--config", str(conf)]
+            return Spec(name, argv, "")
         if name == "nginx":
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
             ntmp = self.tmp / f"nginx-{port}"
@@ -318,6 +366,9 @@ class Harness:
             conf = ntmp / "nginx.conf"
             conf.write_text(NGINX_CONF.format(
                 tmp=ntmp, host=HOST, port=port, root=root,
+                master="off" if workers is None else "on", workers=workers or "1",
+                # a root master's workers would run as nobody, who cannot read the corpus
+                user=f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else "",
                 conns=max(1024, self.a.idle_conns + 2048),
                 nofile=max(self.nofile, 1024)))
             return Spec(name, [nginx, "-c", str(conf), "-p", str(ntmp), "-e",
@@ -349,15 +400,17 @@ class Harness:
                         env={"BENCH_ROOT": root})
         raise ValueError(name)
 
-    def start(self, name: str) -> tuple[subprocess.Popen, int, str]:
-        """Start server ``name`` pinned to CPU 1; return (proc, port, url prefix)."""
+    def start(self, name: str, workers: str | None = None) -> tuple[subprocess.Popen, int, str]:
+        """Start server ``name``: one worker pinned to CPU 1, or with ``workers``
+        on all CPUs (see spec); return (proc, port, url prefix)."""
         port = free_port()
-        spec = self.spec(name, port)
+        spec = self.spec(name, port, workers)
         env = dict(os.environ)
         env.update(spec.env)
         env.pop("PYTHONPATH", None)
         logf = open(self.tmp / f"{name}-{port}.log", "wb")
-        argv = ["taskset", "-c", SERVER_CPU, *spec.argv] if self.a.pin else spec.argv
+        cpus = SERVER_CPU if workers is None else self.a.all_cpus
+        argv = ["taskset", "-c", cpus, *spec.argv] if self.a.pin else spec.argv
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, cwd=spec.cwd,
                                 start_new_session=True)
@@ -385,7 +438,39 @@ class Harness:
                                    f"{self.a.start_timeout:.0f} s ({last}); "
                                    f"{self.log_tail(proc)}")
             time.sleep(0.1)
+        try:
+            self.check_workers(name, proc, workers)
+        except RuntimeError:
+            self.stop(proc)
+            raise
         return proc, port, spec.prefix
+
+    def expected_workers(self, name: str, workers: str | None) -> int | None:
+        """Worker processes ``name`` should run under its supervisor or master
+        (0: it serves in the one process), or None when not checked (peers)."""
+        if name not in MULTI_SERVERS:
+            return None
+        if workers is None:
+            return 1 if name == "edge" else 0          # nginx: master_process off
+        return len(self.a.all_cpus.split(",")) if workers == "auto" else int(workers)
+
+    def check_workers(self, name: str, proc: subprocess.Popen, workers: str | None) -> None:
+        """The server's process tree must be its root plus exactly the expected
+        workers (edge under taskset -c 1 with --workers 1: one worker), so that
+        cpu_seconds and rss_bytes, summed over that tree, cover every worker."""
+        want = self.expected_workers(name, workers)
+        if want is None:
+            return
+        deadline = time.monotonic() + 5
+        while True:
+            children = proc_tree(proc.pid)[1:]
+            if len(children) == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if len(children) != want:
+            raise RuntimeError(f"{name}: expected {want} worker process(es) under pid "
+                               f"{proc.pid}, found {len(children)} {children}; "
+                               f"{self.log_tail(proc)}")
 
     @staticmethod
     def log_tail(proc: subprocess.Popen, n: int = 6) -> str:
@@ -444,11 +529,14 @@ class Harness:
 
     # ---- measurements --------------------------------------------------
     def run_wrk(self, pid: int, port: int, path: str, size: int, seconds: float,
-                conns: int = 64) -> dict:
+                unpinned: bool = False) -> dict:
+        """wrk against one server: WRK_PINNED on CPU 0, or WRK_UNPINNED on all CPUs."""
         url = f"http://{HOST}:{port}{path}"
-        argv = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", url]
-        if self.a.pin:
-            argv = ["taskset", "-c", str(CLIENT_CPU), *argv]
+        threads, conns = WRK_UNPINNED if unpinned else WRK_PINNED
+        argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s",
+                "--latency", url]
+        if self.a.pin:   # this process is pinned to CPU 0 and wrk would inherit that
+            argv = ["taskset", "-c", self.a.all_cpus if unpinned else str(CLIENT_CPU), *argv]
         sample = Sample(pid)
         out = subprocess.run(argv, capture_output=True, text=True,
                              timeout=seconds + 60).stdout
@@ -625,20 +713,73 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
                        f"| {cbusy} | {ratio} |")
     out.append("")
     out.append("MB = 10^6 bytes of response body. \"server CPU\" is utime+stime of the server's "
-               "process tree during the run, per request or per GiB of body received; "
-               "\"server busy\" is that CPU time over wall time (100% = the server's one "
-               "core saturated) and \"client busy\" the same for the load generator on "
-               f"CPU {CLIENT_CPU} (wrk, or the Python client). On loopback some TCP work is "
+               "process tree (supervisor or master and all workers) during the run, per request "
+               "or per GiB of body received; \"server busy\" is that CPU time over wall time "
+               "(100% = one core saturated; the unpinned rows share all CPUs with wrk and can "
+               "go above 100%) and \"client busy\" the same for the load generator on "
+               f"CPU {CLIENT_CPU} (wrk, or the Python client; unpinned rows: wrk on all CPUs). "
+               "On loopback some TCP work is "
                "charged to whichever side triggers it: when a server queues more than the "
                "window (nginx's 1 MiB sendfile), the client's ACKs send the rest and the "
                "client pays for it, so read server CPU together with client busy. "
                "\"vs nginx\" is median / nginx median (for the RSS row, lower is better).")
+    out += render_multi(results)
     if failures:
         out += ["", "## Failures and warnings", ""]
         out += [f"- {f}" for f in failures]
     if raw:
         out += ["", "## Raw runs", "", "```"] + raw + ["```"]
     return "\n".join(out) + "\n"
+
+
+def paired(num: Cell | None, den: Cell | None) -> dict[int, float]:
+    """Round (run index) -> num / den value, for every round in which both cells have a run."""
+    if not num or not den:
+        return {}
+    base = {r["run"]: r["value"] for r in den.runs}
+    return {r["run"]: r["value"] / base[r["run"]] for r in num.runs if r["run"] in base}
+
+
+def fmt_ratios(by_round: dict[int, float], unit: str = "×") -> str:
+    """Median of per-round ratios, with their min-max over two or more rounds."""
+    vals = list(by_round.values())
+    if not vals:
+        return "n/a"
+    text = f"{statistics.median(vals):.2f}{unit}"
+    if len(vals) > 1:
+        text += f" ({min(vals):.2f}–{max(vals):.2f} over {len(vals)} rounds)"
+    return text
+
+
+def render_multi(results: dict) -> list[str]:
+    """The whole-machine ratio and the 1 -> 2 worker scaling of edge and nginx,
+    each the median of ratios between runs of the same round."""
+    out: list[str] = []
+    machine = paired(results.get(("machine", "edge")), results.get(("machine", "nginx")))
+    scale = {s: paired(results.get(("scaling-2", s)), results.get(("scaling-1", s)))
+             for s in MULTI_SERVERS}
+    if not machine and not any(scale.values()):
+        return out
+    threads, conns = WRK_UNPINNED
+    title = f"## Whole machine and scaling (1 KiB GET, unpinned, wrk -t{threads} -c{conns})"
+    out += ["", title, ""]
+    if machine:
+        out += ["Whole machine (edge --workers auto, nginx worker_processes auto): "
+                + f"edge ÷ nginx {fmt_ratios(machine)}.", ""]
+    if any(scale.values()):
+        out += ["| server | 1 worker (req/s) | 2 workers (req/s) | 2 workers ÷ 1 worker |",
+                "|---|---:|---:|---:|"]
+        for s in MULTI_SERVERS:
+            one, two = results.get(("scaling-1", s)), results.get(("scaling-2", s))
+            if one is None and two is None:
+                continue
+            label = f"**{SERVER_LABEL[s]}**" if s == "edge" else SERVER_LABEL[s]
+            meds = [fmt_num(c.med("value"), "req/s") if c else "—" for c in (one, two)]
+            out.append(f"| {label} | {meds[0]} | {meds[1]} | {fmt_ratios(scale[s])} |")
+        edge, nginx = scale["edge"], scale["nginx"]
+        rr = fmt_ratios({i: edge[i] / nginx[i] for i in edge if i in nginx}, "")
+        out += ["", f"Scaling, edge ÷ nginx: **{rr}** (target ≥ {SCALING_TARGET})."]
+    return out
 
 
 def versions(a: argparse.Namespace) -> list[str]:
@@ -684,8 +825,11 @@ def cpu_model() -> str:
 
 
 def _acct(r: dict) -> str:
-    return (f"server cpu {r['cpu']:.2f}s ({r['util'] * 100:.0f}%), client "
-            f"{r['client_util'] * 100:.0f}%, other {r['other_util'] * 100:.0f}%")
+    s = f"server cpu {r['cpu']:.2f}s ({r['util'] * 100:.0f}%"
+    if len(r["worker_util"]) > 1:
+        s += ": workers " + "/".join(f"{u * 100:.0f}%" for u in r["worker_util"])
+    return s + (f"), client {r['client_util'] * 100:.0f}%, "
+                f"other {r['other_util'] * 100:.0f}%")
 
 
 def describe_run(row: Row, r: dict) -> str:
@@ -715,8 +859,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="smoke test: --runs 1 --duration 3")
     ap.add_argument("--only", default=",".join(ALL_SERVERS),
                     help=f"comma-separated servers ({','.join(ALL_SERVERS)})")
-    ap.add_argument("--rows", default=",".join(r.key for r in ROWS),
-                    help=f"comma-separated rows ({','.join(r.key for r in ROWS)})")
+    ap.add_argument("--rows", default=",".join(ROW_NAMES),
+                    help=f"comma-separated rows ({','.join(ROW_NAMES)})")
     ap.add_argument("--out", default="bench-results.md", help="markdown output file")
     ap.add_argument("--conns", type=int, default=4,
                     help="keep-alive connections of the MB/s client")
@@ -735,7 +879,8 @@ def main(argv: list[str] | None = None) -> int:
         a.runs, a.duration = 1, 3.0
     servers = [s.strip() for s in a.only.split(",") if s.strip()]
     bad = [s for s in servers if s not in ALL_SERVERS]
-    rows = [ROW_BY_KEY[k.strip()] for k in a.rows.split(",") if k.strip() in ROW_BY_KEY]
+    keys = [key for k in a.rows.split(",") for key in ROW_GROUPS.get(k.strip(), (k.strip(),))]
+    rows = [ROW_BY_KEY[k] for k in dict.fromkeys(keys) if k in ROW_BY_KEY]
     if bad or not servers or not rows:
         ap.error(f"unknown server(s) {bad}" if bad else "nothing selected")
     servers = [s for s in ALL_SERVERS if s in servers]   # stable order, edge first
@@ -746,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     if own_tmp:
         a.tmp = tempfile.mkdtemp(prefix="edge-bench.")
     a.pin = (os.cpu_count() or 1) >= 2
+    a.all_cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))   # before pinning below
     h = Harness(a)
     failures: list[str] = []
     if not a.pin:
@@ -772,16 +918,31 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.idle_conns} keep-alive connections, one GET each, then idle "
         "(VmRSS after − before, divided by connections).",
     ]
+    multi_rows = [r for r in rows if r.workers is not None]
+    multi_servers = [s for s in servers if s in MULTI_SERVERS]
+    if multi_rows:
+        threads, conns = WRK_UNPINNED
+        meta += ["", ("unpinned rows (edge and nginx only): nothing pinned by taskset, "
+                      f"CPUs {a.all_cpus}; edge `--workers N` with its default `--cpu-affinity "
+                      "auto` (each worker pins itself to one CPU), nginx master + "
+                      "`worker_processes N` (no worker_cpu_affinity); "
+                      f"`wrk -t{threads} -c{conns} --latency` on all CPUs; the cells are "
+                      "measured in rounds (run 1 of each, then run 2, ...).")]
+        if not multi_servers:
+            failures.append("rows " + ", ".join(r.key for r in multi_rows)
+                            + ": measure edge and nginx only, neither selected by --only")
     try:
         h.make_corpus()
         meta += ["", "versions: " + ", ".join(versions(a))]
         for s in servers:
-            throughput_rows = [r for r in rows if r.kind != "idle"]
+            throughput_rows = [r for r in rows if r.kind != "idle" and r.workers is None]
             idle_rows = [r for r in rows if r.kind == "idle"]
             if throughput_rows:
                 run_throughput(h, s, throughput_rows, results, failures, raw)
             for row in idle_rows:
                 run_idle_row(h, s, row, results, failures, raw)
+        if multi_rows and multi_servers:
+            run_multi(h, multi_servers, multi_rows, results, failures, raw)
     except (KeyboardInterrupt, Interrupted) as e:
         interrupted = e
         failures.append(f"INTERRUPTED ({e.__class__.__name__}); table is partial")
@@ -867,15 +1028,82 @@ def run_throughput(h: Harness, s: str, rows: list[Row], results, failures, raw) 
             h.stop(proc)
 
 
+def run_multi(h: Harness, servers: list[str], rows: list[Row], results, failures, raw) -> None:
+    """The unpinned multi-worker rows: start every (row, server) cell at once,
+    then measure in rounds, run i of every cell before run i + 1 of any, so
+    that ratios between cells pair runs taken close together.  A cell whose
+    server fails is stopped and dropped; the others go on."""
+    a = h.a
+    live: dict[tuple[str, str], tuple[Row, subprocess.Popen, int, str]] = {}
+
+    def drop(key: tuple[str, str], e: Exception) -> None:
+        results[key].error = str(e)
+        failures.append(f"{key[0]} / {key[1]}: {e}")
+        log(f"FAILED {key[0]} / {key[1]}: {e}")
+        if key in live:
+            h.stop(live.pop(key)[1])
+
+    try:
+        for row in rows:
+            for s in servers:
+                key = (row.key, s)
+                results.setdefault(key, Cell())
+                try:
+                    proc, port, prefix = h.start(s, row.workers)
+                    live[key] = (row, proc, port, prefix)
+                    h.verify(s, port, prefix, row.file)
+                    log(f"{row.key} / {s} up on port {port} (pid {proc.pid}, tree "
+                        f"{proc_tree(proc.pid)}, CPUs allowed {sorted(affinities(proc.pid))})")
+                    h.run_wrk(proc.pid, port, prefix + "/" + row.file, FILES[row.file],
+                              a.warmup, unpinned=True)
+                except (KeyboardInterrupt, Interrupted):
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    drop(key, e)
+        for i in range(a.runs):
+            for key, (row, proc, port, prefix) in list(live.items()):
+                try:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"server exited (code {proc.returncode}); "
+                                           f"{h.log_tail(proc)}")
+                    wait_for_quiet(proc.pid, a.quiet_wait)
+                    r = h.run_wrk(proc.pid, port, prefix + "/" + row.file, FILES[row.file],
+                                  a.duration, unpinned=True)
+                except (KeyboardInterrupt, Interrupted):
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    drop(key, e)
+                    continue
+                r["run"] = i
+                results[key].runs.append(r)
+                line = f"{row.key:9} {key[1]:8} run {i + 1}: {describe_run(row, r)}"
+                raw.append(line)
+                log(line)
+        for row in rows:
+            for s in servers:
+                warn_cell(row, s, results[(row.key, s)], failures)
+    finally:
+        for _, proc, _, _ in live.values():
+            h.stop(proc)
+
+
 def warn_cell(row: Row, s: str, cell: Cell, failures: list[str]) -> None:
     """One line per (row, server) for runs that are suspect."""
     if not cell.runs:
         return
     low = [r["util"] for r in cell.runs if r["util"] < 0.8]
     if low:
+        where = "sharing the CPUs" if row.workers else f"on CPU {CLIENT_CPU}"
         failures.append(f"{row.key} / {s}: server CPU only {min(low) * 100:.0f}% busy in "
-                        f"{len(low)} of {len(cell.runs)} run(s): the load generator on CPU "
-                        f"{CLIENT_CPU} (or another process) was the limit, or the server stalled")
+                        f"{len(low)} of {len(cell.runs)} run(s): the load generator {where} "
+                        "(or another process) was the limit, or the server stalled")
+    uneven = [r["worker_util"] for r in cell.runs
+              if len(r["worker_util"]) > 1 and min(r["worker_util"]) < 0.25 * max(r["worker_util"])]
+    if uneven:
+        split = "/".join(f"{u * 100:.0f}%" for u in uneven[0])
+        failures.append(f"{row.key} / {s}: workers unevenly loaded in {len(uneven)} of "
+                        f"{len(cell.runs)} run(s) (e.g. {split} busy): the connections "
+                        "were not spread over the workers")
     other = max(r["other_util"] for r in cell.runs)
     if other > OTHER_LOAD_WARN:
         failures.append(f"{row.key} / {s}: other processes used up to {other * 100:.0f}% of a "
