@@ -29,6 +29,7 @@ BATCH = 256 * 1024  # bytes of DATA framed per turn of the loop before yielding 
 WRITE_HIGH = 512 * 1024  # transport buffer above which framing pauses
 READ_CHUNK = 16_384  # default SETTINGS_MAX_FRAME_SIZE; bigger frames only when the peer allows them
 MAX_FRAME = 65_536
+MAX_REQUESTED = 1024
 
 _CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
                                     normalize_outbound_headers=False)
@@ -101,7 +102,8 @@ class H2Connection(asyncio.Protocol):
         self.out: dict[int, _Out] = {}  # streams with body left to send, in round-robin order
         self.open: set[int] = set()  # streams we still owe a response (loading or sending)
         self.with_body: set[int] = set()  # client streams that carry a request body we do not read
-        self.paths: dict[int, bytes] = {}  # :path of open client streams of pages with pushes
+        # :path of every request the client made on this connection (bounded): never pushed to it.
+        self.requested: set[bytes] = set()
         self.requests = 0
         self.goaway = 0  # last stream id promised in our graceful GOAWAY (0: none sent)
         self.closing = False
@@ -237,7 +239,9 @@ class H2Connection(asyncio.Protocol):
             return
         hints = None
         if self.w.site.has_hints:
-            self.paths[sid] = path  # so a push never duplicates what the client is fetching itself
+            if len(self.requested) >= MAX_REQUESTED:
+                self.requested.clear()
+            self.requested.add(path)  # so a push never duplicates what the client fetches itself
             if method == b"GET":
                 hints = self._hints(sid, req, authority)
         if hints is not None:
@@ -314,7 +318,7 @@ class H2Connection(asyncio.Protocol):
 
     def _promise(self, sid: int, hints: PageHints, authority: bytes) -> list[tuple[int, Request, Plan]]:
         """PUSH_PROMISE each asset that exists and that the client is not already requesting."""
-        requested = set(self.paths.values())
+        requested = self.requested
         scheme = b"https" if self.secure else b"http"
         promised = []
         for asset in hints.push:
@@ -368,7 +372,6 @@ class H2Connection(asyncio.Protocol):
 
     def _finished(self, sid: int) -> None:
         self.open.discard(sid)
-        self.paths.pop(sid, None)
         if sid in self.with_body:
             self.with_body.discard(sid)
             try:
@@ -457,7 +460,6 @@ class H2Connection(asyncio.Protocol):
             stream.entry.release()
         self.open.discard(sid)
         self.with_body.discard(sid)
-        self.paths.pop(sid, None)
 
     def _reset(self, sid: int, code: int, now: float) -> None:
         """Reset a stream from our side; these count against the reset budget too (MadeYouReset)."""
