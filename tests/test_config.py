@@ -374,3 +374,52 @@ def test_cpu_affinity_off_leaves_the_worker_unpinned(edge: Callable[..., EdgePro
     assert len(workers) == 1, workers
     assert os.sched_getaffinity(workers[0]) == os.sched_getaffinity(0)
     assert request(server, "/hello.txt")[0] == 200
+
+
+# -- HTTP/2, push, early hints, TLS, steering ------------------------------------------------------
+
+
+def test_push_table_and_http2_limits_parse() -> None:
+    config = from_mapping({"push": {"/index.html": ["/a.css", "/b.js"], "max_per_request": 2},
+                           "http2": {"max_requests": 50, "reset_rate": 5, "stall_timeout": 1.5},
+                           "early_hints": True, "incoming_cpu": False})
+    assert config.push.pages == (("/index.html", ("/a.css", "/b.js")),)
+    assert config.push.max_per_request == 2
+    assert config.http2.max_requests == 50 and config.http2.reset_rate == 5.0 and config.http2.stall_timeout == 1.5
+    assert config.http2.max_concurrent_streams == 128  # untouched keys keep their defaults
+    assert config.early_hints is True and config.incoming_cpu is False
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"push": {"index.html": ["/a.css"]}}, "push.index.html"),
+    ({"push": {"/i.html": "/a.css"}}, 'push."/i.html"'),
+    ({"push": {"/i.html": ["//evil.example/a.js"]}}, 'push."/i.html"'),
+    ({"push": {"/i.html": ["https://x/a.js"]}}, 'push."/i.html"'),
+    ({"push": {"max_per_request": -1}}, "push.max_per_request"),
+    ({"http2": {"max_requests": 0}}, "http2.max_requests"),
+    ({"http2": {"reset_rate": "fast"}}, "http2.reset_rate"),
+    ({"http2": {"max_streams": 5}}, "http2.max_streams"),
+    ({"http2": []}, "http2"),
+    ({"early_hints": "yes"}, "early_hints"),
+    ({"incoming_cpu": 1}, "incoming_cpu"),
+    ({"tls": {"port": 70000}}, "tls.port"),
+    ({"tls": {"ca": "x"}}, "tls.ca"),
+])
+def test_protocol_keys_reject_bad_values_naming_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)}"):
+        from_mapping(data)
+
+
+def test_tls_needs_port_cert_and_key_together(www: Path, tmp_path: Path) -> None:
+    out = run("serve", "--root", str(www), "--port", "0", "--tls-port", "0")
+    assert_one_line_error(out, "tls")
+    missing = tmp_path / "nope.pem"
+    out = run("serve", "--root", str(www), "--port", "0", "--tls-port", "0", "--tls-cert", str(missing),
+              "--tls-key", str(missing))
+    line = assert_one_line_error(out, "tls")
+    assert "nope.pem" in line
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    out = run("serve", "--root", str(www), "--port", "0", "--tls-port", "0", "--tls-cert", str(junk),
+              "--tls-key", str(junk))
+    assert_one_line_error(out, "tls")
