@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 from typing import TYPE_CHECKING
 
 import h2.config
@@ -30,6 +31,9 @@ WRITE_HIGH = 512 * 1024  # transport buffer above which framing pauses
 READ_CHUNK = 16_384  # default SETTINGS_MAX_FRAME_SIZE; bigger frames only when the peer allows them
 MAX_FRAME = 65_536
 MAX_REQUESTED = 1024
+MAX_STREAM_ID = (1 << 31) - 1
+LINGER = 2.0
+_DATA_HEAD = struct.Struct(">BHBBI")  # 24-bit length, type DATA (0), no flags, stream id
 
 _CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
                                     normalize_outbound_headers=False)
@@ -105,15 +109,17 @@ class H2Connection(asyncio.Protocol):
         # :path of every request the client made on this connection (bounded): never pushed to it.
         self.requested: set[bytes] = set()
         self.requests = 0
-        self.goaway = 0  # last stream id promised in our graceful GOAWAY (0: none sent)
+        self.goaway = 0  # last stream id announced in our graceful GOAWAY (0: none sent)
+        self.goaway_final = False  # the announced id is the real last one: close once it is answered
+        self.final_at = 0.0  # when the second GOAWAY of a drain goes out
         self.closing = False
+        self.dying = False  # GOAWAY sent for an error: reading only to let it reach the peer
+        self.linger_until = 0.0
         self.paused = False
         self.paused_at = 0.0
         self.scheduled = False
         self.last_active = now
         self.peer = None
-        self.buf = bytearray(MAX_FRAME)
-        self.view = memoryview(self.buf)
 
     # -- becoming the protocol of a transport -----------------------------------------------------
 
@@ -162,7 +168,7 @@ class H2Connection(asyncio.Protocol):
     # -- input ------------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:  # noqa: D102
-        if self.transport is None:
+        if self.transport is None or self.dying:
             return
         try:
             events = self.h2.receive_data(data)
@@ -228,7 +234,7 @@ class H2Connection(asyncio.Protocol):
                     authority = value
         self.open.add(sid)
         self.requests += 1
-        if self.requests >= self.limits.max_requests and not self.goaway:
+        if self.requests >= self.limits.max_requests and not self.goaway_final:
             self._send_goaway(sid)
         req.method = method or b""
         req.target = path or b""
@@ -349,14 +355,14 @@ class H2Connection(asyncio.Protocol):
         head = cache.get("h2")
         if head is None:
             head = cache["h2"] = [(b":status", _STATUS[plan.status]), *plan.headers]
-        w.stats[STATUS_FIELD[plan.status]] += 1
         parts = plan.parts
         bodiless = not parts or req.method == b"HEAD" or plan.status == 304
         try:
             self.h2.send_headers(sid, [*head, (b"date", w.date_value)], end_stream=bodiless)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # the client reset or closed the stream meanwhile
             self.open.discard(sid)
             return
+        w.stats[STATUS_FIELD[plan.status]] += 1
         if w.log is not None:
             w.log.write(self.peer, req.method or b"-", req.target or b"-", b"HTTP/2.0", plan.status,
                         0 if bodiless else plan.length, b"-", b"-")
@@ -380,72 +386,110 @@ class H2Connection(asyncio.Protocol):
                 pass
 
     def _pump(self) -> None:
-        """Frame DATA for the streams with body left, one frame each in turn, up to BATCH bytes; then write."""
+        """Frame DATA for the streams with body left, one frame each in turn, up to BATCH bytes; then write.
+
+        DATA frames are built here, straight into one buffer per batch (file bytes pread into place:
+        one copy), with h2's flow-control windows debited by hand; only each stream's last frame goes
+        through h2.send_data, so h2's stream state machine sees END_STREAM. h2 copies every payload
+        three or four times on its own path, which made it the bottleneck of big downloads.
+        """
         self.scheduled = False
         out = self.out
-        if out and not self.paused and self.transport is not None:
+        transport = self.transport
+        if out and not self.paused and transport is not None:
             conn = self.h2
-            frame_cap = min(conn.max_outbound_frame_size, MAX_FRAME)
-            budget = BATCH
-            now = 0.0
-            while budget > 0 and out:
+            cap = min(conn.max_outbound_frame_size, MAX_FRAME)
+            buf = bytearray(BATCH + 2 * MAX_FRAME)
+            view = memoryview(buf)
+            pos = 0
+            moved = True
+            while moved and out and pos < BATCH:
                 moved = False
                 for sid in list(out):
                     stream = out[sid]
-                    window = conn.local_flow_control_window(sid)
+                    try:
+                        window = conn.local_flow_control_window(sid)
+                    except h2.exceptions.StreamClosedError:
+                        self._cancel(sid)
+                        continue
                     if window <= 0:
                         if not stream.blocked:
-                            stream.blocked = now or self.w.loop.time()
+                            stream.blocked = self.w.loop.time()
                         continue
                     stream.blocked = 0.0
-                    sent = self._send_chunk(stream, min(window, frame_cap))
-                    if sent < 0:
-                        continue  # the stream was reset
-                    budget -= sent
+                    pending = conn.data_to_send()
+                    if pending:  # h2's frames (HEADERS, WINDOW_UPDATE...) go out before our DATA
+                        if pos + len(pending) + 9 + cap > len(buf):
+                            view.release()
+                            self._write(buf, pos)
+                            self._write(pending, len(pending))
+                            buf = bytearray(BATCH + 2 * MAX_FRAME)
+                            view = memoryview(buf)
+                            pos = 0
+                        else:
+                            view[pos:pos + len(pending)] = pending
+                            pos += len(pending)
+                    pos = self._frame(stream, min(window, cap), view, pos)
                     moved = True
-                if not moved:
-                    break
-            if out and budget <= 0 and not self.scheduled:
+                    if pos >= BATCH:
+                        break
+            view.release()
+            self._write(buf, pos)
+            if out and pos >= BATCH and not self.scheduled:
                 self.scheduled = True
                 self.w.loop.call_soon(self._pump)  # let other connections have the loop
         self._flush()
-        if self.goaway and not self.open and not self.out and self.transport is not None:
+        if self.goaway_final and not self.open and not self.out and self.transport is not None:
             self.transport.close()
 
-    def _send_chunk(self, stream: _Out, room: int) -> int:
-        """Send up to `room` bytes of `stream` as one DATA frame; -1 when the stream had to be reset."""
+    def _frame(self, stream: _Out, room: int, view: memoryview, pos: int) -> int:
+        """Put up to `room` bytes of `stream` as one DATA frame at view[pos]; returns the new position.
+
+        The stream's last frame goes through h2 instead (it lands in h2's buffer, written after).
+        """
         part = stream.parts[stream.index]
         done = stream.done
+        sid = stream.sid
         if type(part) is bytes:
-            chunk = memoryview(part)[done:done + room]
-            left = len(part) - done - len(chunk)
+            n = min(room, len(part) - done)
+            view[pos + 9:pos + 9 + n] = part[done:done + n]
+            length = len(part)
         else:
             offset, length = part
             want = min(room, length - done)
             try:
-                n = os.preadv(stream.entry.fd, [self.view[:want]], offset + done)
+                n = os.preadv(stream.entry.fd, [view[pos + 9:pos + 9 + want]], offset + done)
             except OSError:
                 n = 0
             if n <= 0:  # the file shrank under us: never let a short body pass as complete
                 self.w.cache.purge(stream.entry.path)
-                self._reset(stream.sid, INTERNAL, self.w.loop.time())
-                return -1
-            chunk = self.view[:n]
-            left = length - done - n
-        if left:
-            stream.done = done + len(chunk)
-            last = False
+                self._reset(sid, INTERNAL, self.w.loop.time())
+                return pos
+        if done + n < length:
+            stream.done = done + n
         else:
             stream.index += 1
             stream.done = 0
-            last = stream.index == len(stream.parts)
-        self.h2.send_data(stream.sid, chunk, end_stream=last)
-        if last:
-            del self.out[stream.sid]
-            if stream.entry is not None:
-                stream.entry.release()
-            self._finished(stream.sid)
-        return len(chunk)
+            if stream.index == len(stream.parts):
+                self.h2.send_data(sid, view[pos + 9:pos + 9 + n], end_stream=True)
+                del self.out[sid]
+                if stream.entry is not None:
+                    stream.entry.release()
+                self._finished(sid)
+                return pos
+        _DATA_HEAD.pack_into(view, pos, n >> 16, n & 0xFFFF, 0, 0, sid)
+        conn = self.h2
+        conn.outbound_flow_control_window -= n
+        conn.streams[sid].outbound_flow_control_window -= n
+        return pos + 9 + n
+
+    def _write(self, data: bytes | bytearray, length: int) -> None:
+        """Hand `data[:length]` to the transport (a bytearray is handed over, never reused)."""
+        if length and self.transport is not None:
+            if length < len(data):
+                del data[length:]
+            self.w.stats[BYTES_OUT] += length
+            self.transport.write(data)
 
     def _flush(self) -> None:
         data = self.h2.data_to_send()
@@ -472,22 +516,31 @@ class H2Connection(asyncio.Protocol):
         if not self.resets.take(now):
             self._die(CALM)
 
-    def _send_goaway(self, last: int) -> None:
+    def _send_goaway(self, last: int, *, final: bool = True) -> None:
         """Graceful GOAWAY: streams up to `last` are still answered; later ones are refused.
 
         Written by hand: h2's close_connection() would close its state machine and forbid the
         DATA frames still owed on open streams.
         """
         self.goaway = max(last, 1)
+        self.goaway_final = final
         self._flush()
         if self.transport is not None:
             self.transport.write(GoAwayFrame(0, last_stream_id=last, error_code=NO_ERROR).serialize())
 
     def _die(self, code: int) -> None:
-        """End the connection now with GOAWAY(code) and free everything it held."""
-        if self.transport is None:
+        """End the connection now with GOAWAY(code) and free everything it held.
+
+        Whatever h2 queued in reply to the offending batch (PING ACKs of a flood...) is dropped.
+        Then the connection lingers, reading and discarding, for LINGER seconds: closing with
+        unread input would make the kernel send a RST that can destroy the GOAWAY in flight.
+        """
+        transport = self.transport
+        if transport is None or self.dying:
             return
+        self.dying = True
         self.w.stats[ERRORS] += 1
+        self.h2.clear_outbound_data_buffer()
         try:
             self.h2.close_connection(error_code=code)
         except h2.exceptions.ProtocolError:
@@ -496,8 +549,11 @@ class H2Connection(asyncio.Protocol):
         for sid in list(self.out):
             self._cancel(sid)
         self.open.clear()
-        transport = self.transport
-        transport.close()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.linger_until = self.w.loop.time() + LINGER
+        else:
+            transport.close()
 
     # -- flow control of our own writes -----------------------------------------------------------
 
@@ -527,6 +583,10 @@ class H2Connection(asyncio.Protocol):
         """Idle timeout, zero-window stall timeout, send timeout; close a drained connection."""
         if self.transport is None:
             return
+        if self.dying:
+            if now >= self.linger_until:
+                self.transport.close()
+            return
         if self.paused and now - self.paused_at > self.w.send_timeout:
             self.transport.abort()
             return
@@ -535,17 +595,20 @@ class H2Connection(asyncio.Protocol):
             if stream.blocked and now - stream.blocked > stall:
                 self._die(CALM)
                 return
+        if self.final_at and now >= self.final_at:
+            self.final_at = 0.0
+            self._send_goaway(self.h2.highest_inbound_stream_id)
         if not self.open and not self.out:
-            if self.goaway or now - self.last_active > self.w.keepalive_timeout:
-                if not self.goaway:
+            if self.goaway_final or now - self.last_active > self.w.keepalive_timeout:
+                if not self.goaway_final:
                     self._send_goaway(self.h2.highest_inbound_stream_id)
                 self.transport.close()
 
     def shutdown(self, idle_deadline: float) -> None:
-        """Graceful stop: GOAWAY now, answer the streams already open, then close."""
-        if self.transport is None:
+        """Graceful stop in two steps (RFC 9113 §6.8): GOAWAY(2^31-1) now, so requests already on their
+        way are still taken; the real last stream id about a second later; close once those are answered.
+        """
+        if self.transport is None or self.goaway:
             return
-        if not self.goaway:
-            self._send_goaway(self.h2.highest_inbound_stream_id)
-        if not self.open and not self.out:
-            self.transport.close()
+        self._send_goaway(MAX_STREAM_ID, final=False)
+        self.final_at = idle_deadline
