@@ -27,6 +27,22 @@ wrk -t2 -c128 --latency runs on all CPUs too, 1 KiB GET:
 Their cells are measured interleaved (run 1 of every cell, then run 2, ...)
 so that the ratios pair runs taken close together.
 
+HTTP/2 rows, pinned like the first ones, measured with h2load (nghttp2-client)
+running one thread on CPU 0, against edge, nginx, granian, hypercorn (a tiny
+ASGI static app, scripts/bench_peers/hypercorn_app.py) and h2o:
+
+  h2-1k, h2-1m        h2c (prior knowledge, plaintext port): h2load -c16 -m10,
+                      req/s (and MB/s for 1 MiB)
+  h2-64m              h2c, h2load -cK -m1 (K = --conns): MB/s
+  h2tls-1k, h2tls-1m  h2 over TLS (ALPN), same load as h2-1k / h2-1m
+
+Each server is started once for its h2c rows and once for its TLS rows (with a
+self-signed certificate made for the run); every file is checked byte for
+byte over HTTP/2 with nghttp first.  Any h2load request that failed, errored
+or timed out, or any non-2xx status, fails the cell.  These runs last
+--h2-duration seconds (default 4, or --duration when shorter).  After the
+table, edge's figures are set against the targets of the HTTP/2 issue.
+
 For every throughput row the server's CPU time (utime+stime from
 /proc/PID/stat, summed over the server's process tree) is sampled before and
 after the run: CPU µs per request, or CPU seconds per GiB sent.  Every figure
@@ -39,6 +55,7 @@ import argparse
 import dataclasses
 import hashlib
 import http.client
+import json
 import os
 import platform
 import pwd
@@ -63,6 +80,18 @@ HOST = "127.0.0.1"
 SERVER_CPU = "1"
 CLIENT_CPU = 0
 MULTI_SERVERS = ("edge", "nginx")    # the servers of the unpinned multi-worker rows
+H1_SERVERS = ("edge", "nginx", "granian", "aiohttp", "uvicorn")     # HTTP/1.1 rows
+H2_SERVERS = ("edge", "nginx", "granian", "hypercorn", "h2o")       # HTTP/2 rows
+H2_LOAD = (16, 10)                   # h2load -c16 -m10: the 1 KiB and 1 MiB HTTP/2 rows
+H2_DURATION = 4.0                    # default seconds per run of the HTTP/2 rows
+# h2c 1 KiB req/s that the HTTP/2 issue quotes (h2load -c16 -m10, one pinned core,
+# measured earlier, elsewhere): printed beside this run's figures
+H2_ANCHORS = {"nginx": 54_500, "granian": 17_800, "hypercorn": 1_200, "h2o": 450_000}
+H2_TARGETS = (   # (row, other server, minimum edge / other), printed not asserted
+    ("h2-1k", "hypercorn", 5.0),
+    ("h2-1k", "granian", 0.5),
+    ("h2-64m", "nginx", 0.7),
+)
 WRK_PINNED = (1, 64)                 # wrk threads, connections: pinned rows
 WRK_UNPINNED = (2, 128)              # unpinned rows: 64 connections per wrk thread
 SCALING_TARGET = 0.95                # edge scaling / nginx scaling, printed not asserted
@@ -70,13 +99,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 OTHER_LOAD_WARN = 0.15      # warn when others used more than this share of a CPU
 
 FILES = {"1k.bin": 1 << 10, "100k.bin": 100 << 10, "1m.bin": 1 << 20, "64m.bin": 64 << 20}
-ALL_SERVERS = ["edge", "nginx", "granian", "aiohttp", "uvicorn"]
+ALL_SERVERS = ["edge", "nginx", "granian", "aiohttp", "uvicorn", "hypercorn", "h2o"]
 SERVER_LABEL = {
     "edge": "edge",
     "nginx": "nginx",
     "granian": "granian (static route)",
     "aiohttp": "aiohttp web.static",
     "uvicorn": "uvicorn+Starlette",
+    "hypercorn": "hypercorn (tiny ASGI app)",
+    "h2o": "h2o file.dir",
 }
 
 
@@ -84,10 +115,13 @@ SERVER_LABEL = {
 class Row:
     key: str
     label: str
-    kind: str          # "wrk", "bulk" or "idle"
+    kind: str          # "wrk", "bulk", "idle" or "h2load"
     file: str
     unit: str
     workers: str | None = None   # "auto" or N: unpinned multi-worker row; None: pinned
+    servers: tuple[str, ...] = H1_SERVERS   # the servers this row measures
+    proto: str | None = None     # None: HTTP/1.1; "h2c": HTTP/2 by prior knowledge; "h2": TLS
+    load: tuple[int | None, int] | None = None   # h2load -c, -m (-c None: --conns)
 
 
 ROWS = [
@@ -96,16 +130,27 @@ ROWS = [
     Row("1m", "1 MiB GET (MB/s)", "bulk", "1m.bin", "MB/s"),
     Row("64m", "64 MiB GET (MB/s)", "bulk", "64m.bin", "MB/s"),
     Row("idle", "RSS per idle keep-alive conn (B, lower is better)", "idle", "1k.bin", "B"),
+    Row("h2-1k", "HTTP/2 h2c 1 KiB GET (req/s)", "h2load", "1k.bin", "req/s",
+        servers=H2_SERVERS, proto="h2c", load=H2_LOAD),
+    Row("h2-1m", "HTTP/2 h2c 1 MiB GET (MB/s)", "h2load", "1m.bin", "MB/s",
+        servers=H2_SERVERS, proto="h2c", load=H2_LOAD),
+    Row("h2-64m", "HTTP/2 h2c 64 MiB GET (MB/s)", "h2load", "64m.bin", "MB/s",
+        servers=H2_SERVERS, proto="h2c", load=(None, 1)),
+    Row("h2tls-1k", "HTTP/2 TLS 1 KiB GET (req/s)", "h2load", "1k.bin", "req/s",
+        servers=H2_SERVERS, proto="h2", load=H2_LOAD),
+    Row("h2tls-1m", "HTTP/2 TLS 1 MiB GET (MB/s)", "h2load", "1m.bin", "MB/s",
+        servers=H2_SERVERS, proto="h2", load=H2_LOAD),
     Row("machine", "1 KiB GET, whole machine: workers auto, unpinned (req/s)", "wrk", "1k.bin",
-        "req/s", workers="auto"),
+        "req/s", workers="auto", servers=MULTI_SERVERS),
     Row("scaling-1", "1 KiB GET, 1 worker, unpinned (req/s)", "wrk", "1k.bin", "req/s",
-        workers="1"),
+        workers="1", servers=MULTI_SERVERS),
     Row("scaling-2", "1 KiB GET, 2 workers, unpinned (req/s)", "wrk", "1k.bin", "req/s",
-        workers="2"),
+        workers="2", servers=MULTI_SERVERS),
 ]
 ROW_BY_KEY = {r.key: r for r in ROWS}
 ROW_GROUPS = {"scaling": ("scaling-1", "scaling-2")}   # --rows names that select several rows
-ROW_NAMES = ["1k", "100k", "1m", "64m", "idle", "machine", "scaling"]   # --rows choices
+ROW_NAMES = ["1k", "100k", "1m", "64m", "idle", "h2-1k", "h2-1m", "h2-64m", "h2tls-1k",
+             "h2tls-1m", "machine", "scaling"]   # --rows choices
 
 
 def log(msg: str) -> None:
@@ -294,12 +339,45 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     server {{
-        listen {host}:{port} backlog=4096;
-        server_name localhost;
+        listen {host}:{port}{listen_opts} backlog=4096;
+        server_name localhost;{tls}
         root {root};
         location / {{ }}
     }}
 }}
+"""
+# HTTP/2 instances: "listen ... http2" (h2c by prior knowledge only: the port no
+# longer answers HTTP/1.1) or "listen ... ssl http2" (ALPN h2, http/1.1), nginx 1.22
+NGINX_LISTEN = {None: "", "h2c": " http2", "h2": " ssl http2"}
+NGINX_TLS = """
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;"""   # 1.22 leaves TLSv1.3 out by default (1.23.4 adds it)
+
+# h2o: one thread; plaintext listener (HTTP/1.1 and h2c by prior knowledge)
+# or a TLS listener (ALPN h2, http/1.1); no access log, no OCSP stapling fetches
+H2O_CONF = """\
+# generated by scripts/bench
+{user}pid-file: {tmp}/h2o.pid
+error-log: {tmp}/h2o-error.log
+num-threads: 1
+max-connections: {conns}
+http1-request-timeout: 600
+http2-idle-timeout: 600
+listen:
+  host: {host}
+  port: {port}
+{tls}hosts:
+  default:
+    paths:
+      /:
+        file.dir: {root}
+"""
+H2O_TLS = """\
+  ssl:
+    certificate-file: {cert}
+    key-file: {key}
+    ocsp-update-interval: 0
 """
 
 
@@ -339,19 +417,46 @@ class Harness:
             self.digests[name] = h.hexdigest()
         log(f"corpus in {self.corpus}: {', '.join(FILES)}")
 
+    # ---- TLS -------------------------------------------------------------
+    def tls_files(self) -> tuple[str, str]:
+        """A self-signed P-256 certificate and its PKCS#8 key (granian wants
+        PKCS#8), made once per run with the openssl CLI; h2load does not verify it."""
+        d = self.tmp / "tls"
+        cert, key = d / "cert.pem", d / "key.pem"
+        if not (cert.exists() and key.exists()):
+            d.mkdir(exist_ok=True)
+            p = subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+                 "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                 "-addext", f"subjectAltName=DNS:localhost,IP:{HOST}"],
+                capture_output=True, text=True, timeout=60)
+            if p.returncode != 0 or not key.exists():
+                raise RuntimeError(f"openssl could not make a certificate: {p.stderr.strip()[-300:]}")
+        return str(cert), str(key)
+
     # ---- server specs --------------------------------------------------
-    def spec(self, name: str, port: int, workers: str | None = None) -> Spec:
+    def spec(self, name: str, port: int, workers: str | None = None,
+             proto: str | None = None, tls_port: int | None = None) -> Spec:
         """How to start ``name``: one worker (workers None), or ``workers``
-        ("auto" or N) for the multi-worker rows (edge and nginx only)."""
+        ("auto" or N) for the multi-worker rows (edge and nginx only).  With
+        proto "h2c" the server speaks HTTP/2 by prior knowledge on ``port``;
+        with "h2" it serves TLS (ALPN h2) on ``tls_port`` (edge also keeps its
+        plaintext ``port``, the others listen on ``tls_port`` only)."""
         root = str(self.corpus)
         bv = self.bench_venv / "bin"
         if workers is not None and name not in MULTI_SERVERS:
             raise ValueError(f"{name}: no multi-worker configuration in this harness")
+        if proto is None and name not in H1_SERVERS:
+            raise ValueError(f"{name}: measured in the HTTP/2 rows only")
+        cert, key = self.tls_files() if proto == "h2" else ("", "")
         if name == "edge":
             exe = self.edge_venv / "bin" / "edge"
             if not os.access(exe, os.X_OK):
                 raise RuntimeError(f"{exe} not found (pip install -e . failed or edge not built yet)")
             argv = [str(exe), "serve", "--root", root, "--host", HOST, "--port", str(port), "--workers", workers or "1"]
+            if proto == "h2":
+                argv += ["--tls-port", str(tls_port), "--tls-cert", cert, "--tls-key", key]
             if workers is not None:
                 # On loopback the CPU that "receives" a connection is the client's, so SO_INCOMING_CPU
                 # would hand all of a wrk thread's connections to one worker: off for these rows.
@@ -365,7 +470,9 @@ class Harness:
             ntmp.mkdir(exist_ok=True)
             conf = ntmp / "nginx.conf"
             conf.write_text(NGINX_CONF.format(
-                tmp=ntmp, host=HOST, port=port, root=root,
+                tmp=ntmp, host=HOST, port=tls_port if proto == "h2" else port, root=root,
+                listen_opts=NGINX_LISTEN[proto],
+                tls=NGINX_TLS.format(cert=cert, key=key) if proto == "h2" else "",
                 master="off" if workers is None else "on", workers=workers or "1",
                 # a root master's workers would run as nobody, who cannot read the corpus
                 user=f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else "",
@@ -374,19 +481,48 @@ class Harness:
             return Spec(name, [nginx, "-c", str(conf), "-p", str(ntmp), "-e",
                                str(ntmp / "nginx-error.log")], "")
         if name == "granian":
+            # HTTP/2: --http auto (h2c by prior knowledge; ALPN h2, http/1.1 with TLS)
+            tls = ["--ssl-certificate", cert, "--ssl-keyfile", key] if proto == "h2" else []
             return Spec(name, [str(bv / "granian"), "--interface", "rsgi",
-                               "--host", HOST, "--port", str(port), "--workers", "1",
+                               "--host", HOST,
+                               "--port", str(tls_port if proto == "h2" else port),
+                               "--workers", "1",
                                "--runtime-threads", "1", "--backlog", "4096",
                                # idle keep-alive connections hold a backpressure
                                # slot: allow more than the RSS row opens
                                "--backpressure", str(max(4096, self.a.idle_conns * 2)),
-                               "--no-ws", "--http", "1", "--no-access-log",
-                               "--log-level", "warning",
-                               "--http1-header-read-timeout", "60000",
+                               "--no-ws", "--http", "auto" if proto else "1",
+                               "--no-access-log", "--log-level", "warning",
+                               "--http1-header-read-timeout", "60000", *tls,
                                "--static-path-route", "/static",
                                "--static-path-mount", root,
                                "--working-dir", str(PEERS_DIR), "granian_app:app"],
                         "/static")
+        if name == "hypercorn":
+            # one worker process under hypercorn's parent, uvloop like the uvicorn peer;
+            # h2c by prior knowledge on a plain bind, ALPN h2, http/1.1 on a TLS bind
+            tls = (["--bind", f"{HOST}:{tls_port}", "--certfile", cert, "--keyfile", key]
+                   if proto == "h2" else ["--bind", f"{HOST}:{port}"])
+            return Spec(name, [str(bv / "hypercorn"), "--worker-class", "uvloop",
+                               "--workers", "1", "--backlog", "4096", "--keep-alive", "600",
+                               "--log-level", "warning", *tls,
+                               str(PEERS_DIR / "hypercorn_app") + ":app"], "",
+                        env={"BENCH_ROOT": root})
+        if name == "h2o":
+            exe = shutil.which("h2o") or "/usr/sbin/h2o"
+            if not os.access(exe, os.X_OK):
+                raise RuntimeError("h2o not installed (apt-get install h2o)")
+            htmp = self.tmp / f"h2o-{port}"
+            htmp.mkdir(exist_ok=True)
+            conf = htmp / "h2o.conf"
+            conf.write_text(H2O_CONF.format(
+                tmp=htmp, host=HOST, port=tls_port if proto == "h2" else port, root=root,
+                # as root h2o would switch to nobody, who cannot read the corpus
+                user=(f"user: {pwd.getpwuid(os.geteuid()).pw_name}\n"
+                      if os.geteuid() == 0 else ""),
+                conns=max(1024, self.a.idle_conns + 2048),
+                tls=H2O_TLS.format(cert=cert, key=key) if proto == "h2" else ""))
+            return Spec(name, [exe, "-c", str(conf)], "")
         if name == "aiohttp":
             return Spec(name, [str(bv / "python"), str(PEERS_DIR / "aiohttp_app.py"),
                                "--root", root, "--host", HOST, "--port", str(port)], "")
@@ -400,11 +536,16 @@ class Harness:
                         env={"BENCH_ROOT": root})
         raise ValueError(name)
 
-    def start(self, name: str, workers: str | None = None) -> tuple[subprocess.Popen, int, str]:
+    def start(self, name: str, workers: str | None = None,
+              proto: str | None = None) -> tuple[subprocess.Popen, int, str]:
         """Start server ``name``: one worker pinned to CPU 1, or with ``workers``
-        on all CPUs (see spec); return (proc, port, url prefix)."""
+        on all CPUs (see spec), speaking HTTP/1.1, or HTTP/2 as ``proto`` says;
+        return (proc, port to measure, url prefix)."""
         port = free_port()
-        spec = self.spec(name, port, workers)
+        tls_port = free_port() if proto == "h2" else None
+        while tls_port == port:
+            tls_port = free_port()
+        spec = self.spec(name, port, workers, proto, tls_port)
         env = dict(os.environ)
         env.update(spec.env)
         env.pop("PYTHONPATH", None)
@@ -420,13 +561,18 @@ class Harness:
         proc.log_path = self.tmp / f"{name}-{port}.log"  # type: ignore[attr-defined]
         deadline = time.monotonic() + self.a.start_timeout
         path = spec.prefix + "/1k.bin"
+        if tls_port is not None:
+            port = tls_port
         last = "no answer"
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with code {proc.returncode} during "
                                    f"start-up: {self.log_tail(proc)}")
             try:
-                status, body = http_get(port, path, timeout=2)
+                if proto:
+                    status, body = self.h2_get(url(proto, port, path), timeout=2)
+                else:
+                    status, body = http_get(port, path, timeout=2)
                 if status == 200 and len(body) == FILES["1k.bin"]:
                     break
                 last = f"HTTP {status}, {len(body)} bytes"
@@ -517,15 +663,50 @@ class Harness:
             except Exception as e:  # noqa: BLE001
                 log(f"could not stop pid {p.pid}: {e}")
 
-    def verify(self, name: str, port: int, prefix: str, fname: str) -> None:
-        """The file must come back complete and byte-identical."""
+    def verify(self, name: str, port: int, prefix: str, fname: str,
+               proto: str | None = None) -> None:
+        """The file must come back complete and byte-identical (over HTTP/2 when
+        ``proto`` is set)."""
         size = FILES[fname]
-        status, body = http_get(port, prefix + "/" + fname, timeout=60)
+        if proto:
+            status, body = self.h2_get(url(proto, port, prefix + "/" + fname), timeout=60)
+        else:
+            status, body = http_get(port, prefix + "/" + fname, timeout=60)
+        what = f"{proto} GET" if proto else "GET"
         if status != 200 or len(body) != size:
-            raise RuntimeError(f"content check: GET {prefix}/{fname} gave HTTP {status}, "
+            raise RuntimeError(f"content check: {what} {prefix}/{fname} gave HTTP {status}, "
                                f"{len(body)} of {size} bytes")
         if hashlib.sha256(body).hexdigest() != self.digests[fname]:
-            raise RuntimeError(f"content check: GET {prefix}/{fname} body differs from the file")
+            raise RuntimeError(f"content check: {what} {prefix}/{fname} body differs from the file")
+
+    def h2_get(self, target: str, timeout: float = 5) -> tuple[int, bytes]:
+        """GET over HTTP/2 with nghttp: h2c by prior knowledge for http://, TLS
+        with ALPN h2 for https:// (certificate not verified).  nghttp exits 0
+        whatever happens, so the status comes from the HAR file it writes; no
+        entry in it (refused, no h2) raises OSError like a failed connect."""
+        har = self.tmp / "nghttp.har"
+        har.unlink(missing_ok=True)
+        p = subprocess.run(["nghttp", "-y", "-t", f"{max(1, round(timeout))}s", "-r", str(har),
+                            target], capture_output=True, timeout=timeout + 10)
+        try:
+            entries = json.loads(har.read_text())["log"]["entries"]
+        except (OSError, ValueError, KeyError):
+            entries = []
+        if not entries:
+            err = p.stderr.decode(errors="replace").strip().replace("\n", " | ")
+            raise ConnectionError(f"nghttp: no response ({err[-200:] or 'no output'})")
+        return int(entries[0]["response"]["status"]), p.stdout
+
+    def measure(self, row: Row, pid: int, port: int, prefix: str, seconds: float) -> dict:
+        """One run of ``row`` against the server at ``port`` (pid: its root)."""
+        path, size = prefix + "/" + row.file, FILES[row.file]
+        if row.kind == "wrk":
+            return self.run_wrk(pid, port, path, size, seconds)
+        if row.kind == "bulk":
+            return self.run_bulk(pid, port, path, size, seconds)
+        if row.kind == "h2load":
+            return self.run_h2load(pid, port, path, row, seconds)
+        raise ValueError(row.kind)
 
     # ---- measurements --------------------------------------------------
     def run_wrk(self, pid: int, port: int, path: str, size: int, seconds: float,
@@ -551,6 +732,51 @@ class Harness:
                                f"{r['requests']} requests of {size}")
         r.update(acct)
         r.update(value=r["rps"], cpu_metric=acct["cpu"] / r["requests"] * 1e6)
+        return r
+
+    def run_h2load(self, pid: int, port: int, path: str, row: Row, seconds: float) -> dict:
+        """h2load (one thread, on CPU 0) against one server over HTTP/2, for a
+        whole number of seconds.  Any failed, errored or timed-out request,
+        non-2xx status, short body or other protocol than ``row.proto`` fails
+        the run (and so the cell)."""
+        conns, streams = row.load or H2_LOAD
+        conns = conns or self.a.conns
+        size = FILES[row.file]
+        argv = ["h2load", "-t1", f"-c{conns}", f"-m{streams}", f"-D{h2load_duration(seconds)}",
+                url(row.proto, port, path)]
+        if self.a.pin:   # this process is pinned to CPU 0 and h2load would inherit that
+            argv = ["taskset", "-c", str(CLIENT_CPU), *argv]
+        sample = Sample(pid)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        acct = sample.finish()
+        out = p.stdout + p.stderr
+        r = parse_h2load(out)
+        tail = " | ".join(ln.strip() for ln in out.strip().splitlines()[-4:] if ln.strip())
+        if r["seconds"] is None:
+            raise RuntimeError(f"h2load did not finish (exit {p.returncode}): {tail[-300:]}")
+        want = "h2" if row.proto == "h2" else "h2c"
+        if r["protocol"] != want:
+            raise RuntimeError(f"h2load negotiated {r['protocol'] or 'no protocol'}, not {want}: "
+                               f"{tail[-300:]}")
+        summary = (f"{r['total']} requests: {r['succeeded']} succeeded, {r['failed']} failed, "
+                   f"{r['errored']} errored, {r['timeout']} timed out; statuses {r['2xx']} 2xx, "
+                   f"{r['3xx']} 3xx, {r['4xx']} 4xx, {r['5xx']} 5xx; {r['rps']:,.0f} req/s, "
+                   f"{r['data'] / r['seconds'] / 1e6:,.0f} MB/s")
+        if r["failed"] or r["errored"] or r["timeout"]:
+            raise RuntimeError(f"h2load: {summary}")
+        if r["succeeded"] == 0:
+            raise RuntimeError(f"h2load: no request succeeded: {summary}; {tail[-200:]}")
+        if r["3xx"] or r["4xx"] or r["5xx"]:
+            raise RuntimeError(f"h2load: non-2xx responses: {summary}")
+        if r["data"] < 0.98 * r["succeeded"] * size:
+            raise RuntimeError(f"h2load: short bodies, {r['data']} bytes of DATA for "
+                               f"{r['succeeded']} responses of {size}: {summary}")
+        r.update(acct)
+        if row.unit == "MB/s":
+            r.update(value=r["data"] / r["seconds"] / 1e6,
+                     cpu_metric=acct["cpu"] / (r["data"] / 2**30))
+        else:
+            r.update(value=r["rps"], cpu_metric=acct["cpu"] / r["succeeded"] * 1e6)
         return r
 
     def run_bulk(self, pid: int, port: int, path: str, size: int, seconds: float) -> dict:
@@ -599,6 +825,17 @@ def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, bytes]:
         conn.close()
 
 
+def h2load_duration(seconds: float) -> str:
+    """h2load -D value: whole seconds, or milliseconds when fractional."""
+    ms = max(100, round(seconds * 1000))
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def url(proto: str | None, port: int, path: str) -> str:
+    """The URL of ``path``: https:// for HTTP/2 over TLS, else http://."""
+    return f"{'https' if proto == 'h2' else 'http'}://{HOST}:{port}{path}"
+
+
 def http_get_many(port: int, path: str, n: int) -> None:
     conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
@@ -632,6 +869,50 @@ def parse_wrk(out: str) -> dict:
     m = re.search(r"Socket errors: (.*)", out)
     if m:
         r["socket_errors"] = m.group(1).strip()
+    return r
+
+
+def _h2_ms(v: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", v)
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+
+
+def parse_h2load(out: str) -> dict:
+    """The figures of one h2load run (nghttp2 1.5x output).  "seconds" is None
+    when the "finished in" line is missing; "data" is the DATA payload received
+    (bodies, the in-flight ones at the end included), in bytes."""
+    r = {"seconds": None, "rps": 0.0, "total": 0, "started": 0, "done": 0, "succeeded": 0,
+         "failed": 0, "errored": 0, "timeout": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0,
+         "data": 0, "protocol": None, "tls": None, "req_ms": None, "conn_rps": None}
+    m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
+    if m:
+        r["seconds"] = float(m.group(1)) * _UNITS[m.group(2)] / 1e3
+        r["rps"] = float(m.group(3))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    if m:
+        for k, v in zip(("total", "started", "done", "succeeded", "failed", "errored",
+                         "timeout"), m.groups()):
+            r[k] = int(v)
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if m:
+        for k, v in zip(("2xx", "3xx", "4xx", "5xx"), m.groups()):
+            r[k] = int(v)
+    m = re.search(r"^traffic: .*\((\d+)\) data", out, re.M)
+    if m:
+        r["data"] = int(m.group(1))
+    m = re.search(r"^Application protocol: (\S+)", out, re.M)
+    if m:
+        r["protocol"] = m.group(1)
+    m = re.search(r"^TLS Protocol: (\S+)\s+Cipher: (\S+)", out, re.M)
+    if m:
+        r["tls"] = f"{m.group(1)} {m.group(2)}"
+    m = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out, re.M)
+    if m:   # min, max, mean
+        r["req_ms"] = tuple(_h2_ms(v) for v in m.groups())
+    m = re.search(r"^req/s\s+:\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    if m:   # per connection: min, max, mean
+        r["conn_rps"] = tuple(float(v) for v in m.groups())
     return r
 
 
@@ -699,16 +980,19 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
                 lat = fmt_num(p, "ms")
                 if sp and len(cell.runs) > 1:
                     lat += f" ({fmt_num(sp[0], 'ms')}–{fmt_num(sp[1], 'ms')})"
-            if row.kind == "wrk":
-                cpu = f"{cell.med('cpu_metric'):.1f} µs/req"
-            elif row.kind == "bulk":
-                cpu = f"{cell.med('cpu_metric'):.2f} s/GiB"
-            else:
+            if row.kind == "idle":
                 cpu = "—"
+            elif row.unit == "req/s":
+                cpu = f"{cell.med('cpu_metric'):.1f} µs/req"
+            else:
+                cpu = f"{cell.med('cpu_metric'):.2f} s/GiB"
             busy = f"{cell.med('util') * 100:.0f}%" if row.kind != "idle" else "—"
             cbusy = f"{cell.med('client_util') * 100:.0f}%" if row.kind != "idle" else "—"
             ratio = f"{v / ref_v:.2f}×" if ref_v and s != "nginx" else ("1×" if s == "nginx" else "n/a")
-            out.append(f"| {row.label} | {label} | {fmt_num(v, row.unit)} {row.unit} "
+            median = f"{fmt_num(v, row.unit)} {row.unit}"
+            if row.kind == "h2load" and row.unit != "req/s":
+                median += f" ({fmt_num(cell.med('rps'), 'req/s')} req/s)"
+            out.append(f"| {row.label} | {label} | {median} "
                        f"| {fmt_spread(cell, 'value', row.unit)} | {lat} | {cpu} | {busy} "
                        f"| {cbusy} | {ratio} |")
     out.append("")
@@ -723,7 +1007,15 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
                "window (nginx's 1 MiB sendfile), the client's ACKs send the rest and the "
                "client pays for it, so read server CPU together with client busy. "
                "\"vs nginx\" is median / nginx median (for the RSS row, lower is better).")
+    if any(r.kind == "h2load" for r in rows):
+        out.append("")
+        out.append("HTTP/2 rows: h2load reports no latency percentiles (mean and max request "
+                   "time are in the raw runs); its MB/s is the DATA payload received, in-flight "
+                   "bodies at the end included, and CPU per GiB is over that payload; req/s "
+                   "counts completed requests.  A cell in which h2load saw any failed, errored "
+                   "or timed-out request is marked failed.")
     out += render_multi(results)
+    out += render_h2(results)
     if failures:
         out += ["", "## Failures and warnings", ""]
         out += [f"- {f}" for f in failures]
@@ -782,6 +1074,50 @@ def render_multi(results: dict) -> list[str]:
     return out
 
 
+def render_h2(results: dict) -> list[str]:
+    """edge's HTTP/2 figures against the issue's anchors and targets (medians of
+    this run; printed, not asserted)."""
+    def med(key: str, s: str) -> float | None:
+        cell = results.get((key, s))
+        return cell.med("value") if cell and cell.runs else None
+
+    if not any(k[0] in ("h2-1k", "h2-64m") for k in results):
+        return []
+    out = ["", "## HTTP/2 against the issue", ""]
+    if any(k[0] == "h2-1k" for k in results):
+        out += ["h2c 1 KiB GET, `h2load -c16 -m10`, beside the figures the issue quotes "
+                "(same load, server pinned to one core, measured earlier on another machine):",
+                "", "| server | this run (req/s) | issue (req/s) | this run ÷ issue |",
+                "|---|---:|---:|---:|"]
+        for s in H2_SERVERS:
+            cell = results.get(("h2-1k", s))
+            if cell is None:
+                continue
+            v, anchor = med("h2-1k", s), H2_ANCHORS.get(s)
+            label = f"**{SERVER_LABEL[s]}**" if s == "edge" else SERVER_LABEL[s]
+            out.append(f"| {label} | {fmt_num(v, 'req/s') if v else 'failed'} "
+                       f"| {fmt_num(anchor, 'req/s') if anchor else '—'} "
+                       f"| {f'{v / anchor:.2f}×' if v and anchor else '—'} |")
+        out.append("")
+    out += ["| target | measured | |", "|---|---|---|"]
+    for key, other, want in H2_TARGETS:
+        row = ROW_BY_KEY[key]
+        if (key, "edge") not in results and (key, other) not in results:
+            continue
+        e, o = med(key, "edge"), med(key, other)
+        text = (f"{row.label.replace(' GET', '')}: edge ≥ {want:g}× {SERVER_LABEL[other]}")
+        if e is None or o is None:
+            missing = " and ".join(s for s, v in (("edge", e), (other, o)) if v is None)
+            out.append(f"| {text} | n/a ({missing} not measured or failed) | |")
+            continue
+        got = f"{e / o:.2f}× ({fmt_num(e, row.unit)} vs {fmt_num(o, row.unit)} {row.unit}"
+        ce, co = results[(key, "edge")].med("cpu_metric"), results[(key, other)].med("cpu_metric")
+        unit = "µs/req" if row.unit == "req/s" else "s/GiB"
+        got += f"; server CPU {ce:.3g} vs {co:.3g} {unit})"
+        out.append(f"| {text} | {got} | {'met' if e / o >= want else 'not met'} |")
+    return out
+
+
 def versions(a: argparse.Namespace) -> list[str]:
     vs = []
     try:
@@ -794,8 +1130,18 @@ def versions(a: argparse.Namespace) -> list[str]:
         vs.append((p.stdout + p.stderr).split("[")[0].strip().split("Copyright")[0].strip())
     except OSError:
         pass
+    for argv in (["h2load", "--version"], ["h2o", "--version"], ["openssl", "version"]):
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+            first = (p.stdout or p.stderr).strip().splitlines()
+            if p.returncode == 0 and first:
+                vs.append(first[0].replace("h2o version ", "h2o/")
+                          .replace("OpenSSL ", "OpenSSL/").split(" (")[0])
+        except (OSError, subprocess.TimeoutExpired):
+            pass
     from importlib import metadata
-    for pkg in ("granian", "aiohttp", "uvicorn", "starlette", "uvloop", "httptools"):
+    for pkg in ("granian", "aiohttp", "uvicorn", "starlette", "uvloop", "httptools", "hypercorn",
+                "h2"):
         try:
             vs.append(f"{pkg}/{metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
@@ -839,6 +1185,19 @@ def describe_run(row: Row, r: dict) -> str:
         if r["socket_errors"]:
             s += f", socket errors: {r['socket_errors']}"
         return s
+    if row.kind == "h2load":
+        s = f"{r['rps']:,.0f} req/s"
+        if row.unit == "MB/s":
+            s += f", {r['value']:,.0f} MB/s"
+        s += (f", {r['succeeded']} of {r['started']} started req done, "
+              f"{r['data'] / 2**30:.2f} GiB DATA in {r['seconds']:.2f}s, {r['protocol']}")
+        if r["tls"]:
+            s += f" {r['tls']}"
+        if r["req_ms"]:
+            s += f", request ms mean {r['req_ms'][2]:.3g} max {r['req_ms'][1]:.3g}"
+        if r["conn_rps"]:
+            s += f", per-conn req/s {r['conn_rps'][0]:,.4g}–{r['conn_rps'][1]:,.4g}"
+        return s + ", " + _acct(r)
     if row.kind == "bulk":
         return (f"{r['value']:,.0f} MB/s, {r['responses']} responses, "
                 f"{r['bytes'] / 2**30:.2f} GiB in {r['elapsed']:.1f}s, " + _acct(r)
@@ -863,9 +1222,13 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated rows ({','.join(ROW_NAMES)})")
     ap.add_argument("--out", default="bench-results.md", help="markdown output file")
     ap.add_argument("--conns", type=int, default=4,
-                    help="keep-alive connections of the MB/s client")
+                    help="keep-alive connections of the MB/s client (and of h2load "
+                         "in the h2-64m row)")
     ap.add_argument("--idle-conns", type=int, default=5000,
                     help="idle connections for the RSS row")
+    ap.add_argument("--h2-duration", type=float, default=None,
+                    help=f"seconds per run of the HTTP/2 rows (default {H2_DURATION:g}, or "
+                         "--duration when shorter)")
     ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per row")
     ap.add_argument("--start-timeout", type=float, default=30.0)
     ap.add_argument("--quiet-wait", type=float, default=20.0,
@@ -877,6 +1240,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.quick:
         a.runs, a.duration = 1, 3.0
+    if a.h2_duration is None:
+        a.h2_duration = min(H2_DURATION, a.duration)
     servers = [s.strip() for s in a.only.split(",") if s.strip()]
     bad = [s for s in servers if s not in ALL_SERVERS]
     keys = [key for k in a.rows.split(",") for key in ROW_GROUPS.get(k.strip(), (k.strip(),))]
@@ -918,6 +1283,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.idle_conns} keep-alive connections, one GET each, then idle "
         "(VmRSS after − before, divided by connections).",
     ]
+    h2_rows = [r for r in rows if r.kind == "h2load"]
+    if h2_rows:
+        d = h2load_duration(a.h2_duration)
+        meta += ["", f"HTTP/2 rows: `h2load -t1 -c{H2_LOAD[0]} -m{H2_LOAD[1]} -D{d}` (1 KiB, "
+                 f"1 MiB) and `h2load -t1 -c{a.conns} -m1 -D{d}` (64 MiB) on CPU {CLIENT_CPU}, "
+                 f"{a.runs} × {d} per figure; servers pinned to CPU {SERVER_CPU}, one instance "
+                 "for the h2c "
+                 "rows (prior knowledge on a plaintext port) and one for the TLS rows (ALPN h2, "
+                 "self-signed P-256 certificate made for this run); files checked byte for "
+                 "byte over HTTP/2 with nghttp first."]
+    for r in rows:
+        if r.workers is None and not any(s in r.servers for s in servers):
+            failures.append(f"row {r.key}: none of its servers ({', '.join(r.servers)}) "
+                            "selected by --only")
     multi_rows = [r for r in rows if r.workers is not None]
     multi_servers = [s for s in servers if s in MULTI_SERVERS]
     if multi_rows:
@@ -935,12 +1314,17 @@ def main(argv: list[str] | None = None) -> int:
         h.make_corpus()
         meta += ["", "versions: " + ", ".join(versions(a))]
         for s in servers:
-            throughput_rows = [r for r in rows if r.kind != "idle" and r.workers is None]
-            idle_rows = [r for r in rows if r.kind == "idle"]
+            pinned = [r for r in rows if r.workers is None and s in r.servers]
+            throughput_rows = [r for r in pinned if r.kind != "idle" and r.proto is None]
             if throughput_rows:
                 run_throughput(h, s, throughput_rows, results, failures, raw)
-            for row in idle_rows:
-                run_idle_row(h, s, row, results, failures, raw)
+            for row in pinned:
+                if row.kind == "idle":
+                    run_idle_row(h, s, row, results, failures, raw)
+            for proto in ("h2c", "h2"):   # a server instance of its own for each
+                h2_rows = [r for r in pinned if r.proto == proto]
+                if h2_rows:
+                    run_throughput(h, s, h2_rows, results, failures, raw, proto)
         if multi_rows and multi_servers:
             run_multi(h, multi_servers, multi_rows, results, failures, raw)
     except (KeyboardInterrupt, Interrupted) as e:
@@ -963,10 +1347,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_throughput(h: Harness, s: str, rows: list[Row], results, failures, raw) -> None:
+def run_throughput(h: Harness, s: str, rows: list[Row], results, failures, raw,
+                   proto: str | None = None) -> None:
+    """The pinned throughput rows of one server, all on one instance of it
+    (speaking HTTP/1.1, or HTTP/2 as ``proto`` says: see Harness.spec)."""
     a = h.a
     try:
-        proc, port, prefix = h.start(s)
+        if proto:
+            missing = [t for t in ("h2load", "nghttp") if not shutil.which(t)]
+            if missing:
+                raise RuntimeError(f"{' and '.join(missing)} not installed "
+                                   "(apt-get install nghttp2-client)")
+        proc, port, prefix = h.start(s, proto=proto)
     except Exception as e:  # noqa: BLE001
         msg = f"{s}: could not start: {e}"
         log(msg)
@@ -974,27 +1366,22 @@ def run_throughput(h: Harness, s: str, rows: list[Row], results, failures, raw) 
         for row in rows:
             results[(row.key, s)] = Cell(error=str(e))
         return
-    log(f"{s} up on port {port} (pid {proc.pid}, tree {proc_tree(proc.pid)})")
+    log(f"{s}{' ' + proto if proto else ''} up on port {port} (pid {proc.pid}, "
+        f"tree {proc_tree(proc.pid)})")
     pin_checked = False
     try:
         for row in rows:
             cell = results.setdefault((row.key, s), Cell())
-            path, size = prefix + "/" + row.file, FILES[row.file]
+            seconds = a.h2_duration if row.proto else a.duration
             try:
                 if proc.poll() is not None:
                     raise RuntimeError(f"server exited (code {proc.returncode}); "
                                        f"{h.log_tail(proc)}")
-                h.verify(s, port, prefix, row.file)   # complete and byte-identical?
-                if row.kind == "wrk":
-                    h.run_wrk(proc.pid, port, path, size, a.warmup)
-                else:
-                    h.run_bulk(proc.pid, port, path, size, a.warmup)
+                h.verify(s, port, prefix, row.file, proto)   # complete and byte-identical?
+                h.measure(row, proc.pid, port, prefix, a.warmup)
                 for i in range(a.runs):
                     wait_for_quiet(proc.pid, a.quiet_wait)
-                    if row.kind == "wrk":
-                        r = h.run_wrk(proc.pid, port, path, size, a.duration)
-                    else:
-                        r = h.run_bulk(proc.pid, port, path, size, a.duration)
+                    r = h.measure(row, proc.pid, port, prefix, seconds)
                     cell.runs.append(r)
                     if h.a.pin and not pin_checked:
                         pin_checked = True
@@ -1003,7 +1390,9 @@ def run_throughput(h: Harness, s: str, rows: list[Row], results, failures, raw) 
                             failures.append(f"{s}: server threads allowed on CPUs {sorted(cpus)}, "
                                             f"not only {SERVER_CPU} (does it set its own "
                                             "affinity?): client and server may share a core")
-                    line = f"{row.key:5} {s:8} run {i + 1}: {describe_run(row, r)}"
+                    width = (5, 8) if row.proto is None else (8, 9)
+                    line = (f"{row.key:{width[0]}} {s:{width[1]}} run {i + 1}: "
+                            f"{describe_run(row, r)}")
                     raw.append(line)
                     log(line)
 
@@ -1017,7 +1406,7 @@ def run_throughput(h: Harness, s: str, rows: list[Row], results, failures, raw) 
                 log("FAILED " + msg)
                 failures.append(msg)
                 if proc.poll() is not None:
-                    proc, port, prefix = restart(h, s, proc, failures)
+                    proc, port, prefix = restart(h, s, proc, failures, proto)
                     if proc is None:
                         for rest in rows[rows.index(row) + 1:]:
                             results[(rest.key, s)] = Cell(error="server would not restart")
@@ -1097,13 +1486,23 @@ def warn_cell(row: Row, s: str, cell: Cell, failures: list[str]) -> None:
         failures.append(f"{row.key} / {s}: server CPU only {min(low) * 100:.0f}% busy in "
                         f"{len(low)} of {len(cell.runs)} run(s): the load generator {where} "
                         "(or another process) was the limit, or the server stalled")
+    # (multi-worker rows only: a pinned server's helper processes, such as
+    # hypercorn's multiprocessing tracker or h2o's key process, idle by design)
     uneven = [r["worker_util"] for r in cell.runs
-              if len(r["worker_util"]) > 1 and min(r["worker_util"]) < 0.25 * max(r["worker_util"])]
+              if row.workers is not None and len(r["worker_util"]) > 1
+              and min(r["worker_util"]) < 0.25 * max(r["worker_util"])]
     if uneven:
         split = "/".join(f"{u * 100:.0f}%" for u in uneven[0])
         failures.append(f"{row.key} / {s}: workers unevenly loaded in {len(uneven)} of "
                         f"{len(cell.runs)} run(s) (e.g. {split} busy): the connections "
                         "were not spread over the workers")
+    starved = [r["conn_rps"] for r in cell.runs
+               if r.get("conn_rps") and r["conn_rps"][0] < 0.25 * r["conn_rps"][1]]
+    if starved:
+        lo, hi, _ = starved[0]
+        failures.append(f"{row.key} / {s}: h2load connections unevenly served in {len(starved)} "
+                        f"of {len(cell.runs)} run(s) (e.g. {lo:,.4g} to {hi:,.4g} req/s per "
+                        "connection): a stalled or starved connection")
     other = max(r["other_util"] for r in cell.runs)
     if other > OTHER_LOAD_WARN:
         failures.append(f"{row.key} / {s}: other processes used up to {other * 100:.0f}% of a "
@@ -1111,10 +1510,10 @@ def warn_cell(row: Row, s: str, cell: Cell, failures: list[str]) -> None:
                         "disturbed")
 
 
-def restart(h: Harness, s: str, old, failures):
+def restart(h: Harness, s: str, old, failures, proto: str | None = None):
     h.stop(old)
     try:
-        proc, port, prefix = h.start(s)
+        proc, port, prefix = h.start(s, proto=proto)
         log(f"{s} restarted on port {port}")
         return proc, port, prefix
     except Exception as e:  # noqa: BLE001
