@@ -19,6 +19,7 @@ from .config import Config
 from .core import Plan, Site
 from .filecache import FileCache, Resolver
 from .http1 import H1Connection, Pending
+from .hpackblock import encode_field
 from .httpdate import format_http_date
 from .limits import raise_nofile
 from .tls import AlpnDispatch
@@ -76,6 +77,7 @@ class Worker:
 
     def _update_date(self) -> None:
         self.date_value = format_http_date(time.time()).encode("ascii")
+        self.date_h2 = encode_field(b"date", self.date_value)
         self.date_line = b"Date: " + self.date_value + b"\r\n"
 
     def _tick(self) -> None:
