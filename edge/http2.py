@@ -122,7 +122,7 @@ class H2Connection(asyncio.Protocol):
         self.goaway_final = False  # the announced id is the real last one: close once it is answered
         self.final_at = 0.0  # when the second GOAWAY of a drain goes out
         self.closing = False
-        self.dying = False  # GOAWAY sent for an error: reading only to let it reach the peer
+        self.lingering = False  # our last frame is out: reading (and dropping) only so it reaches the peer
         self.linger_until = 0.0
         self.paused = False
         self.paused_at = 0.0
@@ -177,7 +177,7 @@ class H2Connection(asyncio.Protocol):
     # -- input ------------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:  # noqa: D102
-        if self.transport is None or self.dying:
+        if self.transport is None or self.lingering:
             return
         try:
             events = self.h2.receive_data(data)
@@ -492,6 +492,8 @@ class H2Connection(asyncio.Protocol):
                             view[pos:pos + len(pending)] = pending
                             pos += len(pending)
                     pos = self._frame(stream, min(window, cap), view, pos)
+                    if sid in out:
+                        out[sid] = out.pop(sid)  # to the back: the next turn starts with the others
                     moved = True
                     if pos >= BATCH:
                         break
@@ -502,7 +504,7 @@ class H2Connection(asyncio.Protocol):
                 self.w.loop.call_soon(self._pump)  # let other connections have the loop
         self._flush()
         if self.goaway_final and not self.open and not self.out and self.transport is not None:
-            self.transport.close()
+            self._linger()
 
     def _frame(self, stream: _Out, room: int, view: memoryview, pos: int) -> int:
         """Put up to `room` bytes of `stream` as one DATA frame at view[pos]; returns the new position.
@@ -605,9 +607,8 @@ class H2Connection(asyncio.Protocol):
         unread input would make the kernel send a RST that can destroy the GOAWAY in flight.
         """
         transport = self.transport
-        if transport is None or self.dying:
+        if transport is None or self.lingering:
             return
-        self.dying = True
         self.w.stats[ERRORS] += 1
         self.h2.clear_outbound_data_buffer()
         self.wbuf.clear()
@@ -619,6 +620,18 @@ class H2Connection(asyncio.Protocol):
         for sid in list(self.out):
             self._cancel(sid)
         self.open.clear()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close after our last frame and drop what the peer still sends, until it closes or LINGER.
+
+        Closing with unread input makes the kernel answer with a RST, which can destroy the end of
+        a response or the GOAWAY still in flight (a client's late WINDOW_UPDATE or PING is enough).
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        self.lingering = True
         if transport.can_write_eof():
             transport.write_eof()
             self.linger_until = self.w.loop.time() + LINGER
@@ -653,7 +666,7 @@ class H2Connection(asyncio.Protocol):
         """Idle timeout, zero-window stall timeout, send timeout; close a drained connection."""
         if self.transport is None:
             return
-        if self.dying:
+        if self.lingering:
             if now >= self.linger_until:
                 self.transport.close()
             return
@@ -672,7 +685,7 @@ class H2Connection(asyncio.Protocol):
             if self.goaway_final or now - self.last_active > self.w.keepalive_timeout:
                 if not self.goaway_final:
                     self._send_goaway(self.h2.highest_inbound_stream_id)
-                self.transport.close()
+                self._linger()
 
     def shutdown(self, idle_deadline: float) -> None:
         """Graceful stop in two steps (RFC 9113 §6.8): GOAWAY(2^31-1) now, so requests already on their
