@@ -185,7 +185,7 @@ class H1Connection(asyncio.Protocol):
             return
         parser = self.parser
         if parser is None:
-            if data[:3] == b"PRI" and PREFACE.startswith(data[:24]) and not self.queue and not self.busy:
+            if data[0] == 0x50 and PREFACE.startswith(data[:24]) and not self.queue and not self.busy:  # "P"
                 self._switch_to_h2(data)  # HTTP/2 with prior knowledge (RFC 9113 §3.3)
                 return
             parser = self.parser = httptools.HttpRequestParser(self)

@@ -16,6 +16,7 @@ CONNECTIONS_ACTIVE = 17
 FC_ENTRIES = 18
 
 FIELDS = 19
+PUBLISHED = range(R1XX, FIELDS)  # what a worker copies from its own counters into its slot
 COUNTERS = range(R1XX, FC_EVICTIONS + 1)  # monotonic: folded into the retired slot when a worker ends
 SLOT_BYTES = 256  # 4 cache lines: a worker's writes never share a line with another worker's
 RETIRED = 0  # slot 0 keeps the counters of workers that have ended, so sums never go backwards

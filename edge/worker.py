@@ -23,7 +23,7 @@ from .hpackblock import encode_field
 from .httpdate import format_http_date
 from .limits import raise_nofile
 from .tls import AlpnDispatch
-from .stats import DRAINING, FC_ENTRIES, FC_EVICTIONS, FC_HITS, FC_MISSES, FIELDS, SERVING, STATE
+from .stats import DRAINING, FC_ENTRIES, FC_EVICTIONS, FC_HITS, FC_MISSES, FIELDS, PUBLISHED, SERVING, STATE
 
 DRAIN_IDLE_GRACE = 1.0  # seconds an idle keep-alive connection may still send one last request when draining
 
@@ -51,8 +51,10 @@ class Worker:
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, stats: memoryview | None = None) -> None:
         self.config = config
-        # This worker's slot in the supervisor's shared stats block (a private one when run alone).
-        self.stats = stats if stats is not None else memoryview(array("q", bytes(8 * FIELDS)))
+        # Counters live in a plain list (an increment costs a third of one into shared memory) and are
+        # published to this worker's slot of the supervisor's shared block once a second.
+        self.stats = [0] * FIELDS
+        self.shared = stats if stats is not None else memoryview(array("q", bytes(8 * FIELDS)))
         self.loop = loop
         self.header_timeout = config.header_timeout
         self.keepalive_timeout = config.keepalive_timeout
@@ -88,17 +90,19 @@ class Worker:
             conn.tick(now)
         if self.log is not None:
             self.log.flush()
-        self._publish_cache_stats()
+        self._publish()
         wall = time.time()
         self._tick_handle = self.loop.call_later(1.0 - (wall % 1.0) + 0.001, self._tick)
 
-    def _publish_cache_stats(self) -> None:
-        """Copy the file cache's counters to the shared slot (once a second keeps them off the hot path)."""
-        stats, cache = self.stats, self.cache
+    def _publish(self) -> None:
+        """Copy the counters (and the file cache's) to the shared slot: once a second, and at the end."""
+        stats, cache, shared = self.stats, self.cache, self.shared
         stats[FC_HITS] = cache.hits
         stats[FC_MISSES] = cache.misses
         stats[FC_EVICTIONS] = cache.evictions
         stats[FC_ENTRIES] = len(cache)
+        for i in PUBLISHED:
+            shared[i] = stats[i]
 
     def access(self, peer: object, pending: Pending, plan: Plan) -> None:
         """Record one answered request in the access log."""
@@ -121,11 +125,11 @@ class Worker:
             loop.add_signal_handler(sig, self._request_stop)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
         self._tick()
-        self.stats[STATE] = SERVING
+        self.shared[STATE] = SERVING
         if on_ready is not None:
             on_ready()
         await self._stopping
-        self.stats[STATE] = DRAINING
+        self.shared[STATE] = DRAINING
         for server in servers:
             server.close()
         grace = loop.time() + DRAIN_IDLE_GRACE
@@ -139,7 +143,7 @@ class Worker:
                 conn.transport.abort()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
-        self._publish_cache_stats()
+        self._publish()
         self.cache.close()
         if self.log is not None:
             self.log.close()

@@ -1,0 +1,106 @@
+"""The on-disk object cache (edge/diskcache.py): atomic publish, no partial objects, rebuild, LRU eviction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge.cachekey import digest
+from edge.diskcache import DiskCache, Meta
+
+
+def meta_for(key: bytes, body: bytes, **extra) -> Meta:
+    """Metadata for a 200 with `body`."""
+    return Meta(key=key.decode(), status=200, headers=[("content-type", "text/plain")], length=len(body),
+                stored_at=1.0, request_time=1.0, lifetime=60.0, initial_age=0.0, **extra)
+
+
+def store(cache: DiskCache, key: bytes, body: bytes, **extra) -> bool:
+    """Write and commit one object in two pieces."""
+    w = cache.writer(key)
+    w.write(body[: len(body) // 2])
+    w.write(body[len(body) // 2:])
+    return w.commit(meta_for(key, body, **extra))
+
+
+def test_a_committed_object_is_readable_with_its_metadata(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    assert store(cache, b"/a?v=1", b"hello body", tags=["t1", "t2"])
+    meta = cache.meta(b"/a?v=1")
+    assert meta is not None and meta.status == 200 and meta.tags == ["t1", "t2"]
+    assert meta.headers == [("content-type", "text/plain")]
+    assert Path(cache.body_path(b"/a?v=1")).read_bytes() == b"hello body"
+    assert cache.size == len(b"hello body") and list(os.listdir(cache.tmp_dir)) == []
+
+
+def test_a_short_body_is_never_published(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    w = cache.writer(b"/cut")
+    w.write(b"only part")
+    assert not w.commit(meta_for(b"/cut", b"only part of the body"))
+    assert cache.meta(b"/cut") is None and not os.path.exists(cache.body_path(b"/cut"))
+    assert os.listdir(cache.tmp_dir) == []
+
+
+def test_abort_leaves_nothing(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    w = cache.writer(b"/gone")
+    w.write(b"x" * 100)
+    w.abort()
+    assert os.listdir(cache.tmp_dir) == [] and cache.meta(b"/gone") is None
+
+
+def test_while_writing_readers_see_nothing(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    w = cache.writer(b"/slow")
+    w.write(b"first half")
+    assert cache.meta(b"/slow") is None and not os.path.exists(cache.body_path(b"/slow"))
+    w.write(b"+second")
+    assert w.commit(meta_for(b"/slow", b"first half+second"))
+    assert cache.meta(b"/slow") is not None
+
+
+def test_rebuild_indexes_objects_and_drops_orphans(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    for i in range(5):
+        assert store(cache, b"/o%d" % i, b"x" * (10 + i))
+    orphan_body, _ = cache.paths(digest(b"/orphan-body"))
+    os.makedirs(os.path.dirname(orphan_body), exist_ok=True)
+    Path(orphan_body).write_bytes(b"no metadata")
+    _, orphan_meta = cache.paths(digest(b"/orphan-meta"))
+    os.makedirs(os.path.dirname(orphan_meta), exist_ok=True)
+    Path(orphan_meta).write_bytes(meta_for(b"/orphan-meta", b"").dumps())
+    Path(cache.tmp_dir, "leftover.tmp").write_bytes(b"half")
+    again = DiskCache(str(tmp_path), 1 << 20)
+    assert again.rebuild() == 5
+    assert again.size == sum(10 + i for i in range(5))
+    assert not os.path.exists(orphan_body) and not os.path.exists(orphan_meta)
+    assert os.listdir(again.tmp_dir) == []
+    assert again.meta(b"/o3") is not None
+
+
+def test_lru_eviction_keeps_the_total_under_max_size(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 300)
+    for i in range(3):
+        assert store(cache, b"/k%d" % i, b"y" * 100)
+    assert cache.meta(b"/k0") is not None  # touch: /k1 is now the least recently used
+    assert store(cache, b"/k3", b"z" * 100)
+    assert cache.size == 300 and cache.evictions == 1
+    assert cache.meta(b"/k1") is None and not os.path.exists(cache.body_path(b"/k1"))
+    assert all(cache.meta(b"/k%d" % i) is not None for i in (0, 2, 3))
+
+
+def test_remove_purges_one_object(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    assert store(cache, b"/p", b"purge me")
+    assert cache.remove(b"/p") and not cache.remove(b"/p")
+    assert cache.meta(b"/p") is None and cache.size == 0
+
+
+def test_metadata_for_another_key_is_not_served(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    assert store(cache, b"/real", b"body")
+    _, meta_path = cache.paths(digest(b"/real"))
+    other = meta_for(b"/impostor", b"body")
+    Path(meta_path).write_bytes(other.dumps())
+    assert cache.meta(b"/real") is None
