@@ -457,12 +457,8 @@ class Harness:
             argv = [str(exe), "serve", "--root", root, "--host", HOST, "--port", str(port), "--workers", workers or "1"]
             if proto == "h2":
                 argv += ["--tls-port", str(tls_port), "--tls-cert", cert, "--tls-key", key]
-            if workers is not None:
-                # On loopback the CPU that "receives" a connection is the client's, so SO_INCOMING_CPU
-                # would hand all of a wrk thread's connections to one worker: off for these rows.
-                conf = self.tmp / "edge-unsteered.toml"
-                conf.write_text("incoming_cpu = false\n")
-                argv += ["--config", str(conf)]
+            # Default settings in every row, SO_INCOMING_CPU steering included: on loopback it hands a
+            # connection to the worker on the CPU of the wrk thread that opened it (see README).
             return Spec(name, argv, "")
         if name == "nginx":
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
