@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -250,6 +251,31 @@ def request(server: "EdgeProcess", target: str = "/", *, method: str = "GET", he
         return client.response(head=method == "HEAD")
     finally:
         client.close()
+
+
+def wait_for(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
+    """Poll `predicate` until it is true or `timeout` passes; returns its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def finish_download(sock: socket.socket, body: bytes, length: int, pause: float = 0.0) -> tuple[int, bytes]:
+    """Read the rest of a response body begun with `body` (until `length` or EOF): (bytes got, SHA-256)."""
+    digest = hashlib.sha256(body)
+    got = len(body)
+    while got < length:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        digest.update(chunk)
+        got += len(chunk)
+        if pause:
+            time.sleep(pause)
+    return got, digest.digest()
 
 
 def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import edge as edge_pkg
-from conftest import STARTUP, Client, request
+from conftest import STARTUP, Client, finish_download, request
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -70,15 +70,7 @@ def test_sigterm_drains_an_in_flight_download_then_exits_0(edge, www: Path):
     assert server.alive(), "the server exited with a download in flight"
     assert refused(server), "a new connection was served after SIGTERM"
 
-    digest = hashlib.sha256(body)
-    got = len(body)
-    while got < length:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
-        digest.update(chunk)
-        got += len(chunk)
-        time.sleep(0.001)  # still a slow reader
+    got, digest = finish_download(sock, body, length, pause=0.001)  # still a slow reader
     # After the response, the server closes the connection (it is draining).
     sock.settimeout(10)
     try:
@@ -87,7 +79,7 @@ def test_sigterm_drains_an_in_flight_download_then_exits_0(edge, www: Path):
         tail = b""
     sock.close()
     assert got == length, f"the drained download ended after {got} of {length} bytes"
-    assert digest.digest() == hashlib.sha256(data).digest()
+    assert digest == hashlib.sha256(data).digest()
     assert tail == b"", "the server sent more after the response while draining"
     assert server.proc.wait(20) == 0
 

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import Client, EdgeProcess
+from conftest import Client, EdgeProcess, wait_for
 
 REQUESTS_PER_ROUND = 3000
 THREADS = 8
@@ -50,15 +50,6 @@ def one(server: EdgeProcess, raw: bytes) -> tuple[int, dict[str, str], bytes, Cl
     client.send(raw)
     status, headers, body = client.response(head=raw.startswith(b"HEAD "))
     return status, headers, body, client
-
-
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.1) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def settled_fds(server: EdgeProcess) -> int:

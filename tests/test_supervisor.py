@@ -16,22 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import STARTUP, Client, EdgeProcess, request
+from conftest import STARTUP, Client, EdgeProcess, finish_download, request, wait_for
 from test_lifecycle import slow_client
 
 CPUS = sorted(os.sched_getaffinity(0))
 MIB = 1 << 20
 two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs two usable CPUs")
-
-
-def wait_for(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
-    """Poll `predicate` until it is true or `timeout` passes."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def cpus_allowed(pid: int) -> str:
@@ -394,16 +384,9 @@ def test_sigterm_with_two_workers_finishes_a_download_and_counts_every_request(e
     sock, length, body = slow_client(server, "/64m.bin")
     workers = server.worker_pids()
     server.proc.send_signal(signal.SIGTERM)
-    digest = hashlib.sha256(body)
-    got = len(body)
-    while got < length:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
-        digest.update(chunk)
-        got += len(chunk)
+    got, digest = finish_download(sock, body, length)
     sock.close()
-    assert got == length and digest.digest() == hashlib.sha256(data).digest()
+    assert got == length and digest == hashlib.sha256(data).digest()
     assert server.proc.wait(20) == 0
     assert not any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in workers)
     # Seven requests went through the workers' shared stats slots to the supervisor.
