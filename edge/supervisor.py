@@ -264,15 +264,12 @@ class Supervisor:
 
     def _wait(self, timeout: float | None) -> int | None:
         """One turn of the loop: signals, readiness reports, exits, timers. Returns a slot that failed to start."""
-        failed = None
         for key, _ in self.sel.select(timeout):
             if key.data is None:
                 self._signals()
             else:
-                failed = self._ready(key.data) if failed is None else failed
-        exited = self._reap()
-        if failed is None and exited is not None:
-            failed = exited
+                self._ready(key.data)
+        failed = self._reap()
         self._timers()
         return failed
 
@@ -295,7 +292,7 @@ class Supervisor:
             self.reload_wanted = False
             self.begin_reload()
 
-    def _ready(self, child: Child) -> int | None:
+    def _ready(self, child: Child) -> None:
         """A worker wrote its readiness byte (or closed the pipe by dying first)."""
         try:
             data = os.read(child.ready_fd, 16)
@@ -305,11 +302,10 @@ class Supervisor:
         os.close(child.ready_fd)
         child.ready_fd = -1
         if not data:
-            return None  # it died before it was ready; _reap handles the exit
+            return  # it died before it was ready; _reap handles the exit
         child.ready = True
         if self.reload is not None and child.generation == self.reload.generation:
             self._maybe_finish_reload()
-        return None
 
     # -- workers ----------------------------------------------------------------------------------
 
