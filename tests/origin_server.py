@@ -11,12 +11,15 @@ from aiohttp import web
 
 
 def make_app(port_of: list[int]) -> web.Application:
-    """Routes: /obj/NAME (names itself and its port), /echo (request headers as JSON), /slow, /cut, /big."""
+    """Routes: /obj/NAME (names itself and its port), /echo (request headers as JSON), /healthz, /slow, /cut, /big."""
 
     async def obj(request: web.Request) -> web.Response:
         body = f"{request.match_info['name']}@{port_of[0]}".encode()
         return web.Response(body=body, headers={"Cache-Control": "max-age=60", "X-Origin": str(port_of[0]),
                                                 "Keep-Alive": "timeout=5", "Surrogate-Key": "a b"})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def echo(request: web.Request) -> web.Response:
         return web.json_response(dict(request.headers))
@@ -41,7 +44,7 @@ def make_app(port_of: list[int]) -> web.Application:
         return response
 
     app = web.Application()
-    app.add_routes([web.get("/obj/{name}", obj), web.get("/echo", echo), web.get("/slow", slow),
+    app.add_routes([web.get("/obj/{name}", obj), web.get("/echo", echo), web.get("/healthz", healthz), web.get("/slow", slow),
                     web.get("/cut", cut), web.get("/big", big)])
     return app
 

@@ -1,0 +1,124 @@
+"""Origin health: active checks with rise/fall thresholds, a passive circuit breaker, a shared health table."""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import time
+
+import aiohttp
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+class ActiveHealth:
+    """An origin's health from periodic checks: down after `fall` failures in a row, up after `rise` successes."""
+
+    def __init__(self, rise: int = 2, fall: int = 3, healthy: bool = True) -> None:
+        if rise < 1 or fall < 1:
+            raise ValueError("rise and fall must be at least 1")
+        self.rise = rise
+        self.fall = fall
+        self.healthy = healthy
+        self.streak = 0  # consecutive results that disagree with the current state
+
+    def record(self, ok: bool) -> bool:
+        """Count one check; returns True when this check changed the state."""
+        if ok == self.healthy:
+            self.streak = 0
+            return False
+        self.streak += 1
+        if self.streak >= (self.rise if ok else self.fall):
+            self.healthy = ok
+            self.streak = 0
+            return True
+        return False
+
+
+class CircuitBreaker:
+    """Passive checks on real traffic: `threshold` failures in a row open it; after `cooldown` seconds one
+    trial request is let through (half-open); its success closes the circuit, its failure opens it again."""
+
+    def __init__(self, threshold: int = 5, cooldown: float = 10.0) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.state = CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self.trial = False  # a half-open trial request is in flight
+
+    def allow(self, now: float) -> bool:
+        """Whether a request may go to this origin now."""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN:
+            if now - self.opened_at < self.cooldown:
+                return False
+            self.state = HALF_OPEN
+            self.trial = False
+        if self.trial:
+            return False
+        self.trial = True
+        return True
+
+    def record(self, ok: bool, now: float) -> None:
+        """The outcome of a request that allow() let through."""
+        if ok:
+            self.state = CLOSED
+            self.failures = 0
+            self.trial = False
+            return
+        self.failures += 1
+        if self.state == HALF_OPEN or self.failures >= self.threshold:
+            self.state = OPEN
+            self.opened_at = now
+            self.trial = False
+
+
+# One row of int64 per origin in the shared table.
+HEALTHY, LAST_CHECK_MS, LATENCY_US, CHECKS_OK, CHECKS_FAILED = range(5)
+ROW = 8  # int64 fields per row, room to grow
+
+
+class HealthTable:
+    """Active-check results in shared memory (mapped before fork): the supervisor writes, workers read."""
+
+    def __init__(self, origins: int) -> None:
+        self.origins = origins
+        self._map = mmap.mmap(-1, max(1, origins) * ROW * 8, flags=mmap.MAP_SHARED)
+        self._rows = memoryview(self._map).cast("q")
+        for i in range(origins):
+            self._rows[i * ROW + HEALTHY] = 1  # healthy until a check says otherwise
+
+    def healthy(self, index: int) -> bool:
+        """The last published active state of an origin."""
+        return bool(self._rows[index * ROW + HEALTHY])
+
+    def publish(self, index: int, healthy: bool, ok: bool, latency: float) -> None:
+        """Record one check of origin `index` (supervisor side)."""
+        base = index * ROW
+        rows = self._rows
+        rows[base + HEALTHY] = int(healthy)
+        rows[base + LAST_CHECK_MS] = int(time.time() * 1000)
+        rows[base + LATENCY_US] = int(latency * 1e6)
+        rows[base + (CHECKS_OK if ok else CHECKS_FAILED)] += 1
+
+    def row(self, index: int) -> dict[str, float | int | bool]:
+        """One origin's published figures."""
+        base = index * ROW
+        r = self._rows
+        return {"healthy": bool(r[base + HEALTHY]), "last_check": r[base + LAST_CHECK_MS] / 1000,
+                "latency": r[base + LATENCY_US] / 1e6, "checks_ok": r[base + CHECKS_OK],
+                "checks_failed": r[base + CHECKS_FAILED]}
+
+
+async def check(session: aiohttp.ClientSession, url: str, timeout: float) -> tuple[bool, float]:
+    """GET `url`: (a 2xx or 3xx within `timeout`, seconds taken)."""
+    start = time.monotonic()
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as r:
+            await r.read()
+            ok = 200 <= r.status < 400
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        ok = False
+    return ok, time.monotonic() - start

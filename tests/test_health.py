@@ -1,0 +1,103 @@
+"""Origin health (edge/health.py): rise/fall, the circuit breaker, the shared table, real checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from edge.health import CLOSED, HALF_OPEN, OPEN, ActiveHealth, CircuitBreaker, HealthTable, check
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_fall_then_rise():
+    h = ActiveHealth(rise=2, fall=3)
+    assert [h.record(False) for _ in range(3)] == [False, False, True] and not h.healthy
+    assert h.record(True) is False and not h.healthy  # one success is not enough
+    assert h.record(False) is False  # and a failure resets the streak
+    assert [h.record(True) for _ in range(2)] == [False, True] and h.healthy
+
+
+def test_flapping_does_not_flip_the_state():
+    h = ActiveHealth(rise=2, fall=2)
+    for ok in [False, True] * 10:
+        assert h.record(ok) is False
+    assert h.healthy
+
+
+def test_bad_thresholds_are_refused():
+    with pytest.raises(ValueError):
+        ActiveHealth(rise=0)
+
+
+def test_circuit_opens_after_threshold_then_half_opens_after_cooldown():
+    cb = CircuitBreaker(threshold=3, cooldown=10)
+    for t in range(3):
+        assert cb.allow(t)
+        cb.record(False, t)
+    assert cb.state == OPEN and not cb.allow(5)
+    assert cb.allow(13) and cb.state == HALF_OPEN  # one trial after the cool-down
+    assert not cb.allow(13.1), "only one trial request while half-open"
+    cb.record(False, 14)
+    assert cb.state == OPEN and not cb.allow(20)
+    assert cb.allow(24.5)
+    cb.record(True, 25)
+    assert cb.state == CLOSED and cb.allow(25) and cb.allow(25)
+
+
+def test_a_success_resets_the_failure_count():
+    cb = CircuitBreaker(threshold=3, cooldown=1)
+    for ok in (False, False, True, False, False):
+        cb.record(ok, 0)
+    assert cb.state == CLOSED
+
+
+def test_the_table_is_shared_with_forked_workers():
+    table = HealthTable(2)
+    assert table.healthy(0) and table.healthy(1)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a "worker" reads what the "supervisor" publishes after the fork
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0 if (table.healthy(0), table.healthy(1)) == (True, False) else 1)
+    os.close(r)
+    table.publish(1, healthy=False, ok=False, latency=0.25)
+    os.write(w, b"x")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    row = table.row(1)
+    assert row["checks_failed"] == 1 and row["latency"] == 0.25 and not row["healthy"]
+
+
+@pytest.fixture
+def origin():
+    """One real origin server; yields its base URL."""
+    proc = subprocess.Popen([sys.executable, str(HERE / "origin_server.py")], stdout=subprocess.PIPE, text=True)
+    yield f"http://127.0.0.1:{int(proc.stdout.readline())}"
+    proc.kill()
+    proc.wait()
+
+
+def test_checks_against_real_origins(origin):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            assert (await check(session, origin + "/healthz", 2))[0] is True
+            assert (await check(session, origin + "/obj/missing-is-fine", 2))[0] is True
+            assert (await check(session, dead + "/healthz", 2))[0] is False
+            ok, took = await check(session, origin + "/slow", 0.3)
+            assert ok is False and took < 2
+            assert (await check(session, origin + "/nope", 2))[0] is False  # 404
+
+    asyncio.run(main())
