@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import struct
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ SEND_HEADERS, SEND_END_STREAM = StreamInputs.SEND_HEADERS, StreamInputs.SEND_END
 _CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
                                     normalize_outbound_headers=False, validate_inbound_headers=False,
                                     normalize_inbound_headers=False)
+_FORBIDDEN_BYTE = re.compile(rb"[\r\n\0]").search  # in a field value: malformed (§8.2.1); 4x cheaper than 3 `in`s
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding",
                                   b"upgrade", b"te"})
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
@@ -60,6 +62,10 @@ class HeaderBlockTooLarge(h2.exceptions.ProtocolError):
     error_code = CALM
 
 
+_BLOCK_STARTS = (HeadersFrame, PushPromiseFrame)
+_h2_update_header_buffer = FrameBuffer._update_header_buffer
+
+
 class _CappedFrameBuffer(FrameBuffer):
     """h2's frame buffer with a byte cap on one header block (h2 itself only caps the frame count)."""
 
@@ -68,12 +74,17 @@ class _CappedFrameBuffer(FrameBuffer):
         self.cap = cap
         self.block = 0
 
-    def _update_header_buffer(self, f):  # noqa: ANN001, ANN202 - h2's hook
-        if f is not None and (self._headers_buffer or isinstance(f, (HeadersFrame, PushPromiseFrame))):
-            self.block = self.block + len(f.data) if self._headers_buffer else len(f.data)
+    def _update_header_buffer(self, f):  # noqa: ANN001, ANN202 - h2's hook, called for every frame
+        if f is not None:
+            if self._headers_buffer:
+                self.block += len(f.data)
+            elif type(f) in _BLOCK_STARTS:
+                self.block = len(f.data)
+            else:
+                return _h2_update_header_buffer(self, f)
             if self.block > self.cap:
                 raise HeaderBlockTooLarge(f"header block over {self.cap} bytes")
-        return super()._update_header_buffer(f)
+        return _h2_update_header_buffer(self, f)
 
 
 class _Out:
@@ -231,7 +242,7 @@ class H2Connection(asyncio.Protocol):
         regular = malformed = False
         req = Request(b"", b"")
         for name, value in event.headers:
-            if not name or b"\r" in value or b"\n" in value or b"\0" in value:
+            if not name or _FORBIDDEN_BYTE(value):
                 malformed = True
                 break
             if name[0] == 58:  # b":"
