@@ -132,7 +132,6 @@ class H2Connection(asyncio.Protocol):
         self.goaway = 0  # last stream id announced in our graceful GOAWAY (0: none sent)
         self.goaway_final = False  # the announced id is the real last one: close once it is answered
         self.final_at = 0.0  # when the second GOAWAY of a drain goes out
-        self.closing = False
         self.lingering = False  # our last frame is out: reading (and dropping) only so it reaches the peer
         self.linger_until = 0.0
         self.paused = False
@@ -219,9 +218,9 @@ class H2Connection(asyncio.Protocol):
             elif kind is h2.events.PriorityUpdated:
                 if not self.priority.take(now):
                     return self._die(CALM)
-            elif kind is h2.events.ConnectionTerminated:
-                self.closing = True
-                self.out.clear()
+            elif kind is h2.events.ConnectionTerminated:  # the peer's GOAWAY: nothing more goes out
+                for sid in list(self.out):
+                    self._cancel(sid)  # releases the files (their refs keep evicted fds open)
                 self._flush()
                 self.transport.close()
                 return

@@ -41,7 +41,8 @@ class AlpnDispatch(asyncio.Protocol):
 
         ssl_object = transport.get_extra_info("ssl_object")
         chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        proto: asyncio.Protocol = H2Connection(self.w, secure=True) if chosen == "h2" else H1Connection(self.w, tls=True)
+        proto: asyncio.Protocol
+        proto = H2Connection(self.w, secure=True) if chosen == "h2" else H1Connection(self.w, tls=True)
         transport.set_protocol(proto)
         proto.connection_made(transport)
 

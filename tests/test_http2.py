@@ -25,10 +25,10 @@ import httpx
 import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import (ContinuationFrame, DataFrame, HeadersFrame, PingFrame, PriorityFrame, RstStreamFrame,
+from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame, PriorityFrame, RstStreamFrame,
                               SettingsFrame)
 
-from conftest import EdgeProcess, H2Client, H2Stream, h2_get, request
+from conftest import EdgeProcess, H2Client, H2Stream, h2_get, request, wait_for
 from test_robustness import fd_targets, settled_fds
 
 MIB = 1 << 20
@@ -967,3 +967,20 @@ def test_h2load_over_tls(tls_srv):
     assert "Application protocol: h2" in out, out
     assert "2000 succeeded, 0 failed, 0 errored" in out, out
     assert "status codes: 2000 2xx" in out, out
+
+
+def test_client_goaway_mid_download_releases_the_file(edge, www: Path, tmp_path: Path):
+    """A client GOAWAY while a body is being sent frees its file: with a one-entry cache the fd must close."""
+    cfg = tmp_path / "one.toml"
+    cfg.write_text("[file_cache]\nmax_entries = 1\n")
+    (www / "8m.bin").write_bytes(os.urandom(8 * MIB))
+    server = edge(config=cfg)
+    big = str((www / "8m.bin").resolve())
+    client = H2Client.connect(server, auto_window=False)
+    client.request("/8m.bin")
+    assert wait_for(lambda: big in fd_targets(server.worker_pid), 5)
+    client.send_frames([GoAwayFrame(0, last_stream_id=0, error_code=0)])
+    assert client.closed(10)
+    client.close()
+    assert request(server, "/hello.txt")[0] == 200  # evicts the big file from the one-entry cache
+    assert wait_for(lambda: big not in fd_targets(server.worker_pid), 5), "the file's fd leaked"
