@@ -49,9 +49,10 @@ def make_app(port_of: list[int]) -> web.Application:
 
 
 def main() -> None:
-    """Bind a free loopback port, print it, serve until killed."""
+    """Listen on a free loopback port, print it, serve until killed."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # before the port is printed: a client may connect at once (the backlog holds it)
     port = sock.getsockname()[1]
     print(port, flush=True)
     web.run_app(make_app([port]), sock=sock, print=None, handle_signals=True)
