@@ -32,6 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-port", type=int, dest="tls_port", help="port of the TLS listener (h2 and http/1.1)")
     serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain for TLS")
     serve.add_argument("--tls-key", dest="tls_key", help="PEM private key for TLS")
+    serve.add_argument("--origin", action="append", dest="origins", metavar="URL",
+                       help="origin server for what the root does not have (repeatable; weight 1 each)")
+    serve.add_argument("--cache-dir", dest="cache_dir",
+                       help="disk cache of origin responses (default /var/cache/edge if writable, else ~/.cache/edge)")
+    serve.add_argument("--cache-max-size", dest="cache_max_size", help="disk cache size limit, e.g. 10G (default 10G)")
+    serve.add_argument("--health-path", dest="health_path", help="path of the origins' active health check (/healthz)")
+    serve.add_argument("--health-interval", type=float, dest="health_interval",
+                       help="seconds between active health checks of each origin (default 5)")
     serve.add_argument("--header-timeout", type=float, dest="header_timeout",
                        help="seconds for a whole request head to arrive (default 10)")
     serve.add_argument("--keepalive-timeout", type=float, dest="keepalive_timeout",
@@ -49,6 +57,12 @@ def _overrides(args: argparse.Namespace) -> dict:
     tls = {key: getattr(args, f"tls_{key}") for key in ("port", "cert", "key") if getattr(args, f"tls_{key}") is not None}
     if tls:
         out["tls"] = tls
+    if args.origins:
+        out["origins"] = args.origins
+    for table, names in (("cache", ("dir", "max_size")), ("health", ("path", "interval"))):
+        fields = {n: getattr(args, f"{table}_{n}") for n in names if getattr(args, f"{table}_{n}") is not None}
+        if fields:
+            out[table] = fields
     return out
 
 

@@ -61,6 +61,76 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """One origin server of the pool."""
+
+    url: str
+    weight: int = 1
+    host_header: str | None = None
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The on-disk cache of origin responses (used only when origins are configured)."""
+
+    dir: str | None = None  # None: /var/cache/edge when writable, else the user's cache directory
+    max_size: int = 10 << 30
+    default_ttl: float = 60.0  # for responses that say nothing about their freshness
+    query: str | tuple[str, ...] = "keep"  # query in the cache key: keep, ignore, or the names kept
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Active checks (one checker per node) and the passive circuit breaker of each worker."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2  # checks in a row that bring a down origin back
+    fall: int = 3  # failed checks in a row that take an origin out
+    failures: int = 5  # failed requests in a row that open an origin's circuit in a worker
+    cooldown: float = 10.0  # seconds an open circuit waits before one trial request
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The origin client: timeouts, connection pools and the request fields passed on."""
+
+    connect_timeout: float = 2.0
+    read_timeout: float = 10.0
+    max_connections: int = 64  # per origin, per worker
+    forward_headers: tuple[str, ...] = ()  # client request fields sent to the origin (none by default)
+
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """'10G', '512M', '100k' or a plain number of bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"negative size {text}")
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"not a size: {text!r}")
+    raw = text.strip().upper().removesuffix("B")
+    if raw[-2:-1] in ("K", "M", "G", "T"):
+        raw = raw.removesuffix("I")  # KiB, MiB...: binary units are what is meant anyway
+    unit = raw[-1:] if raw[-1:] in SIZE_UNITS and raw[-1:] else ""
+    number = raw[: len(raw) - len(unit)].strip()
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 10G, 512M)") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise ValueError(f"not a size: {text!r}")
+    total = value * SIZE_UNITS[unit]
+    if total == float("inf"):
+        raise ValueError(f"size too large: {text!r}")
+    return int(total)
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """The TLS listener: port and certificate files (none: no TLS listener)."""
 
@@ -94,6 +164,10 @@ class Config:
     push: PushConfig = field(default_factory=PushConfig)
     early_hints: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
+    origins: tuple[Origin, ...] = ()
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
 SYMLINK_POLICIES = ("inside-root", "never", "always")
@@ -206,6 +280,117 @@ def _push(key: str, value: Any) -> PushConfig:
     return PushConfig(tuple(pages), limit)
 
 
+def _origins(key: str, value: Any) -> tuple[Origin, ...]:
+    """[[origin]] tables (url, weight, host_header) or, from the command line, a list of URLs."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a non-empty array of [[origin]] tables or URLs")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if isinstance(item, str):
+            item = {"url": item}
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a table with url, weight, host_header")
+        unknown = set(item) - {"url", "weight", "host_header"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+        url = _string(f"{where}.url", item.get("url"))
+        if not _origin_url_ok(url):
+            raise ConfigError(f"{where}.url: expected http://host[:port] or https://host[:port], got {url!r}")
+        weight = _number(f"{where}.weight", item.get("weight", 1), kind=int, minimum=1, maximum=100)
+        host = item.get("host_header")
+        if host is not None:
+            host = _string(f"{where}.host_header", host)
+            if not host or any(c in host for c in "\r\n\0 \t/"):
+                raise ConfigError(f"{where}.host_header: expected host[:port], got {host!r}")
+        out.append(Origin(url.rstrip("/"), weight, host))
+    if len({o.url for o in out}) != len(out):
+        raise ConfigError(f"{key}: the same origin URL is listed twice")
+    return tuple(out)
+
+
+def _origin_url_ok(url: str) -> bool:
+    """scheme http or https, a host, an optional numeric port, an optional path; no query or fragment."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+            and "@" not in parts.netloc and (port is None or 0 < port < 65536))
+
+
+def _cache(key: str, value: Any) -> CacheConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        sub = f"{key}.{name}"
+        if name == "dir":
+            out[name] = _string(sub, item)
+            if not out[name]:
+                raise ConfigError(f"{sub}: expected a directory, got an empty string")
+        elif name == "max_size":
+            try:
+                out[name] = parse_size(item)
+            except ValueError as e:
+                raise ConfigError(f"{sub}: {e}") from None
+        elif name == "default_ttl":
+            out[name] = _number(sub, item, kind=float, minimum=0)
+        elif name == "query":
+            if item in ("keep", "ignore"):
+                out[name] = item
+            elif isinstance(item, (list, tuple)) and item and all(isinstance(q, str) and q for q in item):
+                out[name] = tuple(item)
+            else:
+                raise ConfigError(f"{sub}: expected \"keep\", \"ignore\" or a list of parameter names")
+        else:
+            raise ConfigError(f"{sub}: unknown key")
+    return CacheConfig(**out)
+
+
+def _health(key: str, value: Any) -> HealthConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        sub = f"{key}.{name}"
+        if name == "path":
+            item = _string(sub, item)
+            if not item.startswith("/") or any(c in item for c in " \r\n\0"):
+                raise ConfigError(f"{sub}: expected a path starting with '/', got {item!r}")
+            out[name] = item
+        elif name in ("interval", "timeout", "cooldown"):
+            out[name] = _number(sub, item, kind=float, minimum=0.05)
+        elif name in ("rise", "fall", "failures"):
+            out[name] = _number(sub, item, kind=int, minimum=1, maximum=1000)
+        else:
+            raise ConfigError(f"{sub}: unknown key")
+    return HealthConfig(**out)
+
+
+def _proxy(key: str, value: Any) -> ProxyConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table")
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        sub = f"{key}.{name}"
+        if name in ("connect_timeout", "read_timeout"):
+            out[name] = _number(sub, item, kind=float, minimum=0.01)
+        elif name == "max_connections":
+            out[name] = _number(sub, item, kind=int, minimum=1, maximum=100000)
+        elif name == "forward_headers":
+            if not isinstance(item, list) or not all(isinstance(h, str) and h and all(
+                    c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in h) for h in item):
+                raise ConfigError(f"{sub}: expected a list of header names")
+            out[name] = tuple(h.lower() for h in item)
+        else:
+            raise ConfigError(f"{sub}: unknown key")
+    return ProxyConfig(**out)
+
+
 def _tls(key: str, value: Any) -> TlsConfig:
     if not isinstance(value, dict):
         raise ConfigError(f"{key}: expected a table")
@@ -289,13 +474,24 @@ def _validate_key(key: str, value: Any) -> Any:
         return _http2(key, value)
     if key == "tls":
         return _tls(key, value)
+    if key in ("origin", "origins"):
+        return _origins("origin", value)
+    if key == "cache":
+        return _cache(key, value)
+    if key == "health":
+        return _health(key, value)
+    if key == "proxy":
+        return _proxy(key, value)
     raise ConfigError(f"{key}: unknown key")
 
 
 def from_mapping(data: dict[str, Any], base: Config | None = None) -> Config:
     """Build a Config from a mapping of keys (as in the TOML file) over `base`."""
-    values = {key: _validate_key(key, value) for key, value in data.items()}
+    values = {_FIELD_OF.get(key, key): _validate_key(key, value) for key, value in data.items()}
     return replace(base or Config(), **values)
+
+
+_FIELD_OF = {"origin": "origins"}  # TOML's [[origin]] tables fill Config.origins
 
 
 def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
@@ -312,8 +508,10 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
         config = from_mapping(data, config)
     if overrides:
         flat = {k: v for k, v in overrides.items() if v is not None}
-        if "tls" in flat:  # flags set single fields of the [tls] table
-            flat["tls"] = {**{k: v for k, v in asdict(config.tls).items() if v is not None}, **flat["tls"]}
+        for table in ("tls", "cache", "health"):  # flags set single fields of these tables
+            if table in flat:
+                current = {k: v for k, v in asdict(getattr(config, table)).items() if v is not None}
+                flat[table] = {**current, **flat[table]}
         config = from_mapping(flat, config)
     root = os.path.abspath(config.root)
     if not os.path.isdir(root):
@@ -324,7 +522,25 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
     if tls.cert is not None:
         tls = replace(tls, cert=os.path.abspath(tls.cert), key=os.path.abspath(tls.key))
         check_tls(tls)
-    return replace(config, root=root, tls=tls)
+    cache = config.cache
+    if config.origins and cache.dir is None:
+        cache = replace(cache, dir=default_cache_dir())
+    elif cache.dir is not None:
+        cache = replace(cache, dir=os.path.abspath(cache.dir))
+    return replace(config, root=root, tls=tls, cache=cache)
+
+
+def default_cache_dir() -> str:
+    """/var/cache/edge when it is (or can be made) writable, else the user's cache directory."""
+    system = "/var/cache/edge"
+    try:
+        os.makedirs(system, exist_ok=True)
+        if os.access(system, os.W_OK | os.X_OK):
+            return system
+    except OSError:
+        pass
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.abspath(os.path.join(base, "edge"))
 
 
 def check_tls(tls: TlsConfig) -> None:

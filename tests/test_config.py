@@ -423,3 +423,363 @@ def test_tls_needs_port_cert_and_key_together(www: Path, tmp_path: Path) -> None
     out = run("serve", "--root", str(www), "--port", "0", "--tls-port", "0", "--tls-cert", str(junk),
               "--tls-key", str(junk))
     assert_one_line_error(out, "tls")
+
+
+# -- origin pull: [[origin]], [cache], [health], [proxy], parse_size, default_cache_dir ----------------
+
+import edge.config as config_module  # noqa: E402
+from edge.cli import _overrides, _parser  # noqa: E402
+from edge.config import (CacheConfig, HealthConfig, Origin, ProxyConfig, default_cache_dir, load,  # noqa: E402
+                         parse_size)
+
+
+@pytest.fixture
+def no_system_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """load() with origins and no cache.dir asks default_cache_dir(): point it at tmp (never /var/cache/edge)."""
+    where = tmp_path / "default-cache"
+    monkeypatch.setattr(config_module, "default_cache_dir", lambda: str(where))
+    return where
+
+
+def _load_text(tmp_path: Path, text: str, overrides: dict | None = None) -> Config:
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'root = "{tmp_path}"\n' + text)
+    return load(str(cfg), overrides)
+
+
+def test_origin_pull_defaults_when_nothing_is_configured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No file, no flags: no origins, no cache dir chosen (default_cache_dir is not even asked), stock values."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config_module, "default_cache_dir", lambda: pytest.fail("asked for a cache dir"))
+    config = load(None)
+    assert config.origins == ()
+    assert config.cache == CacheConfig(dir=None, max_size=10 << 30, default_ttl=60.0, query="keep")
+    assert config.health == HealthConfig(path="/healthz", interval=5.0, timeout=2.0, rise=2, fall=3, failures=5,
+                                         cooldown=10.0)
+    assert config.proxy == ProxyConfig(connect_timeout=2.0, read_timeout=10.0, max_connections=64,
+                                       forward_headers=())
+    assert from_mapping({}) == Config()
+
+
+def test_origin_tables_parse_with_weight_and_host_header(tmp_path: Path) -> None:
+    """[[origin]] tables keep their order, weight defaults to 1, host_header to None, a trailing '/' goes."""
+    config = _load_text(tmp_path, f"""
+[[origin]]
+url = "http://10.0.0.1:8080"
+weight = 3
+host_header = "assets.example.com"
+
+[[origin]]
+url = "https://origin-b.example/"
+
+[cache]
+dir = "{tmp_path / 'cache'}"
+""")
+    assert config.origins == (Origin("http://10.0.0.1:8080", 3, "assets.example.com"),
+                              Origin("https://origin-b.example", 1, None))
+
+
+def test_cache_health_proxy_tables_parse(tmp_path: Path) -> None:
+    """Every key of [cache], [health] and [proxy] reaches the config; forward_headers are lower-cased."""
+    config = _load_text(tmp_path, f"""
+[cache]
+dir = "{tmp_path / 'c'}"
+max_size = "512M"
+default_ttl = 0
+query = ["id", "v"]
+
+[health]
+path = "/ping"
+interval = 1.5
+timeout = 0.5
+rise = 1
+fall = 4
+failures = 7
+cooldown = 2
+
+[proxy]
+connect_timeout = 0.5
+read_timeout = 30
+max_connections = 8
+forward_headers = ["Accept-Language", "X-Request-Id"]
+""")
+    assert config.cache == CacheConfig(str(tmp_path / "c"), 512 << 20, 0.0, ("id", "v"))
+    assert config.health == HealthConfig("/ping", 1.5, 0.5, 1, 4, 7, 2.0)
+    assert config.proxy == ProxyConfig(0.5, 30.0, 8, ("accept-language", "x-request-id"))
+    assert isinstance(config.health.cooldown, float) and isinstance(config.proxy.read_timeout, float)
+
+
+@pytest.mark.parametrize("query", ["keep", "ignore"])
+def test_cache_query_keywords(query: str) -> None:
+    assert from_mapping({"cache": {"query": query}}).cache.query == query
+
+
+def test_origin_flags_via_load_replace_the_files_origins(tmp_path: Path, no_system_cache: Path) -> None:
+    """overrides["origins"] (repeated --origin) are URLs of weight 1; they replace the file's [[origin]] tables."""
+    config = _load_text(tmp_path, '[[origin]]\nurl = "http://from-file"\nweight = 5\nhost_header = "h"\n',
+                        {"origins": ["http://a:81", "https://b/"]})
+    assert config.origins == (Origin("http://a:81", 1, None), Origin("https://b", 1, None))
+    assert config.cache.dir == str(no_system_cache)
+
+
+def test_origin_flags_through_the_cli_parser(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                             no_system_cache: Path) -> None:
+    """`--origin` is repeatable and lands in overrides["origins"], which load() turns into Origins."""
+    args = _parser().parse_args(["serve", "--origin", "http://a", "--origin", "http://b:8080"])
+    overrides = _overrides(args)
+    assert overrides["origins"] == ["http://a", "http://b:8080"]
+    monkeypatch.chdir(tmp_path)
+    assert load(None, overrides).origins == (Origin("http://a"), Origin("http://b:8080"))
+    assert "origins" not in _overrides(_parser().parse_args(["serve"]))
+
+
+BAD_ORIGIN_PULL = [
+    ("url scheme ftp", {"origin": [{"url": "ftp://x"}]}, "origin[0].url"),
+    ("url without scheme", {"origin": [{"url": "example.com"}]}, "origin[0].url"),
+    ("url without host", {"origin": [{"url": "http://"}]}, "origin[0].url"),
+    ("url missing", {"origin": [{"weight": 2}]}, "origin[0].url"),
+    ("second url bad", {"origin": [{"url": "http://a"}, {"url": "gopher://b"}]}, "origin[1].url"),
+    ("cli url bad scheme", {"origins": ["http://a", "ws://b"]}, "origin[1].url"),
+    ("weight 0", {"origin": [{"url": "http://a", "weight": 0}]}, "origin[0].weight"),
+    ("weight negative", {"origin": [{"url": "http://a", "weight": -2}]}, "origin[0].weight"),
+    ("weight float", {"origin": [{"url": "http://a", "weight": 1.5}]}, "origin[0].weight"),
+    ("weight over 100", {"origin": [{"url": "http://a", "weight": 101}]}, "origin[0].weight"),
+    ("host_header not a string", {"origin": [{"url": "http://a", "host_header": 5}]}, "origin[0].host_header"),
+    ("unknown key in [[origin]]", {"origin": [{"url": "http://a", "wieght": 2}]}, "origin[0].wieght"),
+    ("origin not a table", {"origin": [5]}, "origin[0]"),
+    ("origin empty array", {"origin": []}, "origin"),
+    ("same origin twice", {"origin": [{"url": "http://a/"}, {"url": "http://a"}]}, "origin"),
+    ("unknown key in [cache]", {"cache": {"size": "1G"}}, "cache.size"),
+    ("cache not a table", {"cache": "big"}, "cache"),
+    ("cache dir not a string", {"cache": {"dir": 1}}, "cache.dir"),
+    ("bad size string", {"cache": {"max_size": "10X"}}, "cache.max_size"),
+    ("size garbage", {"cache": {"max_size": "lots"}}, "cache.max_size"),
+    ("size negative", {"cache": {"max_size": "-1G"}}, "cache.max_size"),
+    ("size negative int", {"cache": {"max_size": -1}}, "cache.max_size"),
+    ("size float", {"cache": {"max_size": 1.5}}, "cache.max_size"),
+    ("size bool", {"cache": {"max_size": True}}, "cache.max_size"),
+    ("ttl negative", {"cache": {"default_ttl": -1}}, "cache.default_ttl"),
+    ("ttl string", {"cache": {"default_ttl": "60s"}}, "cache.default_ttl"),
+    ("query rule word", {"cache": {"query": "all"}}, "cache.query"),
+    ("query rule empty list", {"cache": {"query": []}}, "cache.query"),
+    ("query rule empty name", {"cache": {"query": [""]}}, "cache.query"),
+    ("query rule not strings", {"cache": {"query": [1]}}, "cache.query"),
+    ("query rule bool", {"cache": {"query": True}}, "cache.query"),
+    ("unknown key in [health]", {"health": {"url": "/x"}}, "health.url"),
+    ("health path relative", {"health": {"path": "healthz"}}, "health.path"),
+    ("health path with space", {"health": {"path": "/a b"}}, "health.path"),
+    ("rise 0", {"health": {"rise": 0}}, "health.rise"),
+    ("fall 0", {"health": {"fall": 0}}, "health.fall"),
+    ("failures 0", {"health": {"failures": 0}}, "health.failures"),
+    ("interval too small", {"health": {"interval": 0}}, "health.interval"),
+    ("timeout negative", {"health": {"timeout": -1}}, "health.timeout"),
+    ("cooldown string", {"health": {"cooldown": "10s"}}, "health.cooldown"),
+    ("unknown key in [proxy]", {"proxy": {"timeout": 1}}, "proxy.timeout"),
+    ("connect_timeout 0", {"proxy": {"connect_timeout": 0}}, "proxy.connect_timeout"),
+    ("max_connections 0", {"proxy": {"max_connections": 0}}, "proxy.max_connections"),
+    ("forward_headers not a list", {"proxy": {"forward_headers": "Accept"}}, "proxy.forward_headers"),
+    ("forward_headers bad name", {"proxy": {"forward_headers": ["Bad Name"]}}, "proxy.forward_headers"),
+]
+
+
+@pytest.mark.parametrize("data, key", [(d, k) for _, d, k in BAD_ORIGIN_PULL],
+                         ids=[name for name, _, _ in BAD_ORIGIN_PULL])
+def test_origin_pull_bad_values_name_the_key(data: dict, key: str) -> None:
+    """Every bad origin/cache/health/proxy value is a ConfigError whose message starts with the key."""
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(data)
+    assert str(caught.value).startswith(f"{key}: "), str(caught.value)
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[[origin]]\nurl = "ftp://x"\n', "origin[0].url"),
+    ('[[origin]]\nurl = "http://a"\nweight = 0\n', "origin[0].weight"),
+    ('[[origin]]\nurl = "http://a"\nport = 80\n', "origin[0].port"),
+    ('[cache]\nmax_size = "10X"\n', "cache.max_size"),
+    ("[cache]\ndefault_ttl = -5\n", "cache.default_ttl"),
+    ('[cache]\nquery = "some"\n', "cache.query"),
+    ("[health]\nrise = 0\n", "health.rise"),
+    ("[health]\nbogus = 1\n", "health.bogus"),
+    ("[proxy]\nbogus = 1\n", "proxy.bogus"),
+], ids=["url", "weight", "origin-key", "size", "ttl", "query", "rise", "health-key", "proxy-key"])
+def test_check_config_rejects_bad_origin_pull_keys(tmp_path: Path, text: str, key: str) -> None:
+    """check-config: exit 2 with one line naming the key for the new tables."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    out = run("check-config", str(cfg))
+    line = assert_one_line_error(out, key)
+    assert line.startswith(f"edge: {key}: "), line
+
+
+@pytest.mark.parametrize("flag, value, key", [
+    ("--origin", "ftp://x", "origin[0].url"),
+    ("--cache-max-size", "10X", "cache.max_size"),
+    ("--health-path", "healthz", "health.path"),
+    ("--health-interval", "0", "health.interval"),
+])
+def test_serve_rejects_bad_origin_pull_flags(www: Path, flag: str, value: str, key: str) -> None:
+    """Bad origin-pull flags exit 2 with one line naming the key, before listening."""
+    out = run("serve", "--root", str(www), "--host", "127.0.0.1", "--port", "0", flag, value)
+    line = assert_one_line_error(out, key)
+    assert line.startswith(f"edge: {key}: "), line
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize("text, size", [
+    ("10G", 10 << 30),
+    ("512M", 512 << 20),
+    ("1k", 1 << 10),
+    ("1K", 1 << 10),
+    ("2T", 2 << 40),
+    ("10GB", 10 << 30),
+    ("10GiB", 10 << 30),
+    ("512mb", 512 << 20),
+    ("1.5K", 1536),
+    (" 2 M ", 2 << 20),
+    ("100", 100),
+    ("0", 0),
+    (4096, 4096),
+    (0, 0),
+])
+def test_parse_size_accepts(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "   ", "garbage", "G", "10X", "10 PB", "-1", "-1G", "nan", "1,5G", -1,
+                                  True, 1.5, None, [10]])
+def test_parse_size_rejects_garbage(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["inf", "1e309", "infG"])
+def test_parse_size_infinity_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^cache\.max_size: "):
+        from_mapping({"cache": {"max_size": text}})
+
+
+@pytest.mark.parametrize("text", ["10i", "10iB"])
+def test_parse_size_rejects_stray_i(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_cli_cache_and_health_flags_beat_the_file(tmp_path: Path) -> None:
+    """--cache-dir, --cache-max-size, --health-path, --health-interval win; the file's other keys stay."""
+    args = _parser().parse_args(["serve", "--cache-dir", str(tmp_path / "flag-cache"), "--cache-max-size", "2G",
+                                 "--health-path", "/flag", "--health-interval", "1.5"])
+    overrides = _overrides(args)
+    assert overrides["cache"] == {"dir": str(tmp_path / "flag-cache"), "max_size": "2G"}
+    assert overrides["health"] == {"path": "/flag", "interval": 1.5}
+    config = _load_text(tmp_path, f"""
+[[origin]]
+url = "http://a"
+
+[cache]
+dir = "{tmp_path / 'file-cache'}"
+max_size = "1G"
+default_ttl = 30
+query = "ignore"
+
+[health]
+path = "/file"
+interval = 9
+rise = 4
+""", overrides)
+    assert config.cache == CacheConfig(str(tmp_path / "flag-cache"), 2 << 30, 30.0, "ignore")
+    assert config.health.path == "/flag" and config.health.interval == 1.5
+    assert config.health.rise == 4  # not on the command line: the file's value
+
+
+def test_cli_single_cache_flag_keeps_the_files_other_cache_keys(tmp_path: Path) -> None:
+    """Only --cache-max-size: the file's cache.dir and query rule list survive the merge."""
+    overrides = _overrides(_parser().parse_args(["serve", "--cache-max-size", "3M"]))
+    assert "health" not in overrides
+    config = _load_text(tmp_path, f'[cache]\ndir = "{tmp_path / "d"}"\nquery = ["a"]\n[health]\ninterval = 7\n',
+                        overrides)
+    assert config.cache == CacheConfig(str(tmp_path / "d"), 3 << 20, 60.0, ("a",))
+    assert config.health.interval == 7.0
+
+
+def test_cli_cache_flags_without_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load(None, {"cache": {"max_size": "1k"}, "health": {"path": "/hc"}})
+    assert config.cache.max_size == 1024 and config.cache.dir is None
+    assert config.health.path == "/hc" and config.health.interval == 5.0
+
+
+def test_cache_dir_made_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A relative cache.dir (file or --cache-dir) is resolved against the working directory at load time."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config_module, "default_cache_dir", lambda: pytest.fail("asked for a cache dir"))
+    config = load(None, {"origins": ["http://a"], "cache": {"dir": "rel/cache"}})
+    assert config.cache.dir == str(tmp_path / "rel" / "cache")
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('[[origin]]\nurl = "http://a"\n[cache]\ndir = "fromfile"\n')
+    assert load(str(cfg)).cache.dir == str(tmp_path / "fromfile")
+
+
+def test_cache_dir_defaults_only_when_origins_are_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     no_system_cache: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load(None).cache.dir is None
+    assert load(None, {"origins": ["http://a"]}).cache.dir == str(no_system_cache)
+
+
+def test_default_cache_dir_system_when_writable(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+    asked: list[tuple[str, int]] = []
+    monkeypatch.setattr(config_module.os, "makedirs", lambda path, exist_ok=False: made.append(path))
+    monkeypatch.setattr(config_module.os, "access", lambda path, mode: asked.append((path, mode)) or True)
+    assert default_cache_dir() == "/var/cache/edge"
+    assert made == ["/var/cache/edge"]
+    assert asked == [("/var/cache/edge", os.W_OK | os.X_OK)]
+
+
+def test_default_cache_dir_user_dir_when_not_writable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(config_module.os, "makedirs", lambda path, exist_ok=False: None)
+    monkeypatch.setattr(config_module.os, "access", lambda path, mode: False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == str(tmp_path / "xdg" / "edge")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "edge")
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # empty counts as unset
+    assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "edge")
+
+
+def test_default_cache_dir_user_dir_when_it_cannot_be_made(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def refuse(path: str, exist_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(config_module.os, "makedirs", refuse)
+    monkeypatch.setattr(config_module.os, "access", lambda path, mode: pytest.fail("access() after makedirs failed"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == str(tmp_path / "edge")
+
+
+def test_cache_dir_absolute_with_relative_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config_module.os, "makedirs", lambda path, exist_ok=False: None)
+    monkeypatch.setattr(config_module.os, "access", lambda path, mode: False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative-xdg")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = load(None, {"origins": ["http://a"]})
+    assert os.path.isabs(config.cache.dir), config.cache.dir
+
+
+@pytest.mark.parametrize("url", ["http://:80", "http://h:abc", "http://h?x=1"],
+                         ids=["empty-host", "bad-port", "query"])
+def test_origin_url_bad_host_port_or_query_rejected(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^origin\[0\]\.url: "):
+        from_mapping({"origin": [{"url": url}]})
+
+
+def test_origin_host_header_control_characters_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"^origin\[0\]\.host_header: "):
+        from_mapping({"origin": [{"url": "http://a", "host_header": "a\r\nX-Injected: 1"}]})
+
+
+def test_cache_dir_empty_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"^cache\.dir: "):
+        from_mapping({"cache": {"dir": ""}})
