@@ -64,29 +64,33 @@ def weak_match(tags: list[bytes] | None, etag: bytes) -> bool:
     return any(_opaque(t) == target for t in tags)
 
 
-def evaluate(cond: Conditions, etag: bytes, last_modified: int, safe: bool = True) -> int:
-    """Evaluate preconditions in RFC 9110 §13.2.2 order: 0 to go on, 304 or 412 to answer with."""
+def evaluate(cond: Conditions, etag: bytes, last_modified: int | None, safe: bool = True) -> int:
+    """Evaluate preconditions in RFC 9110 §13.2.2 order: 0 to go on, 304 or 412 to answer with.
+
+    An origin object may have no ETag (pass b"", which no tag matches) or no Last-Modified (None:
+    the date conditions are then ignored, RFC 9110 §13.1.3-4).
+    """
     if cond.if_match is not None:
         if not strong_match(parse_etags(cond.if_match), etag):
             return 412
     elif cond.if_unmodified_since is not None:
         date = parse_http_date(cond.if_unmodified_since)
-        if date is not None and last_modified > date:
+        if date is not None and last_modified is not None and last_modified > date:
             return 412
     if cond.if_none_match is not None:
         if weak_match(parse_etags(cond.if_none_match), etag):
             return 304 if safe else 412
     elif cond.if_modified_since is not None and safe:
         date = parse_http_date(cond.if_modified_since)
-        if date is not None and last_modified <= date:
+        if date is not None and last_modified is not None and last_modified <= date:
             return 304
     return 0
 
 
-def if_range_allows(value: bytes, etag: bytes, last_modified: int) -> bool:
+def if_range_allows(value: bytes, etag: bytes, last_modified: int | None) -> bool:
     """If-Range (RFC 9110 §13.1.5): True when the Range may be honoured for this representation."""
     value = value.strip()
     if value.startswith(b'"') or value.startswith(b"W/"):
-        return not value.startswith(b"W/") and value == etag
+        return not value.startswith(b"W/") and bool(etag) and value == etag
     date = parse_http_date(value)
-    return date is not None and date == last_modified
+    return date is not None and last_modified is not None and date == last_modified

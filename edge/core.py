@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import secrets
+from http import HTTPStatus
 
+from .cachekey import KeyRule
 from .conditional import Conditions, evaluate, if_range_allows
 from .config import PushConfig
 from .filecache import FileEntry, Lookup, Redirect
@@ -13,6 +15,7 @@ from .httpdate import format_http_date
 from .negotiation import choose_encoding
 from .paths import BadTarget, has_dot_segment, location_for, normalize_path, split_target
 from .ranges import UNSATISFIABLE, content_range, parse_range
+from .stored import NOT_MODIFIED_FIELDS, StoredEntry, normalise_coding
 
 REASONS = {
     200: "OK", 206: "Partial Content", 301: "Moved Permanently", 304: "Not Modified",
@@ -21,6 +24,8 @@ REASONS = {
     416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
+# Origins may answer with any registered status; this node passes those on with their usual reason.
+REASONS.update({s.value: s.phrase for s in HTTPStatus if s.value not in REASONS and s.value >= 200})
 
 Header = tuple[bytes, bytes]
 #: Request targets whose parse is remembered per worker (cleared when full).
@@ -95,6 +100,30 @@ class Miss:
         self.query = query
 
 
+class Fetch:
+    """core needs the disk cache or an origin for `key`: load, revalidate or fetch it (the puller's job).
+
+    `name` is the key's name in the file cache; `entry` what is held for it (stale, or due for a
+    check); `coding` the normalised Accept-Encoding when the object varies on it.
+    """
+
+    __slots__ = ("path", "query", "key", "name", "entry", "coding")
+
+    def __init__(self, path: str, query: bytes, key: bytes, name: str, entry: StoredEntry | None,
+                 coding: str | None) -> None:
+        self.path = path
+        self.query = query
+        self.key = key
+        self.name = name
+        self.entry = entry
+        self.coding = coding
+
+
+def store_name(key: bytes) -> str:
+    """The file-cache name of an origin object (a NUL first: never a URL path, so never a local file's)."""
+    return "\0" + key.decode("latin-1")
+
+
 def text_plan(status: int, extra: list[Header] | None = None, server: bytes = b"edge") -> Plan:
     """A small text/plain answer such as '404 Not Found'."""
     body = f"{status} {REASONS.get(status, '')}\n".encode("ascii")
@@ -109,8 +138,10 @@ class Site:
     """Static-site semantics over a file cache: paths, preconditions, ranges, negotiation, header rules."""
 
     def __init__(self, cache, *, serve_dotfiles: bool = False, header_rules=(), server_name: str = "edge",
-                 push: PushConfig | None = None, index: str = "index.html") -> None:
+                 push: PushConfig | None = None, index: str = "index.html", cache_keys: KeyRule | None = None) -> None:
         self.cache = cache
+        #: Set when origins are configured: what the root does not have is looked up by this key rule.
+        self.cache_keys = cache_keys
         self.serve_dotfiles = serve_dotfiles
         self.rules = [(rule.match, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in rule.set])
                       for rule in header_rules]
@@ -134,7 +165,7 @@ class Site:
             plan = self._errors[status] = text_plan(status, server=self.server)
         return plan
 
-    def resolve(self, req: Request, now: float) -> Plan | Miss:
+    def resolve(self, req: Request, now: float) -> Plan | Miss | Fetch:
         """Answer `req` from the cache, or say which path must be loaded first."""
         method = req.method
         if method != b"GET" and method != b"HEAD":
@@ -149,7 +180,7 @@ class Site:
         found = self.cache.lookup(path, now)
         if found is None:
             return Miss(path, query)
-        return self.respond(req, found, query)
+        return self.respond(req, found, query, path, now)
 
     def _parse_target(self, target: bytes) -> tuple[str, bytes] | Plan:
         """Split and normalise a target, or the error plan for it; memoised (it is a pure function)."""
@@ -187,11 +218,16 @@ class Site:
         self._hints[path] = found
         return found
 
-    def respond(self, req: Request, found: Lookup, query: bytes) -> Plan:
-        """Turn a cache answer into the plan for `req` (preconditions, negotiation, ranges)."""
+    def respond(self, req: Request, found: Lookup, query: bytes, path: str = "", now: float = 0.0) -> Plan | Fetch:
+        """Turn a cache answer into the plan for `req` (preconditions, negotiation, ranges).
+
+        A path the root does not have goes on to the origin objects when origins are configured.
+        """
         if type(found) is not FileEntry:
             if type(found) is Redirect:
                 return self._redirect(found.path, query)
+            if found.status == 404 and self.cache_keys is not None and path:
+                return self.from_store(req, path, query, now)
             return self.error(found.status)
         entry = found
         if entry.variants and req.accept_encoding is not None:
@@ -220,6 +256,84 @@ class Site:
             plan = entry.plans[200] = Plan(200, self._representation_headers(entry, entry.size),
                                            parts, entry.size, entry)
         return plan
+
+    def from_store(self, req: Request, path: str, query: bytes, now: float) -> Plan | Fetch:
+        """A fresh origin object held by this worker as a plan; otherwise what the puller must do."""
+        key = self.cache_keys.key(path, query)
+        name = store_name(key)
+        entry = self.cache.peek(name)
+        coding = None
+        if entry is not None and entry.vary:
+            if now - entry.checked >= self.cache.valid:
+                return Fetch(path, query, key, name, None, None)  # the marker itself is due for a check
+            coding = normalise_coding(req.accept_encoding)
+            key = key + b"\0" + coding.encode("ascii")
+            name = name + "\0" + coding
+            entry = self.cache.peek(name)
+        if entry is None or now >= entry.fresh_until or now - entry.checked >= self.cache.valid:
+            return Fetch(path, query, key, name, entry, coding)
+        return self.stored(req, entry, now)
+
+    def stored(self, req: Request, entry: StoredEntry, now: float, cache_status: bytes | None = None) -> Plan:
+        """The plan for an origin object: its stored header fields, Age and Cache-Status (RFC 9211).
+
+        Without `cache_status` it is a plain hit, whose plans are reused until its Age changes.
+        """
+        age = entry.age(now)
+        if cache_status is None:
+            if age != entry.age_second:
+                entry.plans.clear()
+                entry.age_second = age
+            plans = entry.plans
+            cache_status = b"edge; hit; ttl=%d" % entry.ttl(now)
+        else:
+            plans = {}
+        extra = [(b"age", b"%d" % max(age, 0)), (b"cache-status", cache_status)]
+        if entry.status != 200:
+            plan = plans.get(0)
+            if plan is None:
+                plan = plans[0] = Plan(entry.status, self._stored_headers(entry, entry.size, extra),
+                                       self._whole(entry), entry.size, entry)
+            return plan
+        cond = req.conditions
+        if cond is not None:
+            status = evaluate(cond, entry.etag, entry.last_modified)
+            if status == 304:
+                plan = plans.get(304)
+                if plan is None:
+                    headers = [(b"server", self.server)]
+                    headers.extend(h for h in entry.stored_headers if h[0] in NOT_MODIFIED_FIELDS)
+                    headers.extend(extra)
+                    plan = plans[304] = Plan(304, headers, (), 0, entry)
+                return plan
+            if status:
+                return self.error(status)
+        if req.range is not None and entry.size and entry.growth is None and (
+                cond is None or cond.if_range is None
+                or if_range_allows(cond.if_range, entry.etag, entry.last_modified)):
+            ranges = parse_range(req.range, entry.size)
+            if ranges is not None:
+                return self._partial(entry, ranges, lambda e, n: self._stored_headers(e, n, extra))
+        plan = plans.get(200)
+        if plan is None:
+            plan = plans[200] = Plan(200, self._stored_headers(entry, entry.size, extra), self._whole(entry),
+                                     entry.size, entry)
+        return plan
+
+    @staticmethod
+    def _whole(entry: FileEntry) -> tuple[Part, ...]:
+        if not entry.size:
+            return ()
+        if entry.body is not None:
+            return (entry.body,)
+        return ((0, entry.size),)
+
+    def _stored_headers(self, entry: StoredEntry, length: int, extra: list[Header]) -> list[Header]:
+        headers = [(b"server", self.server), *entry.stored_headers, (b"content-length", b"%d" % length)]
+        if entry.status == 200:
+            headers.append((b"accept-ranges", b"bytes"))
+        headers.extend(extra)
+        return headers
 
     def _rule_headers(self, path: str) -> list[Header]:
         out: list[Header] = []
@@ -253,13 +367,14 @@ class Site:
             plan = entry.plans[304] = Plan(304, headers, (), 0, entry)
         return plan
 
-    def _partial(self, entry: FileEntry, ranges: list[tuple[int, int]]) -> Plan:
+    def _partial(self, entry: FileEntry, ranges: list[tuple[int, int]], make_headers=None) -> Plan:  # noqa: ANN001
+        make_headers = make_headers or self._representation_headers
         size = entry.size
         if ranges is UNSATISFIABLE:
             return text_plan(416, [(b"content-range", b"bytes */%d" % size)], self.server)
         if len(ranges) == 1:
             offset, length = ranges[0]
-            headers = self._representation_headers(entry, length)
+            headers = make_headers(entry, length)
             headers.append((b"content-range", content_range(offset, length, size)))
             return Plan(206, headers, ((offset, length),), length, entry)
         ctype = entry.content_type.encode("latin-1")
@@ -274,8 +389,8 @@ class Site:
         tail = b"\r\n--%s--\r\n" % self.boundary
         parts.append(tail)
         total += len(tail)
-        headers = self._representation_headers(entry, total)
-        headers[1] = (b"content-type", b"multipart/byteranges; boundary=" + self.boundary)
+        headers = [h for h in make_headers(entry, total) if h[0] != b"content-type"]
+        headers.insert(1, (b"content-type", b"multipart/byteranges; boundary=" + self.boundary))
         return Plan(206, headers, tuple(parts), total, entry)
 
     def _redirect(self, path: str, query: bytes) -> Plan:

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from .cachekey import digest
@@ -37,6 +38,7 @@ class Meta:
     no_cache: bool = False
     must_revalidate: bool = False
     tags: list[str] = field(default_factory=list)
+    vary: str = ""  # "accept-encoding": the object is stored per coding, under key + "\0" + coding
 
     def dumps(self) -> bytes:
         """The metadata file's bytes."""
@@ -102,8 +104,10 @@ class Writer:
 class DiskCache:
     """Objects on disk by key, with an in-process LRU index of their sizes kept under `max_size` bytes."""
 
-    def __init__(self, root: str, max_size: int) -> None:
+    def __init__(self, root: str, max_size: int, report: Callable[[str, int], None] | None = None) -> None:
         self.root = root
+        #: In a worker: tell the node's cache manager of a new object instead of indexing it here.
+        self.report = report
         self.max_size = max_size
         self.objects_dir = os.path.join(root, "objects")
         self.tmp_dir = os.path.join(root, "tmp")
@@ -118,9 +122,12 @@ class DiskCache:
         base = os.path.join(self.objects_dir, name[:2], name)
         return base, base + ".meta"
 
-    def rebuild(self) -> int:
-        """Index what is on disk (oldest access first), drop orphans and leftovers; returns the object count."""
-        for leftover in os.listdir(self.tmp_dir):
+    def rebuild(self, clear_tmp: bool = True) -> int:
+        """Index what is on disk (oldest access first), drop orphans and leftovers; returns the object count.
+
+        With `clear_tmp` (at node start, before any worker runs) unfinished bodies of an earlier run go too.
+        """
+        for leftover in os.listdir(self.tmp_dir) if clear_tmp else ():
             try:
                 os.unlink(os.path.join(self.tmp_dir, leftover))
             except OSError:
@@ -137,13 +144,17 @@ class DiskCache:
             for name in names:
                 path = os.path.join(folder, name)
                 if name.endswith(".meta"):
-                    if name[:-5] not in present:
+                    if name[:-5] not in present and clear_tmp:
                         os.unlink(path)  # metadata without a body
                     continue
                 if name not in metas:
-                    os.unlink(path)  # a body whose metadata never landed
+                    if clear_tmp:
+                        os.unlink(path)  # a body whose metadata never landed
                     continue
-                st = os.stat(path)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue  # evicted or purged while we looked
                 found.append((st.st_atime, name, st.st_size))
         found.sort()
         self.index = OrderedDict((name, size) for _, name, size in found)
@@ -176,6 +187,9 @@ class DiskCache:
 
     def admitted(self, name: str, size: int) -> None:
         """Account a newly published object, then evict down to max_size."""
+        if self.report is not None:
+            self.report(name, size)
+            return
         old = self.index.pop(name, None)
         if old is not None:
             self.size -= old

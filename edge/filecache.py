@@ -22,7 +22,7 @@ class FileEntry:
     """One open regular file: fd, validators, content type and what core precomputed for it."""
 
     __slots__ = ("path", "fs_path", "fd", "size", "mtime_ns", "ino", "dev", "etag", "last_modified",
-                 "content_type", "encoding", "variants", "checked", "refs", "dead", "body", "plans")
+                 "content_type", "encoding", "variants", "checked", "refs", "dead", "body", "plans", "growth")
 
     def __init__(self, path: str, fs_path: str, fd: int, st: os.stat_result, content_type: str,
                  encoding: str | None) -> None:
@@ -45,6 +45,8 @@ class FileEntry:
         self.dead = False
         self.body: bytes | None = None
         self.plans: dict = {}
+        #: Set while the body is still arriving from an origin (a stored.Growth); None for whole files.
+        self.growth = None
 
     def same_file(self, st: os.stat_result) -> bool:
         """True when `st` describes the very file this entry holds open, unchanged."""
@@ -290,6 +292,10 @@ class FileCache:
             self.hits += 1
             return neg
         return None
+
+    def peek(self, path: str) -> FileEntry | None:
+        """The cached entry for `path` however long ago it was checked, without touching its recency."""
+        return self._fast.get(path)
 
     def stale(self, path: str) -> FileEntry | None:
         """The cached entry for `path` even if due for revalidation (for Resolver.load's `old`)."""

@@ -46,6 +46,7 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at = 0.0
         self.trial = False  # a half-open trial request is in flight
+        self.trial_at = 0.0
 
     def allow(self, now: float) -> bool:
         """Whether a request may go to this origin now."""
@@ -56,9 +57,10 @@ class CircuitBreaker:
                 return False
             self.state = HALF_OPEN
             self.trial = False
-        if self.trial:
-            return False
+        if self.trial and now - self.trial_at < self.cooldown:
+            return False  # one trial at a time; a trial never reported back (not tried after all) expires
         self.trial = True
+        self.trial_at = now
         return True
 
     def record(self, ok: bool, now: float) -> None:

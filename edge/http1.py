@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Miss, Plan, Request, apply_field
+from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
 from .filecache import FileEntry, NotFound
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
 
@@ -387,8 +387,11 @@ class H1Connection(asyncio.Protocol):
                 if w.early_hints and pending.method == b"GET" and not pending.version10:
                     self._early_hints(pending)
                 plan = site.resolve(pending, w.loop.time())
-                if type(plan) is Miss:
-                    self._load(pending, plan)
+                if type(plan) is not Plan:
+                    if type(plan) is Miss:
+                        self._load(pending, plan)
+                    else:
+                        self._pull(pending, plan)
                     return
                 if self.write_paused:  # the 103 is still buffered: the response waits for it
                     pending.plan = plan
@@ -434,7 +437,13 @@ class H1Connection(asyncio.Protocol):
         self.busy = False
         if self.transport is None or self.transport.is_closing():
             return
-        plan = w.site.respond(pending, found, miss.query)
+        plan = w.site.respond(pending, found, miss.query, miss.path, w.loop.time())
+        if type(plan) is Fetch:
+            self._pull(pending, plan)
+            return
+        self._answer_loaded(pending, plan)
+
+    def _answer_loaded(self, pending: Pending, plan: Plan) -> None:
         if self.write_paused:  # bytes (a 103) still buffered: sendfile must not overtake them
             pending.plan = plan
             return
@@ -442,6 +451,23 @@ class H1Connection(asyncio.Protocol):
         self._send(pending, plan)
         if not self.busy:
             self._pump()
+
+    def _pull(self, pending: Pending, fetch: Fetch) -> None:
+        """Ask the disk cache or an origin (the worker's puller), then answer."""
+        self.busy = True
+        self._pause_reading()
+        task = self.w.loop.create_task(self.w.puller.serve(pending, fetch))
+        task.add_done_callback(lambda t: self._pulled(t, pending))
+
+    def _pulled(self, task: asyncio.Task, pending: Pending) -> None:
+        plan = task.result()  # serve() answers every failure with an error plan
+        self.busy = False
+        try:
+            if self.transport is not None and not self.transport.is_closing() and self.queue:
+                self._answer_loaded(pending, plan)
+        finally:
+            if plan.entry is not None:
+                plan.entry.release()  # the puller's reference; a transfer holds its own
 
     def _early_hints(self, pending: Pending) -> None:
         """103 Early Hints with the page's Link rel=preload values, before the response is ready."""
@@ -496,13 +522,7 @@ class H1Connection(asyncio.Protocol):
             self.corked = _cork(self.transport, 1)
         self.last_progress = w.loop.time()
         self.busy = True
-        if self.xfer.drive(self.fd):
-            self._end_transfer()
-        elif self.xfer is not None:
-            if self.xfer.failed:
-                self._abort_transfer()
-            else:
-                self._wait_writable()
+        self._advance(self.fd)
 
     def _drive_tls(self) -> bool:
         """Over TLS: pread the file in chunks and write them until the transport's buffer is full.
@@ -517,6 +537,10 @@ class H1Connection(asyncio.Protocol):
                 if xfer.failed:
                     self._abort_transfer()
                     return False
+                if xfer.starved:
+                    xfer.starved = False
+                    xfer.growth.wait(self._grown)
+                    return False
                 self._end_transfer()
                 return True
             transport.write(chunk)
@@ -529,16 +553,46 @@ class H1Connection(asyncio.Protocol):
         self.dup = os.dup(self.fd)
         self.w.loop.add_writer(self.dup, self._on_writable)
 
+    def _advance(self, sock: int) -> bool:
+        """Drive the transfer; on its end go on with the queue. True when it ended."""
+        xfer = self.xfer
+        if xfer.drive(sock):
+            self._end_transfer()
+            return True
+        if xfer.failed:
+            self._abort_transfer()
+        elif xfer.starved:
+            # The body is still arriving from an origin: stop watching the socket until it grows.
+            xfer.starved = False
+            if self.dup >= 0:
+                self.w.loop.remove_writer(self.dup)
+            xfer.growth.wait(self._grown)
+        elif self.dup < 0:
+            self._wait_writable()
+        return False
+
+    def _grown(self) -> None:
+        """More of an origin body is on disk (or it failed): send on."""
+        if self.xfer is None:
+            return
+        self.last_progress = self.w.loop.time()
+        if self.tls:
+            if not self.write_paused and self._drive_tls() and not self.transport.is_closing():
+                self._pump()
+            return
+        if self.dup >= 0:
+            self.w.loop.add_writer(self.dup, self._on_writable)  # the socket may be full: wait for room
+            return
+        if self._advance(self.fd) and self.transport is not None and not self.transport.is_closing():
+            self._pump()
+
     def _on_writable(self) -> None:
         xfer = self.xfer
         if xfer is None:
             return
-        if xfer.drive(self.dup):
-            self._end_transfer()
+        if self._advance(self.dup):
             if self.transport is not None and not self.transport.is_closing():
                 self._pump()
-        elif xfer.failed:
-            self._abort_transfer()
         else:
             self.last_progress = self.w.loop.time()
 
@@ -601,10 +655,12 @@ class H1Connection(asyncio.Protocol):
 class _Transfer:
     """The parts of one response still to write: header bytes and (offset, length) file ranges."""
 
-    __slots__ = ("entry", "parts", "index", "done", "failed", "truncated")
+    __slots__ = ("entry", "parts", "index", "done", "failed", "truncated", "growth", "starved")
 
     def __init__(self, entry: FileEntry, parts: list) -> None:
         self.entry = entry
+        self.growth = entry.growth  # a stored.Growth while the body still arrives from an origin
+        self.starved = False  # the writer is ahead of the body on disk: wait for growth
         self.parts = parts
         self.index = 0
         self.done = 0  # bytes of parts[index] already written
@@ -621,6 +677,15 @@ class _Transfer:
             self.index += 1
             return part
         offset, length = part
+        growth = self.growth
+        if growth is not None:
+            if growth.failed:
+                self.failed = True
+                return None
+            most = min(most, growth.available - offset - self.done)
+            if most <= 0:
+                self.starved = True
+                return None
         try:
             data = os.pread(self.entry.fd, min(most, length - self.done), offset + self.done)
         except OSError:
@@ -654,6 +719,22 @@ class _Transfer:
                 else:
                     offset, length = part
                     todo = length - self.done
+                    growth = self.growth
+                    if growth is not None:
+                        if growth.failed:
+                            self.failed = True  # the origin cut the body short: so is this response
+                            return False
+                        room = growth.available - offset - self.done
+                        if room <= 0:
+                            self.starved = True
+                            return False
+                        if room < todo:
+                            n = os.sendfile(sock, src, offset + self.done, room)
+                            if n == 0:
+                                self.failed = True
+                                return False
+                            self.done += n
+                            continue
                     n = os.sendfile(sock, src, offset + self.done, min(todo, SENDFILE_CHUNK))
                     if n == 0:  # end of file before the promised length: the file shrank
                         self.failed = self.truncated = True

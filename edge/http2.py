@@ -19,7 +19,7 @@ from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamInputs
 from hyperframe.frame import GoAwayFrame, HeadersFrame, PushPromiseFrame
 
-from .core import SEMANTIC_FIELDS, Miss, Plan, Request, apply_field
+from .core import SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
 from .filecache import FileEntry, NotFound
 from .hints import PageHints
 from .hpackblock import encode_block
@@ -91,7 +91,7 @@ class _CappedFrameBuffer(FrameBuffer):
 class _Out:
     """A response body on its way out: parts (bytes or (offset, length) of `entry`) and progress."""
 
-    __slots__ = ("sid", "parts", "index", "done", "entry", "blocked")
+    __slots__ = ("sid", "parts", "index", "done", "entry", "blocked", "growth", "starved")
 
     def __init__(self, sid: int, parts: tuple, entry: FileEntry | None) -> None:
         self.sid = sid
@@ -100,6 +100,8 @@ class _Out:
         self.done = 0
         self.entry = entry
         self.blocked = 0.0  # when the peer's window closed on it (0: not blocked)
+        self.growth = entry.growth if entry is not None else None  # body still arriving from an origin
+        self.starved = False  # framed all of the body there is so far: wait for growth
 
 
 class H2Connection(asyncio.Protocol):
@@ -336,10 +338,28 @@ class H2Connection(asyncio.Protocol):
     def _answer(self, sid: int, req: Request, push: tuple[PageHints, bytes] | None = None) -> None:
         w = self.w
         plan = w.site.resolve(req, w.loop.time())
-        if type(plan) is Miss:
-            self._load(sid, req, plan, w.cache.stale(plan.path), push)
+        if type(plan) is not Plan:
+            if type(plan) is Miss:
+                self._load(sid, req, plan, w.cache.stale(plan.path), push)
+            else:
+                self._pull(sid, req, plan)
             return
         self._respond(sid, req, plan, push)
+
+    def _pull(self, sid: int, req: Request, fetch: Fetch) -> None:
+        """Ask the disk cache or an origin (the worker's puller), then answer the stream if it is still open."""
+        task = self.w.loop.create_task(self.w.puller.serve(req, fetch))
+        task.add_done_callback(lambda t: self._pulled(t, sid, req))
+
+    def _pulled(self, task: asyncio.Task, sid: int, req: Request) -> None:
+        plan = task.result()  # serve() answers every failure with an error plan
+        try:
+            if sid in self.open and self.transport is not None:
+                self._respond(sid, req, plan)
+                self._pump()
+        finally:
+            if plan.entry is not None:
+                plan.entry.release()  # the puller's reference; a stream holds its own
 
     def _load(self, sid: int, req: Request, miss: Miss, old: FileEntry | None,
               push: tuple[PageHints, bytes] | None = None) -> None:
@@ -360,7 +380,11 @@ class H2Connection(asyncio.Protocol):
             found = NotFound(500)
         if sid not in self.open or self.transport is None:
             return
-        self._respond(sid, req, w.site.respond(req, found, miss.query), push)
+        plan = w.site.respond(req, found, miss.query, miss.path, w.loop.time())
+        if type(plan) is Fetch:
+            self._pull(sid, req, plan)
+            return
+        self._respond(sid, req, plan, push)
         self._pump()
 
     def _promise(self, sid: int, hints: PageHints, authority: bytes) -> list[tuple[int, Request, Plan]]:
@@ -486,6 +510,8 @@ class H2Connection(asyncio.Protocol):
                             stream.blocked = self.w.loop.time()
                         continue
                     stream.blocked = 0.0
+                    if stream.starved:
+                        continue
                     pending = conn.data_to_send()
                     if pending:  # h2's frames (HEADERS, WINDOW_UPDATE...) go out before our DATA
                         if pos + len(pending) + 9 + cap > len(buf):
@@ -499,6 +525,8 @@ class H2Connection(asyncio.Protocol):
                             view[pos:pos + len(pending)] = pending
                             pos += len(pending)
                     pos = self._frame(stream, min(window, cap), view, pos)
+                    if stream.starved:
+                        continue
                     if sid in out:
                         out[sid] = out.pop(sid)  # to the back: the next turn starts with the others
                     moved = True
@@ -525,6 +553,16 @@ class H2Connection(asyncio.Protocol):
         else:
             offset, length = part
             want = min(room, length - done)
+            growth = stream.growth
+            if growth is not None:
+                if growth.failed:  # the origin cut the body short: so is this response
+                    self._reset(sid, INTERNAL, self.w.loop.time())
+                    return pos
+                want = min(want, growth.available - offset - done)
+                if want <= 0:
+                    stream.starved = True
+                    growth.wait(lambda: self._grown(stream))
+                    return pos
             try:
                 n = os.preadv(stream.entry.fd, [view[pos + 9:pos + 9 + want]], offset + done)
             except OSError:
@@ -548,6 +586,13 @@ class H2Connection(asyncio.Protocol):
                 stream.entry.release()
             self._finished(sid)
         return pos + 9 + n
+
+    def _grown(self, stream: _Out) -> None:
+        """More of an origin body is on disk (or it failed): frame on at the next turn."""
+        stream.starved = False
+        if not self.scheduled and self.transport is not None:
+            self.scheduled = True
+            self.w.loop.call_soon(self._pump)
 
     def _sent_data(self, stream: h2.stream.H2Stream, n: int, last: bool) -> int:
         """Account a DATA frame built here in h2's state: debit both windows, close our side when `last`.

@@ -107,10 +107,15 @@ class OriginPool:
 
         `on_failure` hears of each origin that refused, reset or timed out (for the circuit breaker).
         """
-        order = [i for i in self.ring.candidates(key) if healthy(i)]
-        if not order:
+        most = 2 if method in IDEMPOTENT else 1
+        tries = []
+        for i in self.ring.candidates(key):  # healthy() is asked only until enough are found (it may take a trial)
+            if healthy(i):
+                tries.append(i)
+                if len(tries) == most:
+                    break
+        if not tries:
             raise OriginError("no healthy origin")
-        tries = order[:2] if method in IDEMPOTENT else order[:1]
         timed_out = False
         failure = "no origin tried"
         for index in tries:

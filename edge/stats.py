@@ -14,10 +14,14 @@ ERRORS = 13
 FC_HITS, FC_MISSES, FC_EVICTIONS = 14, 15, 16
 CONNECTIONS_ACTIVE = 17
 FC_ENTRIES = 18
+# Origin pull: cache outcomes, origin requests, and this worker's circuit breakers (bit i: origin i).
+CACHE_HITS, CACHE_MISSES, CACHE_STALE, ORIGIN_REQUESTS, ORIGIN_ERRORS = range(19, 24)
+CIRCUITS_OPEN = 24
 
-FIELDS = 19
+FIELDS = 25
 PUBLISHED = range(R1XX, FIELDS)  # what a worker copies from its own counters into its slot
-COUNTERS = range(R1XX, FC_EVICTIONS + 1)  # monotonic: folded into the retired slot when a worker ends
+# Monotonic: folded into the retired slot when a worker ends.
+COUNTERS = (*range(R1XX, FC_EVICTIONS + 1), *range(CACHE_HITS, ORIGIN_ERRORS + 1))
 SLOT_BYTES = 256  # 4 cache lines: a worker's writes never share a line with another worker's
 RETIRED = 0  # slot 0 keeps the counters of workers that have ended, so sums never go backwards
 
@@ -29,6 +33,8 @@ NAMES = {
     R5XX: "responses_5xx", BYTES_OUT: "bytes_out", CONNECTIONS_TOTAL: "connections_total", ERRORS: "errors",
     FC_HITS: "file_cache_hits", FC_MISSES: "file_cache_misses", FC_EVICTIONS: "file_cache_evictions",
     CONNECTIONS_ACTIVE: "connections_active", FC_ENTRIES: "file_cache_entries",
+    CACHE_HITS: "cache_hits", CACHE_MISSES: "cache_misses", CACHE_STALE: "cache_stale",
+    ORIGIN_REQUESTS: "origin_requests", ORIGIN_ERRORS: "origin_errors", CIRCUITS_OPEN: "circuits_open",
 }
 
 # Status code -> the slot index its class is counted in (built once; the hot path only indexes).

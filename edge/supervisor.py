@@ -24,6 +24,7 @@ from .pinning import (
     steer_connections,
     worker_count,
 )
+from .health import HealthTable
 from .stats import PID, StatsBlock
 from .tls import server_context
 from .topology import Topology, discover
@@ -35,6 +36,8 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 KILL_GRACE = 5.0  # after shutdown_timeout, workers still running are killed
 PR_SET_PDEATHSIG = 1
+HEALTH_ROWS = 64  # origins the shared health table has room for (a reload may change the list)
+MANAGER_RESTART = 1.0  # seconds before a dead cache manager is started again
 
 
 @dataclass
@@ -117,6 +120,12 @@ class Supervisor:
         self.tls_context: ssl.SSLContext | None = None
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
+        # Origin pull: the shared health table, the workers' report channel, the cache manager process.
+        self.health: HealthTable | None = None
+        self.events_r: socket.socket | None = None
+        self.events_w: socket.socket | None = None
+        self.manager_pid = 0
+        self.manager_restart_at: float | None = None
 
     # -- logging ----------------------------------------------------------------------------------
 
@@ -187,6 +196,12 @@ class Supervisor:
         self.slots = [Slot(i, s, p, t) for i, (s, p, t) in enumerate(zip(socks, placements, tls_socks))]
         self._probe_mempolicy(placements)
         self._install_signals()
+        if config.origins:
+            try:
+                self._start_origin_pull(config)
+            except OSError as e:
+                self.log(f"cannot use the cache directory {config.cache.dir}: {e.strerror or e}")
+                return 1
         self.generation = 1
         try:
             for slot in self.slots:
@@ -209,6 +224,60 @@ class Supervisor:
         self.started = True
         self._banner()
         return 0
+
+    # -- origin pull: cache manager ------------------------------------------------------------------
+
+    def _start_origin_pull(self, config: Config) -> None:
+        """Index the disk cache (clearing unfinished bodies of an earlier run), then fork the cache manager."""
+        from .diskcache import DiskCache
+
+        started = time.monotonic()
+        store = DiskCache(config.cache.dir, config.cache.max_size)
+        count = store.rebuild(clear_tmp=True)
+        self.log(f"disk cache {config.cache.dir}: {count} objects, {store.size} bytes "
+                 f"(indexed in {time.monotonic() - started:.2f} s)")
+        self.health = HealthTable(max(HEALTH_ROWS, len(config.origins)))
+        self.events_r, self.events_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.events_w.setblocking(False)
+        self.events_r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._spawn_manager(config, store)
+
+    def _spawn_manager(self, config: Config, store=None) -> None:  # noqa: ANN001
+        for stream in (self.out, self.err, sys.stdout, sys.stderr):
+            stream.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                from .manager import run as run_manager
+
+                self._become_child(parent)
+                for slot in self.slots + (self.reload.slots if self.reload else []):
+                    slot.sock.close()
+                    if slot.tls_sock is not None:
+                        slot.tls_sock.close()
+                self.events_w.close()
+                run_manager(config, self.health, self.events_r, store)
+                code = 0
+            except BaseException:  # noqa: BLE001 - the manager must never return into the supervisor
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        self.manager_pid = pid
+
+    def _stop_manager(self, sig: int = signal.SIGTERM) -> None:
+        if self.manager_pid:
+            try:
+                os.kill(self.manager_pid, sig)
+                os.waitpid(self.manager_pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.manager_pid = 0
 
     def _banner(self) -> None:
         host, port = self.address
@@ -246,6 +315,7 @@ class Supervisor:
             return code
         while not (self.stopping and not self.children):
             self._wait(self._next_timer())
+        self._stop_manager()
         totals = self.stats.totals()
         self.log(f"stopped; served {totals['requests']} requests, {totals['bytes_out']} bytes, "
                  f"{totals['connections_total']} connections")
@@ -254,6 +324,8 @@ class Supervisor:
     def _next_timer(self) -> float | None:
         now = time.monotonic()
         times = [s.restart_at for s in self.slots if s.restart_at is not None]
+        if self.manager_restart_at is not None:
+            times.append(self.manager_restart_at)
         if self.reload is not None:
             times.append(self.reload.deadline)
         if self.kill_at is not None:
@@ -344,22 +416,10 @@ class Supervisor:
         """In the forked child: drop the supervisor's state, pin, and serve slot's socket."""
         from .worker import run
 
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal hangup is the supervisor's business
-        try:
-            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() != parent:
+        if not self._become_child(parent):
             return  # the supervisor died while we forked
-        self.sel.close()
-        self._wake_r.close()
-        self._wake_w.close()
-        for child in self.children.values():
-            if child.ready_fd >= 0:
-                os.close(child.ready_fd)
+        if self.events_r is not None:
+            self.events_r.close()
         for other in self.slots + (self.reload.slots if self.reload else []):
             if other.sock is not slot.sock:
                 other.sock.close()
@@ -379,7 +439,27 @@ class Supervisor:
             os.write(ready_w, b"R")
             os.close(ready_w)
 
-        run(config, slot.sock, stats, ready, slot.tls_sock, tls_context)
+        run(config, slot.sock, stats, ready, slot.tls_sock, tls_context, self.health, self.events_w)
+
+    def _become_child(self, parent: int) -> bool:
+        """In any forked child: default signals, die with the supervisor, drop its fds. False if it is gone."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal hangup is the supervisor's business
+        try:
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:
+            return False
+        self.sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        for child in self.children.values():
+            if child.ready_fd >= 0:
+                os.close(child.ready_fd)
+        return True
 
     def _reap(self) -> int | None:
         """Collect exited workers; replace those of the serving generation. Returns a slot that died unready."""
@@ -391,6 +471,12 @@ class Supervisor:
                 break
             if pid == 0:
                 break
+            if pid == self.manager_pid:
+                self.manager_pid = 0
+                if not self.stopping:
+                    self.log(f"cache manager (pid {pid}) {describe_exit(status)}; restarting in {MANAGER_RESTART:.0f} s")
+                    self.manager_restart_at = time.monotonic() + MANAGER_RESTART
+                continue
             child = self.children.pop(pid, None)
             if child is None:
                 continue
@@ -427,6 +513,13 @@ class Supervisor:
 
     def _timers(self) -> None:
         now = time.monotonic()
+        if self.manager_restart_at is not None and now >= self.manager_restart_at and not self.stopping:
+            self.manager_restart_at = None
+            try:
+                self._spawn_manager(self.config)
+            except OSError as e:
+                self.manager_restart_at = now + MANAGER_RESTART
+                self.log(f"cannot restart the cache manager: {e}")
         if not self.stopping:
             for slot in self.slots:
                 if slot.restart_at is not None and slot.restart_at <= now:
@@ -454,6 +547,7 @@ class Supervisor:
                 pass
 
     def _kill_all(self) -> None:
+        self._stop_manager(signal.SIGKILL)
         self._signal_children(signal.SIGKILL)
         for pid in list(self.children):
             try:
@@ -506,6 +600,12 @@ class Supervisor:
             self.log(f"reload failed, still serving the old configuration: {e}")
             return
         host, port = self.address
+        if bool(config.origins) != bool(self.config.origins) or len(config.origins) > HEALTH_ROWS or (
+                config.origins and config.cache.dir != self.config.cache.dir):
+            self.log("reload: turning origin pull on or off, or moving the cache dir, needs a restart; "
+                     "keeping the origin settings")
+            config = replace(config, origins=self.config.origins, cache=self.config.cache,
+                             health=self.config.health, proxy=self.config.proxy)
         if (config.host, config.port) != (self.config.host, self.config.port):
             self.log(f"reload: host and port changes need a restart; still listening on {host}:{port}")
             config = replace(config, host=self.config.host, port=self.config.port)
@@ -555,7 +655,12 @@ class Supervisor:
         self._signal_children(signal.SIGTERM, old)
         self._close_sockets(self.slots[len(new.slots):])  # fewer workers: the old ones' copies close as they drain
         self.slots = new.slots
+        pull_changed = (new.config.origins, new.config.cache, new.config.health) != (
+            self.config.origins, self.config.cache, self.config.health)
         self.config = new.config
+        if pull_changed and self.manager_pid:
+            self._stop_manager()  # the new one checks the new origin list and honours the new size
+            self._spawn_manager(self.config)
         self.tls_context = new.tls_context
         self.generation = new.generation
         self.reload = None

@@ -15,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import uvloop
 
 from .accesslog import AccessLog
+from .cachekey import KeyRule
 from .config import Config
 from .core import Plan, Site
 from .filecache import FileCache, Resolver
 from .http1 import H1Connection, Pending
+from .health import HealthTable
 from .hpackblock import encode_field
 from .httpdate import format_http_date
 from .limits import raise_nofile
@@ -49,7 +51,8 @@ def cache_budget(max_entries: int, nofile: int) -> int:
 class Worker:
     """Per-process serving state: loop, site semantics, file cache, connections and the 1 Hz tick."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, stats: memoryview | None = None) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, stats: memoryview | None = None,
+                 health: HealthTable | None = None, events: socket.socket | None = None) -> None:
         self.config = config
         # Counters live in a plain list (an increment costs a third of one into shared memory) and are
         # published to this worker's slot of the supervisor's shared block once a second.
@@ -67,9 +70,15 @@ class Worker:
         self.resolver = Resolver(config.root, config.follow_symlinks, config.index, config.file_cache.inline_max)
         self.cache = FileCache(self.resolver, entries, config.file_cache.valid)
         self.site = Site(self.cache, serve_dotfiles=config.serve_dotfiles, header_rules=config.headers,
-                         server_name=config.server_name, push=config.push, index=config.index)
+                         server_name=config.server_name, push=config.push, index=config.index,
+                         cache_keys=KeyRule(config.cache.query) if config.origins else None)
         self.early_hints = config.early_hints and self.site.has_hints
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
+        self.puller = None
+        if config.origins:
+            from .pull import Puller
+
+            self.puller = Puller(config, loop, self.cache, self.site, self.executor, self.stats, health, events)
         self.connections: set[H1Connection] = set()
         self.log = AccessLog(config.access_log) if config.access_log else None
         self.date_line = b""
@@ -144,6 +153,8 @@ class Worker:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self._publish()
+        if self.puller is not None:
+            await self.puller.close()
         self.cache.close()
         if self.log is not None:
             self.log.close()
@@ -162,8 +173,9 @@ class Worker:
 
 def run(config: Config, sock: socket.socket, stats: memoryview | None = None,
         on_ready: Callable[[], None] | None = None, tls_sock: socket.socket | None = None,
-        tls_context: ssl.SSLContext | None = None) -> None:
+        tls_context: ssl.SSLContext | None = None, health: HealthTable | None = None,
+        events: socket.socket | None = None) -> None:
     """Run one worker on `sock` (and `tls_sock`) in a fresh uvloop event loop until it is told to stop."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        worker = Worker(config, runner.get_loop(), stats)
+        worker = Worker(config, runner.get_loop(), stats, health, events)
         runner.run(worker.serve(sock, on_ready, tls_sock, tls_context))

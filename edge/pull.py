@@ -1,0 +1,588 @@
+"""Origin pull in a worker: disk-cache lookups, coalesced origin fetches streamed to disk and to clients at once.
+
+A request core could not answer from memory arrives as a core.Fetch. The puller loads the object's
+metadata from the disk cache (off the loop), serves it if fresh, serves it stale while refreshing it
+(stale-while-revalidate), or fetches it. One fetch per key runs at a time on the whole node: within
+a worker by a dict of flights, across workers by a byte-range lock on tmp/locks; the fetching worker
+publishes the response head in tmp/<digest>.head so the others follow its temp file as it grows.
+Every client reads the body from that file (sendfile), never from the network buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, replace
+
+from .cachekey import KeyRule, digest
+from .config import Config
+from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
+from .diskcache import DiskCache, Meta, Writer
+from .filecache import OPEN_FLAGS, FileCache
+from .freshness import assess
+from .health import CLOSED, CircuitBreaker, HealthTable
+from .httpdate import parse_http_date
+from .origin import OriginError, OriginPool, Upstream
+from .stats import CACHE_HITS, CACHE_MISSES, CACHE_STALE, CIRCUITS_OPEN, ORIGIN_ERRORS, ORIGIN_REQUESTS
+from .stored import DROPPED_FIELDS, Growth, StoredEntry, normalise_coding
+
+LOCK_SLOTS = 1 << 20  # byte offsets in tmp/locks; two keys share one only by a 1-in-a-million chance
+FOLLOW_POLL_MIN = 0.001
+FOLLOW_POLL_MAX = 0.02
+
+HIT_STALE_REVALIDATE = b"edge; hit; fwd=stale; detail=stale-while-revalidate"
+HIT_STALE_ERROR = b"edge; hit; fwd=stale; detail=stale-if-error"
+REVALIDATED = b"edge; fwd=stale; fwd-status=304"
+MISS_STORED = b"edge; fwd=miss; stored"
+MISS = b"edge; fwd=miss"
+COLLAPSED = b"edge; fwd=miss; stored; collapsed"
+STALE_REFETCHED = b"edge; fwd=stale; stored"
+VARY_MARKER = "accept-encoding"
+
+
+class KeyLocks:
+    """Node-wide fetch locks: one byte of a shared file per key slot, locked with fcntl (per process)."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    @staticmethod
+    def slot(name: str) -> int:
+        """The lock slot of an object's digest."""
+        return int(name[:8], 16) % LOCK_SLOTS
+
+    def try_lock(self, slot: int) -> bool:
+        """Take the slot if no other process holds it."""
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+            return True
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+
+    def unlock(self, slot: int) -> None:
+        """Give the slot back."""
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, slot)
+
+    def close(self) -> None:
+        """Release every slot (closing the fd drops this process's locks)."""
+        os.close(self.fd)
+
+
+class Outcome:
+    """What a fetch gave the requests waiting on it: an entry to serve with its Cache-Status, or an error plan."""
+
+    __slots__ = ("entry", "cache_status", "plan", "shared")
+
+    def __init__(self, entry: StoredEntry | None = None, cache_status: bytes = b"", plan: Plan | None = None,
+                 shared: bool = True) -> None:
+        self.entry = entry
+        self.cache_status = cache_status
+        self.plan = plan
+        self.shared = shared  # False: a private answer, only for the request that caused the fetch
+
+
+class Flight:
+    """One fetch of a key in this worker; requests for the key that arrive meanwhile wait on `ready`."""
+
+    __slots__ = ("ready", "waiting", "hold", "claimed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.ready: asyncio.Future[Outcome] = loop.create_future()
+        self.waiting = 0
+        self.hold: StoredEntry | None = None  # the flight's own reference on a growing entry
+        self.claimed = False
+
+    def claim(self) -> bool:
+        """True for the first request to take a private answer (the one that caused the fetch)."""
+        first = not self.claimed
+        self.claimed = True
+        return first
+
+    def resolve(self, outcome: Outcome) -> None:
+        """Hand `outcome` to every waiter, taking a reference on its entry for each (they release it)."""
+        if self.ready.done():
+            return
+        if outcome.entry is not None:
+            for _ in range(self.waiting):
+                outcome.entry.acquire()
+        self.ready.set_result(outcome)
+
+
+def _header_dict(headers: list[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers:
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+class Puller:
+    """A worker's side of origin pull: disk cache reads, flights, origin requests, circuit breakers."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, cache: FileCache, site: Site,
+                 executor, stats: list[int], health: HealthTable | None = None,  # noqa: ANN001
+                 events: socket.socket | None = None) -> None:
+        self.loop = loop
+        self.cache = cache
+        self.site = site
+        self.executor = executor
+        self.stats = stats
+        self.health = health
+        self.events = events
+        self.default_ttl = config.cache.default_ttl
+        self.inline_max = config.file_cache.inline_max
+        self.follow_timeout = config.proxy.connect_timeout + config.proxy.read_timeout
+        self.read_timeout = config.proxy.read_timeout
+        self.store = DiskCache(config.cache.dir, config.cache.max_size, report=self._stored)
+        self.keys = KeyRule(config.cache.query)
+        upstreams = [Upstream(o.url, o.weight, o.host_header) for o in config.origins]
+        self.pool = OriginPool(upstreams, connect_timeout=config.proxy.connect_timeout,
+                               read_timeout=config.proxy.read_timeout, limit_per_origin=config.proxy.max_connections,
+                               via=f"1.1 {config.server_name}")
+        self.breakers = [CircuitBreaker(config.health.failures, config.health.cooldown) for _ in upstreams]
+        self.flights: dict[str, Flight] = {}
+        self.locks = KeyLocks(os.path.join(self.store.tmp_dir, "locks"))
+        self.tasks: set[asyncio.Task] = set()
+
+    # -- node-wide bookkeeping ---------------------------------------------------------------------
+
+    def _event(self, message: bytes) -> None:
+        """Tell the cache manager of a stored or used object (datagram; dropped when its queue is full)."""
+        if self.events is not None:
+            try:
+                self.events.send(message)
+            except OSError:
+                pass
+
+    def _stored(self, name: str, size: int) -> None:
+        self._event(b"S %s %d" % (name.encode("ascii"), size))
+
+    def _healthy(self, index: int) -> bool:
+        if self.health is not None and not self.health.healthy(index):
+            return False
+        return self.breakers[index].allow(self.loop.time())
+
+    def _origin_result(self, index: int, ok: bool) -> None:
+        breaker = self.breakers[index]
+        breaker.record(ok, self.loop.time())
+        bit = 1 << index
+        mask = self.stats[CIRCUITS_OPEN]
+        self.stats[CIRCUITS_OPEN] = mask & ~bit if breaker.state == CLOSED else mask | bit
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    async def serve(self, req: Request, fetch: Fetch) -> Plan:
+        """The plan for a request core sent here; its entry (if any) holds one reference the adapter releases."""
+        try:
+            return await self._serve(req, fetch)
+        except Exception:  # noqa: BLE001 - one broken object or fetch is a 500 for its request, not a dead worker
+            return self.site.error(500)
+
+    async def _serve(self, req: Request, fetch: Fetch) -> Plan:
+        entry = fetch.entry
+        if entry is None or self.loop.time() - entry.checked >= self.cache.valid:
+            entry = await self._from_disk(fetch)
+            if entry is not None and entry.vary:
+                coding = _coding(req)
+                fetch.key = fetch.key + b"\0" + coding.encode("ascii")
+                fetch.name = fetch.name + "\0" + coding
+                fetch.coding = coding
+                entry = self.cache.peek(fetch.name)
+                if entry is None or self.loop.time() - entry.checked >= self.cache.valid:
+                    entry = await self._from_disk(fetch)
+        now = self.loop.time()
+        if entry is not None and not entry.vary:
+            if now < entry.fresh_until:
+                self.stats[CACHE_HITS] += 1
+                return _held(self.site.stored(req, entry, now))
+            if now < entry.revalidate_until:
+                self.stats[CACHE_STALE] += 1
+                self._flight(fetch, entry)  # refresh in the background; this request gets the stale copy
+                return _held(self.site.stored(req, entry, now, HIT_STALE_REVALIDATE))
+        else:
+            entry = None
+        self.stats[CACHE_MISSES] += 1
+        flight = self._flight(fetch, entry)
+        if not flight.ready.done():
+            flight.waiting += 1
+            outcome = await asyncio.shield(flight.ready)
+        else:
+            outcome = flight.ready.result()
+            if outcome.entry is not None:
+                outcome.entry.acquire()
+        if not outcome.shared and not flight.claim():
+            if outcome.entry is not None:
+                outcome.entry.release()
+            # A private answer was for the request that caused it: this one is asked of the origin itself.
+            own = Flight(self.loop)
+            own.waiting = 1
+            self._spawn(self._run(own, fetch, None, private=True))
+            outcome = await asyncio.shield(own.ready)
+        if outcome.plan is not None:
+            return outcome.plan
+        plan = self.site.stored(req, outcome.entry, self.loop.time(), outcome.cache_status)
+        if plan.entry is not outcome.entry:  # an error plan (412...) does not use the entry
+            outcome.entry.release()
+        return plan
+
+    def _spawn(self, coro) -> asyncio.Task:  # noqa: ANN001
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def _flight(self, fetch: Fetch, stale: StoredEntry | None) -> Flight:
+        flight = self.flights.get(fetch.name)
+        if flight is None:
+            flight = self.flights[fetch.name] = Flight(self.loop)
+            self._spawn(self._run(flight, fetch, stale))
+        return flight
+
+    # -- the disk cache ----------------------------------------------------------------------------
+
+    async def _from_disk(self, fetch: Fetch) -> StoredEntry | None:
+        """The stored object for fetch.key, checked against the disk (it may be new, refreshed, purged)."""
+        old = self.cache.peek(fetch.name)
+        found = await self.loop.run_in_executor(self.executor, self._open_stored, fetch.key, fetch.name, old)
+        now = self.loop.time()
+        if found is None:
+            if old is not None:
+                self.cache.purge(fetch.name)
+            return None
+        if found is old:
+            old.checked = now
+        self.cache.store(fetch.name, found, now)
+        self._event(b"U " + digest(fetch.key).encode("ascii"))
+        return found
+
+    def _open_stored(self, key: bytes, name: str, old: StoredEntry | None) -> StoredEntry | None:
+        """(Executor) open the stored body and metadata of `key`; `old` itself when nothing changed."""
+        body_path, meta_path = self.store.paths(digest(key))
+        try:
+            meta_st = os.stat(meta_path)
+            if old is not None and old.meta_mtime == meta_st.st_mtime_ns and old.same_file(os.stat(body_path)):
+                return old
+            with open(meta_path, "rb") as f:
+                meta = Meta.loads(f.read())
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if meta.key != key.decode("latin-1"):
+            return None
+        try:
+            fd = os.open(body_path, OPEN_FLAGS)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if st.st_size != meta.length:
+                os.close(fd)
+                return None
+            entry = StoredEntry(name, body_path, fd, st, meta, self.loop.time(), time.time(), meta_st.st_mtime_ns)
+            if 0 < st.st_size <= self.inline_max:
+                body = os.pread(fd, st.st_size, 0)
+                if len(body) == st.st_size:
+                    entry.body = body
+        except OSError:
+            os.close(fd)
+            return None
+        return entry
+
+    # -- fetching ----------------------------------------------------------------------------------
+
+    async def _run(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, private: bool = False) -> None:
+        """Fetch `fetch.key` once for the node: as the fetcher holding its lock, or following another worker."""
+        name = digest(fetch.key)
+        slot = KeyLocks.slot(name)
+        try:
+            if private:
+                await self._fetch(flight, fetch, None, name)
+                return
+            waited = False
+            while not self.locks.try_lock(slot):
+                waited = True
+                outcome = await self._follow(fetch, name, slot)
+                if outcome is not None:
+                    flight.resolve(outcome)
+                    return
+            try:
+                if waited:  # another worker fetched it meanwhile: that copy may do
+                    entry = await self._from_disk(fetch)
+                    if entry is not None and not entry.vary and self.loop.time() < entry.fresh_until:
+                        flight.resolve(Outcome(entry, COLLAPSED))
+                        return
+                    stale = entry if entry is not None and not entry.vary else stale
+                await self._fetch(flight, fetch, stale, name)
+            finally:
+                self.locks.unlock(slot)
+        except Exception:  # noqa: BLE001 - the waiters get a 502 rather than hang
+            flight.resolve(Outcome(plan=self._error(502, "error")))
+        finally:
+            if self.flights.get(fetch.name) is flight:
+                del self.flights[fetch.name]
+            if flight.hold is not None:
+                flight.hold.release()
+
+    def _error(self, status: int, detail: str) -> Plan:
+        return text_plan(status, [(b"cache-status", b"edge; fwd=miss; detail=%s" % detail.encode("ascii"))],
+                         self.site.server)
+
+    async def _fetch(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, name: str) -> None:
+        """Ask the origin; stream the body into a temp file that every waiter reads as it grows."""
+        extra = [("Accept-Encoding", fetch.coding or "identity")]
+        if stale is not None:
+            if stale.etag:
+                extra.append(("If-None-Match", stale.etag.decode("latin-1")))
+            lm = next((v for k, v in stale.stored_headers if k == b"last-modified"), None)
+            if lm is not None:
+                extra.append(("If-Modified-Since", lm.decode("latin-1")))
+        target = fetch.path + ("?" + fetch.query.decode("latin-1") if fetch.query else "")
+        request_time = time.time()
+        self.stats[ORIGIN_REQUESTS] += 1
+        try:
+            fetched = await self.pool.fetch(fetch.key, "GET", target, extra=extra, healthy=self._healthy,
+                                            on_failure=lambda i: self._origin_result(i, False))
+        except OriginError as e:
+            self.stats[ORIGIN_ERRORS] += 1
+            self._failed(flight, stale, 504 if e.timeout else 502, "timeout" if e.timeout else "unreachable")
+            return
+        now, wall = self.loop.time(), time.time()
+        status = fetched.status
+        self._origin_result(fetched.index, status < 500)
+        headers = [(k, v) for k, v in fetched.headers if k not in DROPPED_FIELDS]
+        raw = _header_dict(fetched.headers)
+        if stale is not None and status == 304:
+            fetched.close()
+            await self._refreshed(flight, fetch, stale, headers, request_time, wall)
+            return
+        if status >= 500 and stale is not None and now < stale.error_until:
+            fetched.close()
+            self.stats[ORIGIN_ERRORS] += 1
+            self._failed(flight, stale, 502, "origin-error")
+            return
+        if status not in REASONS or status < 200 or status == 304:
+            fetched.close()
+            self._failed(flight, stale, 502, "bad-status")
+            return
+        fresh = assess(status, raw, request_time, wall, self.default_ttl)
+        vary = {v.strip().lower() for v in raw.get("vary", "").split(",") if v.strip()}
+        storable = (fresh.storable and "set-cookie" not in raw and vary <= {VARY_MARKER}
+                    and "content-encoding" not in vary)
+        length_field = raw.get("content-length")
+        length = int(length_field) if length_field is not None and length_field.isdigit() else None
+        varies = VARY_MARKER in vary and fetch.coding is None
+        key = fetch.key + b"\0identity" if varies else fetch.key
+        writer = self.store.writer(key)
+        try:
+            rfd = os.open(writer.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            writer.abort()
+            fetched.close()
+            raise
+        tags = raw.get("surrogate-key", "").split()
+        meta = Meta(key=key.decode("latin-1"), status=status, headers=headers, length=length or 0,
+                    stored_at=wall, request_time=request_time, lifetime=fresh.lifetime,
+                    initial_age=fresh.initial_age, stale_while_revalidate=fresh.stale_while_revalidate,
+                    stale_if_error=fresh.stale_if_error, no_cache=fresh.no_cache,
+                    must_revalidate=fresh.must_revalidate, tags=tags)
+        entry = StoredEntry(fetch.name + "\0identity" if varies else fetch.name, writer.tmp, rfd, os.fstat(rfd),
+                            meta, now, wall)
+        entry.acquire()
+        flight.hold = entry
+        cache_status = (STALE_REFETCHED if stale is not None else MISS_STORED) if storable else MISS
+        head = os.path.join(self.store.tmp_dir, name + ".head")
+        if length is not None:
+            entry.growth = growth = Growth(length)
+            if length == 0:
+                growth.done = True
+            flight.resolve(Outcome(entry, cache_status, shared=storable))
+            if storable:
+                self._publish_head(head, writer, meta)
+        else:
+            growth = None
+        try:
+            async for chunk in fetched.chunks():
+                writer.write(chunk)
+                if growth is not None:
+                    growth.grew(writer.written)
+        except (OriginError, OSError):
+            self.stats[ORIGIN_ERRORS] += 1
+            self._origin_result(fetched.index, False)
+            if growth is not None:
+                growth.fail()
+            writer.abort()
+            _unlink(head)
+            entry.retire()
+            self._failed(flight, stale, 502, "truncated")
+            return
+        if length is None:
+            entry.size = meta.length = writer.written
+            flight.resolve(Outcome(entry, cache_status, shared=storable))
+        entry.growth = None
+        entry.plans.clear()
+        if storable and writer.commit(meta):
+            entry.fs_path = self.store.paths(writer.name)[0]
+            try:
+                entry.meta_mtime = os.stat(self.store.paths(writer.name)[1]).st_mtime_ns
+            except OSError:
+                pass
+            if varies:
+                self._write_marker(fetch.key, meta)
+            entry.checked = now
+            self.cache.store(entry.path, entry, self.loop.time())
+        else:
+            writer.abort()
+            entry.retire()  # served to its own requests from the open fd, then closed
+        _unlink(head)
+
+    def _failed(self, flight: Flight, stale: StoredEntry | None, status: int, detail: str) -> None:
+        """The origin gave nothing usable: stale-if-error when allowed, else a short 502/504."""
+        if flight.ready.done():
+            return
+        if stale is not None and self.loop.time() < stale.error_until:
+            self.stats[CACHE_STALE] += 1
+            flight.resolve(Outcome(stale, HIT_STALE_ERROR))
+            return
+        flight.resolve(Outcome(plan=self._error(status, detail)))
+
+    async def _refreshed(self, flight: Flight, fetch: Fetch, stale: StoredEntry, headers: list[tuple[str, str]],
+                         request_time: float, wall: float) -> None:
+        """A 304 for a stale object: merge its fields into the stored ones (RFC 9111 §4.3.4), store, serve."""
+        fresh_names = {k for k, _ in headers}
+        merged = [(k, v) for k, v in stale.meta.headers if k not in fresh_names] + headers
+        fresh = assess(stale.status, _header_dict(merged), request_time, wall, self.default_ttl)
+        meta = replace(stale.meta, headers=merged, stored_at=wall, request_time=request_time,
+                       lifetime=fresh.lifetime, initial_age=fresh.initial_age,
+                       stale_while_revalidate=fresh.stale_while_revalidate, stale_if_error=fresh.stale_if_error,
+                       no_cache=fresh.no_cache, must_revalidate=fresh.must_revalidate)
+        mtime = await self.loop.run_in_executor(self.executor, self._rewrite_meta, fetch.key, meta)
+        now = self.loop.time()
+        # Refreshed in place: transfers under way hold their own plans, which refresh() drops from the entry.
+        stale.stored_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in merged]
+        stale.etag = next((v for k, v in stale.stored_headers if k == b"etag"), b"")
+        lm = next((v for k, v in stale.stored_headers if k == b"last-modified"), None)
+        stale.last_modified = parse_http_date(lm) if lm is not None else None
+        stale.meta_mtime = mtime
+        stale.refresh(meta, now, time.time())
+        stale.checked = now
+        self.cache.store(stale.path, stale, now)
+        flight.resolve(Outcome(stale, REVALIDATED))
+
+    def _rewrite_meta(self, key: bytes, meta: Meta) -> int:
+        """(Executor) replace an object's metadata atomically; its new mtime."""
+        _, meta_path = self.store.paths(digest(key))
+        tmp = f"{meta_path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(meta.dumps())
+        os.replace(tmp, meta_path)
+        return os.stat(meta_path).st_mtime_ns
+
+    def _write_marker(self, key: bytes, meta: Meta) -> None:
+        """Record that `key` varies by Accept-Encoding: an empty object whose metadata says so."""
+        marker = replace(meta, key=key.decode("latin-1"), status=200, headers=[], length=0, vary=VARY_MARKER,
+                         tags=list(meta.tags))
+        writer = Writer(self.store, key)
+        writer.commit(marker)
+
+    def _publish_head(self, head: str, writer: Writer, meta: Meta) -> None:
+        """Let other workers follow this fetch: the temp file's name and the response's metadata."""
+        tmp = f"{head}.{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"tmp": writer.tmp, "meta": asdict(meta)}, f)
+            os.replace(tmp, head)
+        except OSError:
+            _unlink(tmp)
+
+    async def _follow(self, fetch: Fetch, name: str, slot: int) -> Outcome | None:
+        """Another worker holds the key's lock: serve its temp file as it grows; None once its lock is free."""
+        head = os.path.join(self.store.tmp_dir, name + ".head")
+        delay = FOLLOW_POLL_MIN
+        deadline = self.loop.time() + self.follow_timeout
+        while self.loop.time() < deadline:
+            entry = self._open_head(head, fetch)
+            if entry is not None:
+                self._spawn(self._tail(entry))
+                return Outcome(entry, COLLAPSED)
+            if self.locks.try_lock(slot):
+                self.locks.unlock(slot)
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FOLLOW_POLL_MAX)
+        return Outcome(plan=self._error(504, "timeout"))
+
+    def _open_head(self, head: str, fetch: Fetch) -> StoredEntry | None:
+        try:
+            with open(head) as f:
+                data = json.load(f)
+            meta = Meta(**data["meta"])
+            meta.headers = [(str(k), str(v)) for k, v in meta.headers]
+            fd = os.open(data["tmp"], os.O_RDONLY | os.O_CLOEXEC)
+        except (OSError, ValueError, TypeError, KeyError):
+            return None  # not there yet, or already gone (the lock tells which)
+        if meta.key != fetch.key.decode("latin-1"):
+            os.close(fd)  # another key in the same lock slot, or the marker case: fetch it ourselves
+            return None
+        entry = StoredEntry(fetch.name, data["tmp"], fd, os.fstat(fd), meta, self.loop.time(), time.time())
+        entry.growth = Growth(meta.length)
+        entry.acquire()  # the tail's reference; retire() below closes the fd after the last reader
+        entry.retire()
+        return entry
+
+    async def _tail(self, entry: StoredEntry) -> None:
+        """Watch another worker's temp file grow; fail the readers if it is abandoned or stalls."""
+        growth = entry.growth
+        delay = FOLLOW_POLL_MIN
+        last = self.loop.time()
+        try:
+            while not growth.done and not growth.failed:
+                st = os.fstat(entry.fd)
+                now = self.loop.time()
+                if st.st_size > growth.available:
+                    growth.grew(min(st.st_size, growth.length))
+                    last = now
+                    delay = FOLLOW_POLL_MIN
+                    continue
+                if st.st_nlink == 0 or now - last > self.read_timeout:
+                    growth.fail()  # the fetcher dropped it (truncated origin) or died
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FOLLOW_POLL_MAX)
+        except OSError:
+            growth.fail()
+        finally:
+            entry.growth = None
+            entry.release()
+
+    async def close(self) -> None:
+        """Stop fetching: cancel flights, close the origin connections and the lock file."""
+        for task in list(self.tasks):
+            task.cancel()
+        await self.pool.close()
+        self.locks.close()
+
+
+def _coding(req: Request) -> str:
+    return normalise_coding(req.accept_encoding)
+
+
+def _held(plan: Plan) -> Plan:
+    """Take the reference on the plan's entry that the adapter releases after responding."""
+    if plan.entry is not None:
+        plan.entry.acquire()
+    return plan
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+__all__ = ["Puller", "KeyLocks", "store_name"]

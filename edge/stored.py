@@ -1,0 +1,116 @@
+"""Origin objects as file-cache entries: a stored response's fd, headers and freshness, and a body still growing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from .diskcache import Meta
+from .filecache import FileEntry
+from .httpdate import parse_http_date
+from .negotiation import choose_encoding
+
+#: Origin response fields never stored or passed on: this node writes its own framing, Date, Server, Age.
+DROPPED_FIELDS = frozenset({"content-length", "date", "server", "age", "surrogate-key", "accept-ranges",
+                            "content-range"})
+#: Fields a 304 repeats from the stored response (RFC 9110 §15.4.5).
+NOT_MODIFIED_FIELDS = frozenset({b"etag", b"cache-control", b"expires", b"vary", b"last-modified",
+                                 b"content-location"})
+NEVER = float("-inf")
+
+
+class Growth:
+    """A body still being written to its file: bytes there so far, whether it ended, who waits for more."""
+
+    __slots__ = ("available", "length", "done", "failed", "waiters")
+
+    def __init__(self, length: int) -> None:
+        self.available = 0
+        self.length = length
+        self.done = False
+        self.failed = False
+        self.waiters: list[Callable[[], None]] = []
+
+    def wait(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, at the next change (more bytes, the end, or a failure)."""
+        self.waiters.append(callback)
+
+    def grew(self, available: int) -> None:
+        """More of the body is in the file."""
+        if available > self.available:
+            self.available = available
+            if available >= self.length:
+                self.done = True
+            self._wake()
+
+    def fail(self) -> None:
+        """The body will never be complete: readers must cut their clients off."""
+        if not self.done:
+            self.failed = True
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for callback in waiters:
+            callback()
+
+
+class StoredEntry(FileEntry):
+    """An origin response held open like a local file, with the headers and freshness it was stored with.
+
+    Times on it are the worker loop's clock (monotonic): computed once when it is loaded, so the hot
+    path compares one float to know whether it is fresh.
+    """
+
+    __slots__ = ("key", "status", "stored_headers", "fresh_until", "revalidate_until", "error_until",
+                 "age_base", "loaded_at", "age_second", "vary", "tags", "meta", "meta_mtime")
+
+    def __init__(self, name: str, fs_path: str, fd: int, st: os.stat_result, meta: Meta, now: float,
+                 wall: float, meta_mtime: int = 0) -> None:
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta.headers]
+        ctype = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), "application/octet-stream")
+        super().__init__(name, fs_path, fd, st, ctype, None)
+        self.size = meta.length
+        self.key = meta.key.encode("latin-1")
+        self.status = meta.status
+        self.stored_headers = headers
+        self.etag = next((v for k, v in headers if k == b"etag"), b"")
+        lm = next((v for k, v in headers if k == b"last-modified"), None)
+        self.last_modified = parse_http_date(lm) if lm is not None else None
+        self.vary = meta.vary
+        self.tags = meta.tags
+        self.meta = meta
+        self.meta_mtime = meta_mtime
+        self.age_second = -1
+        self.refresh(meta, now, wall)
+
+    def refresh(self, meta: Meta, now: float, wall: float) -> None:
+        """Take the freshness of `meta` (e.g. after a 304 revalidation), rebased on the loop clock."""
+        self.meta = meta
+        age = meta.initial_age + max(0.0, wall - meta.stored_at)
+        left = meta.lifetime - age
+        self.age_base = age
+        self.loaded_at = now
+        self.fresh_until = NEVER if meta.no_cache else now + left
+        self.revalidate_until = NEVER if meta.must_revalidate else now + left + meta.stale_while_revalidate
+        self.error_until = NEVER if meta.must_revalidate else now + left + meta.stale_if_error
+        self.plans.clear()
+
+    def age(self, now: float) -> int:
+        """The Age to send now, in whole seconds."""
+        return int(self.age_base + now - self.loaded_at)
+
+    def ttl(self, now: float) -> int:
+        """Seconds of freshness left (negative once stale)."""
+        return int(self.fresh_until - now) if self.fresh_until != NEVER else 0
+
+
+def normalise_coding(accept_encoding: bytes | None) -> str:
+    """The one coding asked of the origin for a client's Accept-Encoding: br, gzip or identity.
+
+    Varying on the raw field would store a copy per browser spelling; three keys cover them all.
+    """
+    if not accept_encoding:
+        return "identity"
+    coding = choose_encoding(accept_encoding, ("br", "gzip"))
+    return coding or "identity"
