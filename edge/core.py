@@ -57,7 +57,8 @@ class Plan:
 class Request:
     """The parts of a request core looks at; adapters fill in only the fields that were sent."""
 
-    __slots__ = ("method", "target", "range", "accept_encoding", "conditions")
+    # `forward` (client fields passed to an origin, [(name, value)]) is set only when one was sent.
+    __slots__ = ("method", "target", "range", "accept_encoding", "conditions", "forward")
 
     def __init__(self, method: bytes, target: bytes) -> None:
         self.method = method
@@ -107,7 +108,7 @@ class Fetch:
     check); `coding` the normalised Accept-Encoding when the object varies on it.
     """
 
-    __slots__ = ("path", "query", "key", "name", "entry", "coding")
+    __slots__ = ("path", "query", "key", "name", "entry", "coding", "forward")
 
     def __init__(self, path: str, query: bytes, key: bytes, name: str, entry: StoredEntry | None,
                  coding: str | None) -> None:
@@ -117,6 +118,7 @@ class Fetch:
         self.name = name
         self.entry = entry
         self.coding = coding
+        self.forward: list[tuple[bytes, bytes]] | tuple = ()  # the request's fields for the origin
 
 
 def store_name(key: bytes) -> str:

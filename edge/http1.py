@@ -28,7 +28,7 @@ TLS_HIGH = 256 * 1024
 
 # Interesting request header fields -> small ints (the rest are skipped without allocation): core's
 # semantic fields first, then the ones framing and logging need.
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _USER_AGENT, _REFERER, _UPGRADE, _HTTP2_SETTINGS = range(7, 14)
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _USER_AGENT, _REFERER, _UPGRADE, _HTTP2_SETTINGS, FORWARD = range(7, 15)
 _FIELDS = {**SEMANTIC_FIELDS, b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
            b"host": _HOST, b"user-agent": _USER_AGENT, b"referer": _REFERER, b"upgrade": _UPGRADE,
            b"http2-settings": _HTTP2_SETTINGS}
@@ -125,11 +125,12 @@ class H1Connection(asyncio.Protocol):
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "url", "head_size", "error", "cl_seen", "has_body", "host_seen",
                  "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
-                 "tls")
+                 "tls", "fields")
 
     def __init__(self, worker: Worker, *, tls: bool = False) -> None:
         self.w = worker
         self.tls = tls  # bytes must pass through the TLS layer: pread + write instead of sendfile
+        self.fields = worker.h1_fields  # _FIELDS plus the fields this worker forwards to origins
         self.transport: asyncio.Transport | None = None
         # The parser (~0.5 KiB) exists only while a request is in flight: idle keep-alive
         # connections stay small, and making one costs well under a microsecond.
@@ -298,7 +299,7 @@ class H1Connection(asyncio.Protocol):
         if self.head_size > MAX_HEAD:
             self.error = 431
             raise _Abort
-        field = _FIELDS.get(name.lower())
+        field = self.fields.get(name.lower())
         if field is None:
             return
         req = self.req
@@ -323,8 +324,13 @@ class H1Connection(asyncio.Protocol):
             self.referer = value
         elif field == _UPGRADE:
             req.upgrade = value
-        else:
+        elif field == _HTTP2_SETTINGS:
             req.h2_settings = value
+        else:
+            forward = getattr(req, "forward", None)
+            if forward is None:
+                forward = req.forward = []
+            forward.append((name, value))
 
     def on_headers_complete(self) -> None:  # noqa: D102
         self.state = BUSY

@@ -243,6 +243,8 @@ class H2Connection(asyncio.Protocol):
         method = path = authority = scheme = None
         regular = malformed = False
         req = Request(b"", b"")
+        forward = self.w.forward  # request fields passed on to origins (usually none)
+        req_forward = None
         for name, value in event.headers:
             if not name or _FORBIDDEN_BYTE(value):
                 malformed = True
@@ -268,6 +270,10 @@ class H2Connection(asyncio.Protocol):
                 elif name == b"host":
                     if authority is None:
                         authority = value
+                elif name in forward:
+                    if req_forward is None:
+                        req_forward = req.forward = []
+                    req_forward.append((name, value))
                 elif name in _CONNECTION_SPECIFIC and (name != b"te" or value != b"trailers"):
                     malformed = True
                 elif name.lower() != name:

@@ -144,7 +144,7 @@ class Puller:
         upstreams = [Upstream(o.url, o.weight, o.host_header) for o in config.origins]
         self.pool = OriginPool(upstreams, connect_timeout=config.proxy.connect_timeout,
                                read_timeout=config.proxy.read_timeout, limit_per_origin=config.proxy.max_connections,
-                               via=f"1.1 {config.server_name}")
+                               forward_headers=config.proxy.forward_headers, via=f"1.1 {config.server_name}")
         self.breakers = [CircuitBreaker(config.health.failures, config.health.cooldown) for _ in upstreams]
         self.flights: dict[str, Flight] = {}
         self.locks = KeyLocks(os.path.join(self.store.tmp_dir, "locks"))
@@ -185,6 +185,7 @@ class Puller:
             return self.site.error(500)
 
     async def _serve(self, req: Request, fetch: Fetch) -> Plan:
+        fetch.forward = getattr(req, "forward", None) or ()
         entry = fetch.entry
         if entry is None or self.loop.time() - entry.checked >= self.cache.valid:
             entry = await self._from_disk(fetch)
@@ -333,7 +334,10 @@ class Puller:
                          self.site.server)
 
     async def _fetch(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, name: str) -> None:
-        """Ask the origin; stream the body into a temp file that every waiter reads as it grows."""
+        """Ask the origin; stream the body into a temp file that every waiter reads as it grows.
+
+        The listed client fields (proxy.forward_headers) of the request that started the fetch go along.
+        """
         extra = [("Accept-Encoding", fetch.coding or "identity")]
         if stale is not None:
             if stale.etag:
@@ -342,10 +346,11 @@ class Puller:
             if lm is not None:
                 extra.append(("If-Modified-Since", lm.decode("latin-1")))
         target = fetch.path + ("?" + fetch.query.decode("latin-1") if fetch.query else "")
+        incoming = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in fetch.forward]
         request_time = time.time()
         self.stats[ORIGIN_REQUESTS] += 1
         try:
-            fetched = await self.pool.fetch(fetch.key, "GET", target, extra=extra, healthy=self._healthy,
+            fetched = await self.pool.fetch(fetch.key, "GET", target, incoming, extra=extra, healthy=self._healthy,
                                             on_failure=lambda i: self._origin_result(i, False))
         except OriginError as e:
             self.stats[ORIGIN_ERRORS] += 1

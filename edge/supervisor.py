@@ -287,6 +287,9 @@ class Supervisor:
                  f"workers={len(self.slots)}",
                  f"  topology: {self.topology.describe()}"]
         lines += self._table()
+        if self.manager_pid:
+            origins = " ".join(o.url for o in self.config.origins)
+            lines.append(f"  cache manager: pid {self.manager_pid} cache={self.config.cache.dir} origins: {origins}")
         print("\n".join(lines), file=self.out, flush=True)
 
     def _table(self) -> list[str]:

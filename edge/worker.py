@@ -19,7 +19,8 @@ from .cachekey import KeyRule
 from .config import Config
 from .core import Plan, Site
 from .filecache import FileCache, Resolver
-from .http1 import H1Connection, Pending
+from .http1 import _FIELDS as H1_FIELDS
+from .http1 import FORWARD, H1Connection, Pending
 from .health import HealthTable
 from .hpackblock import encode_field
 from .httpdate import format_http_date
@@ -75,6 +76,10 @@ class Worker:
         self.early_hints = config.early_hints and self.site.has_hints
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
         self.puller = None
+        #: Request fields passed on to origins (lower-case bytes); the HTTP/1.1 parser's field table with them.
+        self.forward = frozenset(h.encode("latin-1") for h in config.proxy.forward_headers) - H1_FIELDS.keys() \
+            if config.origins else frozenset()  # fields core or framing reads are never passed on
+        self.h1_fields = {**H1_FIELDS, **{name: FORWARD for name in self.forward}}
         if config.origins:
             from .pull import Puller
 
