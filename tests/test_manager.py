@@ -1,0 +1,131 @@
+"""The cache manager: the disk cache's LRU index from workers' reports, eviction, and its life under the supervisor."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+from conftest import EdgeProcess
+
+from edge.cachekey import digest
+from edge.config import Config, Origin
+from edge.diskcache import DiskCache, Meta
+from edge.health import HealthTable
+from edge.manager import Manager
+
+
+def _store_object(store: DiskCache, key: bytes, size: int) -> str:
+    writer = store.writer(key)
+    writer.write(b"x" * size)
+    meta = Meta(key=key.decode(), status=200, headers=[], length=size, stored_at=0.0, request_time=0.0,
+                lifetime=60.0, initial_age=0.0)
+    assert writer.commit(meta)
+    return digest(key)
+
+
+def _manager(tmp_path: Path, max_size: int) -> tuple[Manager, socket.socket, DiskCache]:
+    store = DiskCache(str(tmp_path / "cache"), max_size)
+    store.rebuild()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    config = Config(origins=(Origin("http://127.0.0.1:9"),))
+    return Manager(config, HealthTable(1), ours, store), theirs, store
+
+
+def test_reports_build_the_index_and_eviction_keeps_the_size(tmp_path: Path):
+    manager, worker_end, store = _manager(tmp_path, max_size=250)
+    # A worker's DiskCache reports instead of indexing: what it stores reaches the manager.
+    worker_store = DiskCache(store.root, store.max_size, report=lambda n, s: worker_end.send(b"S %s %d" % (
+        n.encode(), s)))
+    names = [_store_object(worker_store, f"/o{i}".encode(), 100) for i in range(2)]
+    worker_end.send(b"U " + names[0].encode())  # o0 is used again before o2 arrives
+    names.append(_store_object(worker_store, b"/o2", 100))
+    assert worker_store.index == {}  # the worker keeps no index of its own
+    manager.on_event()
+    # 300 bytes reported, 250 allowed: the least recently used (o1, since o0 was used) goes.
+    assert list(store.index) == [names[0], names[2]]
+    assert names[1] not in store.index
+    assert not os.path.exists(store.paths(names[1])[0]) and not os.path.exists(store.paths(names[1])[1])
+    assert os.path.exists(store.paths(names[0])[0]) and os.path.exists(store.paths(names[2])[0])
+    assert store.size == 200 and store.evictions == 1
+
+
+def test_malformed_reports_cost_nothing(tmp_path: Path):
+    manager, worker_end, store = _manager(tmp_path, max_size=1000)
+    for junk in (b"", b"S", b"S abc", b"S abc notanumber", b"Q x y", b"\xff\xfe", b"U"):
+        worker_end.send(junk)
+    name = _store_object(DiskCache(store.root, store.max_size, report=lambda n, s: None), b"/ok", 10)
+    worker_end.send(b"S %s 10" % name.encode())
+    manager.on_event()
+    assert dict(store.index) == {name: 10}
+
+
+def test_rebuild_without_clearing_keeps_unfinished_bodies(tmp_path: Path):
+    store = DiskCache(str(tmp_path / "cache"), 1000)
+    name = _store_object(store, b"/kept", 10)
+    part = Path(store.tmp_dir) / "abc.123.456"
+    part.write_bytes(b"partial")  # a worker's fetch under way while a restarted manager indexes
+    again = DiskCache(store.root, 1000)
+    assert again.rebuild(clear_tmp=False) == 1 and name in again.index
+    assert part.exists()
+    assert DiskCache(store.root, 1000).rebuild(clear_tmp=True) == 1
+    assert not part.exists()
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.update(int(p) for p in f.read().split())
+    return out
+
+
+def test_a_killed_manager_is_restarted_and_goes_with_the_node(tmp_path: Path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = EdgeProcess(root, "--origin", "http://127.0.0.1:9", "--cache-dir", str(tmp_path / "cache"),
+                         "--health-interval", "0.2")
+    try:
+        deadline = time.monotonic() + 5
+        while "cache manager: pid" not in server.stdout() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = int(re.search(r"cache manager: pid (\d+)", server.stdout()).group(1))
+        assert first in _children(server.pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            workers = {pid for pid, _ in server.banner.values()}
+            others = _children(server.pid) - workers - {first}
+            if others:
+                break
+            time.sleep(0.1)
+        assert others, "no new cache manager within 5 s"
+        assert "cache manager" in server.stderr() and "restarting" in server.stderr()
+        # The origin (port 9, discard) refuses: the health checker said so, and requests get a quick 502.
+        with socket.create_connection((server.host, server.port), timeout=5) as s:
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 502 ")
+        assert b"cache-status: edge; fwd=miss; detail=" in reply.lower()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(15) == 0
+        for pid in others:
+            assert not os.path.exists(f"/proc/{pid}") or _zombie_or_gone(pid)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
