@@ -152,6 +152,7 @@ class Site:
         self.method_not_allowed = text_plan(405, [(b"allow", b"GET, HEAD")], self.server)
         self._errors: dict[int, Plan] = {405: self.method_not_allowed}
         self._targets: dict[bytes, tuple[str, bytes] | Plan] = {}
+        self._store_keys: dict[bytes, tuple[bytes, str]] = {}  # target -> (cache key, file-cache name)
         push = push or PushConfig()
         self.push_pages = dict(push.pages)
         self.push_limit = push.max_per_request
@@ -261,8 +262,15 @@ class Site:
 
     def from_store(self, req: Request, path: str, query: bytes, now: float) -> Plan | Fetch:
         """A fresh origin object held by this worker as a plan; otherwise what the puller must do."""
-        key = self.cache_keys.key(path, query)
-        name = store_name(key)
+        target = req.target
+        known = self._store_keys.get(target)
+        if known is None:
+            key = self.cache_keys.key(path, query)
+            known = (key, store_name(key))
+            if len(self._store_keys) >= TARGET_MEMO:
+                self._store_keys.clear()
+            self._store_keys[target] = known
+        key, name = known
         entry = self.cache.peek(name)
         coding = None
         if entry is not None and entry.vary:
@@ -281,12 +289,16 @@ class Site:
 
         Without `cache_status` it is a plain hit, whose plans are reused until its Age changes.
         """
-        age = entry.age(now)
+        age = int(entry.age_base + now - entry.loaded_at)
         if cache_status is None:
-            if age != entry.age_second:
-                entry.plans.clear()
-                entry.age_second = age
             plans = entry.plans
+            if age != entry.age_second:
+                plans.clear()
+                entry.age_second = age
+            elif req.conditions is None and req.range is None:
+                plan = plans.get(200 if entry.status == 200 else 0)
+                if plan is not None:
+                    return plan
             cache_status = b"edge; hit; ttl=%d" % entry.ttl(now)
         else:
             plans = {}

@@ -8,7 +8,7 @@ import stat
 import time
 from typing import Callable
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
 from . import mediatypes
 
@@ -253,7 +253,10 @@ class FileCache:
         # layers. Recency in the LRU is refreshed when an entry is revalidated (every `valid`
         # seconds while it is used), as nginx's open_file_cache counts "inactive" time.
         self._fast: dict[str, FileEntry] = {}
-        self._negative: TTLCache = TTLCache(maxsize=max(64, max_entries // 4), ttl=max(valid, 0.001))
+        # 404s and redirects: a plain dict (a lookup is one C call; with origins every proxied path is
+        # one of these), bounded by dropping the oldest insertion; `checked` ages them out like entries.
+        self._negative: dict[str, NotFound | Redirect] = {}
+        self._negative_max = max(64, max_entries // 4)
 
     def _evicted(self, entry: FileEntry) -> None:
         self.evictions += 1
@@ -321,7 +324,11 @@ class FileCache:
             self._fast[path] = result
             self._admit(result)
         else:
-            self._negative[path] = result
+            negative = self._negative
+            negative.pop(path, None)
+            if len(negative) >= self._negative_max:
+                del negative[next(iter(negative))]
+            negative[path] = result
         return result
 
     def purge(self, path: str | None = None) -> int:
