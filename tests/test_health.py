@@ -52,6 +52,15 @@ def test_circuit_opens_after_threshold_then_half_opens_after_cooldown():
     assert cb.state == CLOSED and cb.allow(25) and cb.allow(25)
 
 
+def test_a_trial_never_reported_back_expires_after_a_cooldown():
+    # allow() may grant a trial to an origin the client then does not use (the first choice answered).
+    cb = CircuitBreaker(threshold=1, cooldown=10)
+    cb.record(False, 0)
+    assert cb.allow(10) and cb.state == HALF_OPEN
+    assert not cb.allow(19.9)
+    assert cb.allow(20.1), "a lost trial must not keep the circuit half-open for ever"
+
+
 def test_a_success_resets_the_failure_count():
     cb = CircuitBreaker(threshold=3, cooldown=1)
     for ok in (False, False, True, False, False):
