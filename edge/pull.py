@@ -19,6 +19,9 @@ import socket
 import time
 from dataclasses import asdict, replace
 
+import aiofiles
+import aiofiles.os
+
 from .cachekey import KeyRule, digest
 from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
@@ -430,16 +433,15 @@ class Puller:
             flight.resolve(Outcome(entry, cache_status, shared=storable))
         entry.growth = None
         entry.plans.clear()
-        if storable and writer.commit(meta):
-            entry.fs_path = self.store.paths(writer.name)[0]
-            try:
-                entry.meta_mtime = os.stat(self.store.paths(writer.name)[1]).st_mtime_ns
-            except OSError:
-                pass
-            if varies:
-                self._write_marker(fetch.key, meta)
+        published = None
+        if storable:
+            published = await self.loop.run_in_executor(self.executor, self._commit, writer, meta,
+                                                        fetch.key if varies else None)
+        if published is not None:
+            entry.fs_path, entry.meta_mtime = published
+            now = self.loop.time()
             entry.checked = now
-            self.cache.store(entry.path, entry, self.loop.time())
+            self.cache.store(entry.path, entry, now)
         else:
             writer.abort()
             entry.retire()  # served to its own requests from the open fd, then closed
@@ -465,7 +467,7 @@ class Puller:
                        lifetime=fresh.lifetime, initial_age=fresh.initial_age,
                        stale_while_revalidate=fresh.stale_while_revalidate, stale_if_error=fresh.stale_if_error,
                        no_cache=fresh.no_cache, must_revalidate=fresh.must_revalidate)
-        mtime = await self.loop.run_in_executor(self.executor, self._rewrite_meta, fetch.key, meta)
+        mtime = await self._rewrite_meta(fetch.key, meta)
         now = self.loop.time()
         # Refreshed in place: transfers under way hold their own plans, which refresh() drops from the entry.
         stale.stored_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in merged]
@@ -478,21 +480,32 @@ class Puller:
         self.cache.store(stale.path, stale, now)
         flight.resolve(Outcome(stale, REVALIDATED))
 
-    def _rewrite_meta(self, key: bytes, meta: Meta) -> int:
-        """(Executor) replace an object's metadata atomically; its new mtime."""
+    async def _rewrite_meta(self, key: bytes, meta: Meta) -> int:
+        """Replace an object's metadata atomically, off the loop (aiofiles); its new mtime."""
         _, meta_path = self.store.paths(digest(key))
         tmp = f"{meta_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(meta.dumps())
-        os.replace(tmp, meta_path)
-        return os.stat(meta_path).st_mtime_ns
+        async with aiofiles.open(tmp, "wb") as f:
+            await f.write(meta.dumps())
+        await aiofiles.os.replace(tmp, meta_path)
+        return (await aiofiles.os.stat(meta_path)).st_mtime_ns
 
-    def _write_marker(self, key: bytes, meta: Meta) -> None:
-        """Record that `key` varies by Accept-Encoding: an empty object whose metadata says so."""
-        marker = replace(meta, key=key.decode("latin-1"), status=200, headers=[], length=0, vary=VARY_MARKER,
-                         tags=list(meta.tags))
-        writer = Writer(self.store, key)
-        writer.commit(marker)
+    def _commit(self, writer: Writer, meta: Meta, vary_key: bytes | None) -> tuple[str, int] | None:
+        """(Executor) publish a complete body and its metadata: (body path, metadata mtime), or None.
+
+        With `vary_key`, also record that the key varies by Accept-Encoding: an empty object under the
+        base key whose metadata says so, so later requests look up their coding's copy.
+        """
+        if not writer.commit(meta):
+            return None
+        body, meta_path = self.store.paths(writer.name)
+        if vary_key is not None:
+            marker = replace(meta, key=vary_key.decode("latin-1"), status=200, headers=[], length=0,
+                             vary=VARY_MARKER, tags=list(meta.tags))
+            Writer(self.store, vary_key).commit(marker)
+        try:
+            return body, os.stat(meta_path).st_mtime_ns
+        except OSError:
+            return None  # purged or evicted at once: serve it from the open fd, do not keep it
 
     def _publish_head(self, head: str, writer: Writer, meta: Meta) -> None:
         """Let other workers follow this fetch: the temp file's name and the response's metadata."""
