@@ -13,7 +13,7 @@ from .filecache import FileEntry, Lookup, Redirect
 from .hints import PageHints, page_hints
 from .httpdate import format_http_date
 from .negotiation import choose_encoding
-from .paths import BadTarget, has_dot_segment, location_for, normalize_path, split_target
+from .paths import BadTarget, encode_path, has_dot_segment, location_for, normalize_path, split_target
 from .ranges import UNSATISFIABLE, content_range, parse_range
 from .stored import NOT_MODIFIED_FIELDS, StoredEntry, normalise_coding
 
@@ -104,7 +104,7 @@ class Miss:
 class Fetch:
     """core needs the disk cache or an origin for `key`: load, revalidate or fetch it (the puller's job).
 
-    `name` is the key's name in the file cache; `entry` what is held for it (stale, or due for a
+    `path` is percent-encoded, as the origin is asked for it; `name` is the key's name in the file cache; `entry` what is held for it (stale, or due for a
     check); `coding` the normalised Accept-Encoding when the object varies on it.
     """
 
@@ -152,7 +152,8 @@ class Site:
         self.method_not_allowed = text_plan(405, [(b"allow", b"GET, HEAD")], self.server)
         self._errors: dict[int, Plan] = {405: self.method_not_allowed}
         self._targets: dict[bytes, tuple[str, bytes] | Plan] = {}
-        self._store_keys: dict[bytes, tuple[bytes, str]] = {}  # target -> (cache key, file-cache name)
+        # target -> (cache key, file-cache name, path encoded for the origin)
+        self._store_keys: dict[bytes, tuple[bytes, str, str]] = {}
         push = push or PushConfig()
         self.push_pages = dict(push.pages)
         self.push_limit = push.max_per_request
@@ -265,12 +266,13 @@ class Site:
         target = req.target
         known = self._store_keys.get(target)
         if known is None:
+            path = encode_path(path)  # as the origin is asked for it: '/a%3Fb' is not '/a?b'
             key = self.cache_keys.key(path, query)
-            known = (key, store_name(key))
+            known = (key, store_name(key), path)
             if len(self._store_keys) >= TARGET_MEMO:
                 self._store_keys.clear()
             self._store_keys[target] = known
-        key, name = known
+        key, name, path = known
         entry = self.cache.peek(name)
         coding = None
         if entry is not None and entry.vary:
@@ -343,7 +345,9 @@ class Site:
         return ((0, entry.size),)
 
     def _stored_headers(self, entry: StoredEntry, length: int, extra: list[Header]) -> list[Header]:
-        headers = [(b"server", self.server), *entry.stored_headers, (b"content-length", b"%d" % length)]
+        headers = [(b"server", self.server), *entry.stored_headers]
+        if entry.status != 204:  # RFC 9110 §8.6: never in a 204
+            headers.append((b"content-length", b"%d" % length))
         if entry.status == 200:
             headers.append((b"accept-ranges", b"bytes"))
         headers.extend(extra)

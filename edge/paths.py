@@ -72,9 +72,14 @@ def has_dot_segment(path: str) -> bool:
     return "/." in path
 
 
+def encode_path(path: str) -> str:
+    """A normalised path percent-encoded again for the wire: '?', '#', '%', spaces and non-ASCII escaped."""
+    return quote(path.encode("utf-8", "surrogateescape"), safe="/:@!$&'()*+,;=-._~")
+
+
 def location_for(path: str, query: bytes) -> bytes:
     """A safe Location value naming a normalised path (re-encoded) plus the original query."""
-    encoded = quote(path.encode("utf-8", "surrogateescape"), safe="/:@!$&'()*+,;=-._~")
+    encoded = encode_path(path)
     if query:
         return encoded.encode("ascii") + b"?" + query
     return encoded.encode("ascii")

@@ -130,8 +130,10 @@ class Puller:
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, cache: FileCache, site: Site,
                  executor, stats: list[int], health: HealthTable | None = None,  # noqa: ANN001
-                 events: socket.socket | None = None) -> None:
+                 events: socket.socket | None = None, solo: bool = False) -> None:
         self.loop = loop
+        #: The only worker of the node: no other process fetches, so no lock and no published head.
+        self.solo = solo
         self.cache = cache
         self.site = site
         self.executor = executor
@@ -220,7 +222,10 @@ class Puller:
             outcome = flight.ready.result()
             if outcome.entry is not None:
                 outcome.entry.acquire()
-        if not outcome.shared and not flight.claim():
+        first = flight.claim()
+        if outcome.shared and not first and outcome.cache_status == MISS_STORED:
+            outcome = Outcome(outcome.entry, COLLAPSED)  # served by another request's fetch
+        if not outcome.shared and not first:
             if outcome.entry is not None:
                 outcome.entry.release()
             # A private answer was for the request that caused it: this one is asked of the origin itself.
@@ -308,14 +313,20 @@ class Puller:
                 await self._fetch(flight, fetch, None, name)
                 return
             waited = False
-            while not self.locks.try_lock(slot):
+            while not self.solo and not self.locks.try_lock(slot):
                 waited = True
                 outcome = await self._follow(fetch, name, slot)
                 if outcome is not None:
                     flight.resolve(outcome)
                     return
             try:
-                if waited:  # another worker fetched it meanwhile: that copy may do
+                held = self.cache.peek(fetch.name)
+                if (held is not None and held is not stale and not held.vary
+                        and self.loop.time() < held.fresh_until):
+                    # A flight of this worker stored it while this request looked at the disk.
+                    flight.resolve(Outcome(held, COLLAPSED))
+                    return
+                if waited or self._changed_on_disk(fetch, stale):  # another worker stored it meanwhile
                     entry = await self._from_disk(fetch)
                     if entry is not None and not entry.vary and self.loop.time() < entry.fresh_until:
                         flight.resolve(Outcome(entry, COLLAPSED))
@@ -323,7 +334,8 @@ class Puller:
                     stale = entry if entry is not None and not entry.vary else stale
                 await self._fetch(flight, fetch, stale, name)
             finally:
-                self.locks.unlock(slot)
+                if not self.solo:
+                    self.locks.unlock(slot)
         except Exception:  # noqa: BLE001 - the waiters get a 502 rather than hang
             flight.resolve(Outcome(plan=self._error(502, "error")))
         finally:
@@ -331,6 +343,14 @@ class Puller:
                 del self.flights[fetch.name]
             if flight.hold is not None:
                 flight.hold.release()
+
+    def _changed_on_disk(self, fetch: Fetch, stale: StoredEntry | None) -> bool:
+        """One stat: has an object for the key been stored since `stale` (or at all)?"""
+        try:
+            mtime = os.stat(self.store.paths(digest(fetch.key))[1]).st_mtime_ns
+        except OSError:
+            return False
+        return stale is None or mtime != stale.meta_mtime
 
     def _error(self, status: int, detail: str) -> Plan:
         return text_plan(status, [(b"cache-status", b"edge; fwd=miss; detail=%s" % detail.encode("ascii"))],
@@ -361,7 +381,8 @@ class Puller:
             return
         now, wall = self.loop.time(), time.time()
         status = fetched.status
-        self._origin_result(fetched.index, status < 500)
+        # Gateway errors say the origin itself is in trouble; a 500 is one resource's bug, not the origin's health.
+        self._origin_result(fetched.index, status not in (502, 503, 504))
         headers = [(k, v) for k, v in fetched.headers if k not in DROPPED_FIELDS]
         raw = _header_dict(fetched.headers)
         if stale is not None and status == 304:
@@ -409,7 +430,7 @@ class Puller:
             if length == 0:
                 growth.done = True
             flight.resolve(Outcome(entry, cache_status, shared=storable))
-            if storable:
+            if storable and not self.solo:
                 self._publish_head(head, writer, meta)
         else:
             growth = None

@@ -92,8 +92,10 @@ class StoredEntry(FileEntry):
         self.age_base = age
         self.loaded_at = now
         self.fresh_until = NEVER if meta.no_cache else now + left
-        self.revalidate_until = NEVER if meta.must_revalidate else now + left + meta.stale_while_revalidate
-        self.error_until = NEVER if meta.must_revalidate else now + left + meta.stale_if_error
+        # no-cache: every reuse waits for the origin's validation (RFC 9111 §5.2.2.4), so never stale either.
+        never_stale = meta.must_revalidate or meta.no_cache
+        self.revalidate_until = NEVER if never_stale else now + left + meta.stale_while_revalidate
+        self.error_until = NEVER if never_stale else now + left + meta.stale_if_error
         self.plans.clear()
 
     def age(self, now: float) -> int:

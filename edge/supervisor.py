@@ -442,7 +442,9 @@ class Supervisor:
             os.write(ready_w, b"R")
             os.close(ready_w)
 
-        run(config, slot.sock, stats, ready, slot.tls_sock, tls_context, self.health, self.events_w)
+        # Alone only if no other worker can run beside it: one slot, and no reload (an old generation) under way.
+        solo = len(self.slots) == 1 and self.reload is None and not self.children
+        run(config, slot.sock, stats, ready, slot.tls_sock, tls_context, self.health, self.events_w, solo)
 
     def _become_child(self, parent: int) -> bool:
         """In any forked child: default signals, die with the supervisor, drop its fds. False if it is gone."""

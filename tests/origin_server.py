@@ -1,16 +1,63 @@
-"""A real origin server for tests (aiohttp.web): `python tests/origin_server.py` prints its port, then serves."""
+"""A real origin server for tests (aiohttp.web): `python tests/origin_server.py` prints its port, then serves.
+
+Every request except the control routes (`/_...`) is counted and logged with its header fields, so a
+test can ask the origin itself what reached it (GET /_stats). Control routes flip its behaviour:
+
+  /_stats                    {"counts": {path?query: n}, "log": [{"path", "method", "headers"}], "waiting": [...]}
+  /_health/ok, /_health/fail what /healthz answers (200 or 503)
+  /_fail/NAME/on|off         /gen/NAME answers 500 (or ?status=N) while on
+  /_bump/NAME                /gen/NAME gets a new version (new body, new ETag)
+  /_release/NAME             lets the second half of /gate/NAME go out (or, with ?cut=1, the origin hang up)
+"""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import random
 import socket
 import sys
+from collections import Counter
 
 from aiohttp import web
 
+GATE_TIMEOUT = 30.0  # a /gate body nobody releases finishes anyway (a failed test must not hang the origin)
+
+
+def pattern(name: str, size: int) -> bytes:
+    """The deterministic body of /stream/NAME and /gate/NAME (tests compute the same bytes)."""
+    return random.Random(name).randbytes(size)
+
+
+def gen_body(name: str, port: int, version: int, size: int = 0) -> bytes:
+    """The body of /gen/NAME: names itself, its origin and its version, padded to `size` bytes."""
+    head = f"{name}@{port} v{version}\n".encode()
+    if size > len(head):
+        head += b"." * (size - len(head))
+    return head
+
+
+def vary_body(name: str) -> bytes:
+    """The identity body of /vary/NAME (its gzip variant is gzip.compress of it)."""
+    return f"{name}: the plain representation\n".encode() * 40
+
 
 def make_app(port_of: list[int]) -> web.Application:
-    """Routes: /obj/NAME (names itself and its port), /echo (request headers as JSON), /healthz, /slow, /cut, /big."""
+    """Routes: /obj/NAME (names itself and its port), /echo (request headers as JSON), /healthz, /slow, /cut, /big,
+    /gen/NAME (headers from the query), /vary/NAME, /stream/NAME, /gate/NAME, control routes, and /ANY.txt."""
+    state = {"healthy": True, "fail": {}, "version": Counter(), "gates": {}, "waiting": set()}
+    counts: Counter = Counter()
+    log: list[dict] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler):
+        if not request.path.startswith("/_"):
+            counts[request.raw_path] += 1
+            log.append({"path": request.raw_path, "method": request.method, "headers": dict(request.headers)})
+        return await handler(request)
+
+    def gate(name: str) -> asyncio.Event:
+        return state["gates"].setdefault(name, asyncio.Event())
 
     async def obj(request: web.Request) -> web.Response:
         body = f"{request.match_info['name']}@{port_of[0]}".encode()
@@ -18,17 +65,19 @@ def make_app(port_of: list[int]) -> web.Application:
                                                 "Keep-Alive": "timeout=5", "Surrogate-Key": "a b"})
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        if state["healthy"]:
+            return web.Response(text="ok")
+        return web.Response(status=503, text="down")
 
     async def echo(request: web.Request) -> web.Response:
         return web.json_response(dict(request.headers))
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(3)
+        await asyncio.sleep(float(request.query.get("delay", "3")))
         return web.Response(text="late")
 
     async def cut(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Length": "100000"})
+        response = web.StreamResponse(headers={"Content-Length": "100000", "Cache-Control": "max-age=60"})
         await response.prepare(request)
         await response.write(b"x" * 1000)
         request.transport.close()  # the origin dies mid-body
@@ -42,9 +91,118 @@ def make_app(port_of: list[int]) -> web.Application:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.add_routes([web.get("/obj/{name}", obj), web.get("/echo", echo), web.get("/healthz", healthz), web.get("/slow", slow),
-                    web.get("/cut", cut), web.get("/big", big)])
+    async def gen(request: web.Request) -> web.Response:
+        """A response shaped by the query: cc, status, etag (1: a versioned strong ETag), lm, expires, cookie, vary, size."""
+        name = request.match_info["name"]
+        q = request.query
+        version = state["version"][name]
+        headers = {"X-Origin": str(port_of[0]), "X-Version": str(version), "Content-Type": "text/plain"}
+        if name in state["fail"]:
+            return web.Response(status=state["fail"][name], text="origin failure\n", headers=headers)
+        if "cc" in q:
+            headers["Cache-Control"] = q["cc"]
+        if "lm" in q:
+            headers["Last-Modified"] = q["lm"]
+        if "expires" in q:
+            headers["Expires"] = q["expires"]
+        if "cookie" in q:
+            headers["Set-Cookie"] = q["cookie"]
+        if "vary" in q:
+            headers["Vary"] = q["vary"]
+        etag = f'"{name}-v{version}"' if q.get("etag") else None
+        if etag:
+            headers["ETag"] = etag
+            if request.headers.get("If-None-Match") == etag:
+                return web.Response(status=304, headers=headers)
+        body = gen_body(name, port_of[0], version, int(q.get("size", "0")))
+        return web.Response(status=int(q.get("status", "200")), body=body, headers=headers)
+
+    async def vary(request: web.Request) -> web.Response:
+        """Varies on Accept-Encoding: gzip when the request lists gzip, identity otherwise."""
+        body = vary_body(request.match_info["name"])
+        headers = {"Vary": "Accept-Encoding", "Cache-Control": "max-age=60", "Content-Type": "text/plain",
+                   "X-Origin": str(port_of[0])}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        """pattern(NAME, size) in `chunk`-byte writes with `delay` seconds between them (Cache-Control from cc)."""
+        q = request.query
+        size, chunk, delay = int(q.get("size", str(1 << 20))), int(q.get("chunk", "65536")), float(q.get("delay", "0.05"))
+        body = pattern(request.match_info["name"], size)
+        response = web.StreamResponse(headers={"Content-Length": str(size), "Cache-Control": q.get("cc", "max-age=60"),
+                                               "Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        for i in range(0, size, chunk):
+            await response.write(body[i:i + chunk])
+            await asyncio.sleep(delay)
+        await response.write_eof()
+        return response
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        """The first half of pattern(NAME, size) at once; the rest only after /_release/NAME.
+
+        With cut=1 the origin dies instead of sending the second half (the body stays short of its length).
+        """
+        name = request.match_info["name"]
+        size = int(request.query.get("size", "131072"))
+        body = pattern(name, size)
+        response = web.StreamResponse(headers={"Content-Length": str(size), "Cache-Control": "max-age=60",
+                                               "Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        await response.write(body[:size // 2])
+        state["waiting"].add(name)
+        try:
+            await asyncio.wait_for(gate(name).wait(), GATE_TIMEOUT)
+        except TimeoutError:
+            pass
+        finally:
+            state["waiting"].discard(name)
+        if request.query.get("cut"):
+            request.transport.close()
+            return response
+        await response.write(body[size // 2:])
+        await response.write_eof()
+        return response
+
+    async def anything(request: web.Request) -> web.Response:
+        return web.Response(text=f"origin {request.path}\n", headers={"Cache-Control": "max-age=60",
+                                                                      "X-Origin": str(port_of[0])})
+
+    # -- control ------------------------------------------------------------------------------------
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"counts": dict(counts), "log": log, "waiting": sorted(state["waiting"])})
+
+    async def set_health(request: web.Request) -> web.Response:
+        state["healthy"] = request.match_info["how"] == "ok"
+        return web.Response(text="done")
+
+    async def set_fail(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if request.match_info["how"] == "on":
+            state["fail"][name] = int(request.query.get("status", "500"))
+        else:
+            state["fail"].pop(name, None)
+        return web.Response(text="done")
+
+    async def bump(request: web.Request) -> web.Response:
+        state["version"][request.match_info["name"]] += 1
+        return web.Response(text="done")
+
+    async def release(request: web.Request) -> web.Response:
+        gate(request.match_info["name"]).set()
+        return web.Response(text="done")
+
+    app = web.Application(middlewares=[record])
+    app.add_routes([web.get("/obj/{name}", obj), web.get("/echo", echo), web.get("/healthz", healthz),
+                    web.get("/slow", slow), web.get("/cut", cut), web.get("/big", big), web.get("/gen/{name}", gen),
+                    web.get("/vary/{name}", vary), web.get("/stream/{name}", stream), web.get("/gate/{name}", gated),
+                    web.get("/_stats", stats), web.get("/_health/{how:ok|fail}", set_health),
+                    web.get("/_fail/{name}/{how:on|off}", set_fail), web.get("/_bump/{name}", bump),
+                    web.get("/_release/{name}", release), web.get("/{name:[^/_][^/]*\\.txt}", anything)])
     return app
 
 

@@ -1,0 +1,1077 @@
+"""Origin pull end to end (issue 5): real `edge serve` processes in front of real aiohttp origins on loopback.
+
+Each origin (tests/origin_server.py) counts and logs every request it gets, so the tests check what
+reached the origin, not only what the client saw. Every test ends by checking that edge still runs and
+that its cache's tmp/ holds nothing but the lock file once the requests are over.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+import yarl
+from conftest import (
+    Client,
+    EdgeProcess,
+    H2Client,
+    h2_get,
+    read_until_closed,
+    request,
+    wait_for,
+)
+from origin_server import gen_body, pattern, vary_body
+from test_supervisor import serving_pid
+
+from edge.cachekey import digest
+from edge.ring import Ring
+
+HERE = Path(__file__).resolve().parent
+CURL = shutil.which("curl")
+needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
+HIT = re.compile(r"edge; hit; ttl=(\d+)")
+MISS_STORED = "edge; fwd=miss; stored"
+MISS = "edge; fwd=miss"
+COLLAPSED = "edge; fwd=miss; stored; collapsed"
+STALE_REVALIDATE = "edge; hit; fwd=stale; detail=stale-while-revalidate"
+STALE_ERROR = "edge; hit; fwd=stale; detail=stale-if-error"
+REVALIDATED = "edge; fwd=stale; fwd-status=304"
+STALE_REFETCHED = "edge; fwd=stale; stored"
+
+
+# -- origins ----------------------------------------------------------------------------------------------
+
+
+class Origin:
+    """One origin_server.py process: its URL, and what it was asked (GET /_stats on it, never through edge)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "origin_server.py")], stdout=subprocess.PIPE,
+                                     text=True)
+        self.port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict:
+        """{"counts": {path?query: n}, "log": [{"path", "method", "headers"}], "waiting": [gate names]}."""
+        return httpx.get(self.url + "/_stats", timeout=10).json()
+
+    def count(self, target: str) -> int:
+        """How many requests for `target` (path and query as sent) reached this origin."""
+        return self.stats()["counts"].get(target, 0)
+
+    def requests(self, target: str) -> list[dict[str, str]]:
+        """The header fields of each request for `target`, oldest first."""
+        return [r["headers"] for r in self.stats()["log"] if r["path"] == target]
+
+    def ctl(self, path: str) -> None:
+        """A control route (/_health/fail, /_fail/NAME/on, /_bump/NAME, /_release/NAME)."""
+        httpx.get(self.url + path, timeout=10).raise_for_status()
+
+    def kill(self) -> None:
+        """Kill the process (its port then refuses connections)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def origins():
+    """A factory of origin processes: origins(2) -> [Origin, Origin]; all killed afterwards."""
+    started: list[Origin] = []
+
+    def start(n: int = 1) -> list[Origin]:
+        new = [Origin() for _ in range(n)]
+        started.extend(new)
+        return new
+
+    yield start
+    for origin in started:
+        origin.kill()
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def pull(edge, cache_dir: Path, tmp_path: Path):
+    """Start edge in front of origins (Origin objects or URLs): pull(origins, *flags, config="toml text")."""
+
+    def start(upstreams, *args: str, config: str | None = None) -> EdgeProcess:
+        flags = [f for u in upstreams for f in ("--origin", u if isinstance(u, str) else u.url)]
+        path = None
+        if config is not None:
+            path = tmp_path / f"pull-{len(list(tmp_path.glob('pull-*.toml')))}.toml"
+            path.write_text(config)
+        return edge(*flags, "--cache-dir", str(cache_dir), *args, config=path)
+
+    return start
+
+
+def closed_url() -> str:
+    """A loopback URL nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+
+def gen(name: str, **params: str) -> str:
+    """The target of /gen/NAME with its response shaped by `params` (cc, etag, lm, expires, cookie, vary, status, size)."""
+    if not params:
+        return f"/gen/{name}"
+    # `,` `;` `/` `:` left as they are: the origin client (yarl) would unquote them, and the origin's counts
+    # are by the raw target it receives.
+    target = f"/gen/{name}?" + "&".join(f"{k}={quote(str(v), safe=',;/:')}" for k, v in params.items())
+    assert yarl.URL("http://o" + target).raw_path_qs == target, target
+    return target
+
+
+def get(server: EdgeProcess, target: str, headers: dict | None = None, method: str = "GET"):
+    """One HTTP/1.1 request on a fresh connection: (status, lower-cased headers, body)."""
+    return request(server, target, headers=headers, method=method)
+
+
+def head_of(server: EdgeProcess, target: str) -> tuple[int, dict[str, str], bytes]:
+    """GET on a fresh connection, reading only the head: (status, lower-cased headers, bytes after the head
+    within a short wait). For answers without a body, whatever framing fields they carry."""
+    sock = server.connect(timeout=10)
+    try:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before the end of the head: {data!r}")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        sock.settimeout(0.3)
+        try:
+            rest += sock.recv(65536)
+        except TimeoutError:
+            pass
+    finally:
+        sock.close()
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, rest
+
+
+def object_files(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    """(body, metadata) paths of the stored object for cache key `key`."""
+    name = digest(key.encode("latin-1"))
+    base = cache_dir / "objects" / name[:2] / name
+    return base, Path(str(base) + ".meta")
+
+
+def stored(cache_dir: Path, key: str) -> dict | None:
+    """The metadata of the stored object for `key` (None when there is no complete object)."""
+    body, meta = object_files(cache_dir, key)
+    if not (body.exists() and meta.exists()):
+        return None
+    return json.loads(meta.read_bytes())
+
+
+def stored_keys(cache_dir: Path) -> set[str]:
+    """The keys of every object in the cache directory."""
+    return {json.loads(p.read_bytes())["key"] for p in (cache_dir / "objects").glob("*/*.meta")}
+
+
+def settled(server: EdgeProcess, cache_dir: Path) -> None:
+    """Edge still runs, and tmp/ has gone back to just the lock file (no bodies, no .head files)."""
+    assert server.alive(), server.stderr()
+    tmp = cache_dir / "tmp"
+    wait_for(lambda: sorted(os.listdir(tmp)) == ["locks"], 10)
+    left = sorted(os.listdir(tmp))
+    assert left == ["locks"], f"leftovers in {tmp}: {left}"
+    assert not [n for n in left if n.endswith(".head")]
+
+
+def until(fetch, predicate, timeout: float = 15.0, step: float = 0.1):
+    """Call `fetch()` until `predicate(result)` holds; returns that result (fails after `timeout`)."""
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = fetch()
+        if predicate(last):
+            return last
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout} s; last result: {last!r}"[:2000])
+
+
+def owner(upstreams: list[Origin], key: str) -> int:
+    """Index of the origin the ring gives `key` (edge names each origin by its URL, weight 1)."""
+    return Ring([(o.url, 1) for o in upstreams]).candidates(key.encode("latin-1"))[0]
+
+
+def curl(url: str, out: Path, *args: str) -> tuple[int, dict[str, str]]:
+    """curl to a file: (exit status, lower-cased headers of the last response)."""
+    head = out.with_suffix(".head")
+    done = subprocess.run([CURL, "-sS", "--max-time", "20", "-o", str(out), "-D", str(head), *args, url],
+                          check=False, capture_output=True, timeout=30)
+    headers: dict[str, str] = {}
+    if head.exists():
+        blocks = [b for b in head.read_bytes().split(b"\r\n\r\n") if b.strip()]
+        for line in blocks[-1].decode("latin-1").split("\r\n")[1:] if blocks else []:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return done.returncode, headers
+
+
+# -- miss, hit, what reaches the origin ---------------------------------------------------------------
+
+
+def test_miss_then_hit_asks_the_origin_once(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    client_fields = {"Cookie": "session=secret", "X-Secret": "do-not-forward", "Accept-Encoding": "gzip, br",
+                     "User-Agent": "test-agent/1"}
+    status, h1, body1 = get(server, "/obj/a", client_fields)
+    assert status == 200
+    assert body1 == f"a@{origin.port}".encode()
+    assert h1["cache-status"] == MISS_STORED
+    assert h1["age"] == "0"
+    assert h1["x-origin"] == str(origin.port)
+    assert h1["cache-control"] == "max-age=60"
+    assert h1["server"] == "edge"
+    for dropped in ("keep-alive", "surrogate-key", "transfer-encoding"):
+        assert dropped not in h1, f"{dropped} passed on: {h1}"
+    assert int(h1["content-length"]) == len(body1)
+
+    status, h2, body2 = get(server, "/obj/a")
+    assert status == 200 and body2 == body1
+    m = HIT.fullmatch(h2["cache-status"])
+    assert m, h2["cache-status"]
+    assert 0 < int(m.group(1)) <= 60
+    assert 0 <= int(h2["age"]) <= 60
+    assert h2["x-origin"] == str(origin.port) and "surrogate-key" not in h2
+
+    assert origin.count("/obj/a") == 1
+    [sent] = origin.requests("/obj/a")
+    assert sent["Host"] == f"127.0.0.1:{origin.port}"
+    assert sent["Via"] == "1.1 edge"
+    assert sent["Accept-Encoding"] == "identity"  # a first fetch asks for identity
+    for name in ("Cookie", "X-Secret", "User-Agent"):
+        assert name not in sent, f"client field {name} forwarded: {sent}"
+
+    meta = stored(cache_dir, "/obj/a")
+    assert meta is not None and meta["status"] == 200 and meta["length"] == len(body1)
+    assert meta["tags"] == ["a", "b"]  # from Surrogate-Key
+    assert object_files(cache_dir, "/obj/a")[0].read_bytes() == body1
+    settled(server, cache_dir)
+
+
+def test_local_file_wins_over_the_origin(pull, origins, cache_dir, www):
+    [origin] = origins(1)
+    server = pull([origin])
+    status, headers, body = get(server, "/hello.txt")
+    assert status == 200 and body == (www / "hello.txt").read_bytes()
+    assert "cache-status" not in headers and "x-origin" not in headers
+    status, headers, body = get(server, "/elsewhere.txt")  # not in the root: the origin has it
+    assert status == 200 and body == b"origin /elsewhere.txt\n"
+    assert headers["cache-status"] == MISS_STORED
+    counts = origin.stats()["counts"]
+    assert "/hello.txt" not in counts
+    assert counts["/elsewhere.txt"] == 1
+    settled(server, cache_dir)
+
+
+# -- choosing the origin ------------------------------------------------------------------------------
+
+
+def test_each_key_always_goes_to_its_ring_origin(pull, origins, cache_dir):
+    upstreams = origins(2)
+    server = pull(upstreams, "--workers", "2", "--cpu-affinity", "off")
+    targets = [gen(f"k{i}", cc="no-store") for i in range(16)]
+    seen = defaultdict(set)
+    for _ in range(3):
+        for target in targets:
+            status, headers, _ = get(server, target)
+            assert status == 200 and headers["cache-status"] == MISS
+            seen[target].add(int(headers["x-origin"]))
+    used = set()
+    for target in targets:
+        expected = upstreams[owner(upstreams, target)]
+        assert seen[target] == {expected.port}, f"{target} went to {seen[target]}, its ring origin is {expected.port}"
+        used.add(expected.port)
+        other = upstreams[1 - upstreams.index(expected)]
+        assert expected.count(target) == 3 and other.count(target) == 0
+    assert used == {o.port for o in upstreams}, "the keys should spread over both origins"
+    settled(server, cache_dir)
+
+
+def test_failover_when_the_keys_origin_is_killed(pull, origins, cache_dir):
+    upstreams = origins(2)
+    server = pull(upstreams)  # active checks every 5 s: they will not notice in time, the retry must
+    target = next(t for t in (gen(f"f{i}", cc="no-store") for i in range(100)) if owner(upstreams, t) == 0)
+    cached = next(t for t in (gen(f"g{i}", cc="max-age=60") for i in range(100)) if owner(upstreams, t) == 0)
+    first, second = upstreams
+    status, headers, _ = get(server, target)
+    assert status == 200 and headers["x-origin"] == str(first.port)
+    status, headers, body = get(server, cached)
+    assert status == 200 and headers["x-origin"] == str(first.port) and headers["cache-status"] == MISS_STORED
+    first.kill()
+    for _ in range(3):
+        status, headers, body = get(server, target)
+        assert status == 200, (status, headers, body)
+        assert headers["x-origin"] == str(second.port)
+        assert body.startswith(f"{target.split('/')[2].split('?')[0]}@{second.port}".encode())
+    assert second.count(target) == 3
+    status, headers, _ = get(server, cached)  # what was stored from the dead origin is still served
+    assert status == 200 and HIT.fullmatch(headers["cache-status"]) and headers["x-origin"] == str(first.port)
+    settled(server, cache_dir)
+
+
+def test_origin_tables_set_weight_and_host_header(pull, origins, cache_dir):
+    heavy, light = origins(2)
+    server = pull([], config=f'[[origin]]\nurl = "{heavy.url}"\nweight = 3\nhost_header = "cdn.example"\n\n'
+                             f'[[origin]]\nurl = "{light.url}/"\n')
+    ring = Ring([(heavy.url, 3), (light.url, 1)])
+    targets = [gen(f"w{i}", cc="no-store") for i in range(40)]
+    for target in targets:
+        status, headers, _ = get(server, target)
+        assert status == 200
+        assert int(headers["x-origin"]) == (heavy, light)[ring.candidates(target.encode())[0]].port, target
+    on_heavy = sum(heavy.count(t) for t in targets)
+    assert on_heavy + sum(light.count(t) for t in targets) == 40 and on_heavy > 20, "weight 3 takes most keys"
+    sent = heavy.requests(next(t for t in targets if heavy.count(t)))[0]
+    assert sent["Host"] == "cdn.example"
+    sent = light.requests(next(t for t in targets if light.count(t)))[0]
+    assert sent["Host"] == f"127.0.0.1:{light.port}"
+    settled(server, cache_dir)
+
+
+def test_all_origins_down_and_nothing_cached_is_a_502(pull, cache_dir):
+    server = pull([closed_url(), closed_url()])
+    for target in ("/gen/nothing", "/gen/other?x=1"):
+        status, headers, body = get(server, target)  # request() gives up after 5 s: it must come quickly
+        assert status == 502
+        assert headers["cache-status"] == "edge; fwd=miss; detail=unreachable"
+        assert body == b"502 Bad Gateway\n"
+    status, headers, body = get(server, "/gen/nothing", method="HEAD")
+    assert status == 502 and body == b""
+    assert stored_keys(cache_dir) == set()
+    settled(server, cache_dir)
+
+
+def test_origin_slower_than_read_timeout_is_a_504(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin], config="[proxy]\nread_timeout = 0.5\n")
+    status, headers, body = get(server, "/slow?delay=4")
+    assert status == 504
+    assert headers["cache-status"] == "edge; fwd=miss; detail=timeout"
+    assert body == b"504 Gateway Timeout\n"
+    assert origin.count("/slow?delay=4") == 1
+    assert stored_keys(cache_dir) == set()
+    settled(server, cache_dir)
+
+
+# -- broken and uncacheable answers ---------------------------------------------------------------------
+
+
+@needs_curl
+def test_origin_dying_mid_body_cuts_the_client_and_stores_nothing(pull, origins, cache_dir, tmp_path):
+    [origin] = origins(1)
+    server = pull([origin])
+    out = tmp_path / "cut.body"
+    rc, headers = curl(server.url + "/cut", out)  # the origin sends 1000 of 100000 bytes and hangs up
+    assert rc == 18, "curl should report a partial transfer (exit 18)"
+    assert headers["content-length"] == "100000"
+    assert not out.exists() or out.stat().st_size < 100000
+    # Nothing was stored: the next request asks the origin again, and is cut off the same way.
+    client = server.connect(timeout=10)
+    client.sendall(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = read_until_closed(client, 10).partition(b"\r\n\r\n")
+    client.close()
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 100000" in head
+    assert len(body) < 100000, "the client must see the body end short of its Content-Length"
+    assert set(body) <= {ord("x")}
+    assert origin.count("/cut") == 2
+    assert stored(cache_dir, "/cut") is None
+    assert not any(p.exists() for p in object_files(cache_dir, "/cut"))
+    settled(server, cache_dir)
+
+
+def test_server_errors_are_passed_on_not_stored(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    for status_code in (500, 503):
+        target = gen(f"e{status_code}", status=status_code, cc="max-age=60")
+        for _ in range(2):
+            status, headers, body = get(server, target)
+            assert status == status_code
+            assert headers["cache-status"] == MISS
+            assert body == gen_body(f"e{status_code}", origin.port, 0)
+        assert origin.count(target) == 2
+        assert stored(cache_dir, target) is None
+    settled(server, cache_dir)
+
+
+def test_cacheable_statuses_are_stored_and_head_on_a_miss_stores_too(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    for code in (404, 410, 301, 204):
+        target = gen(f"st{code}", status=code, cc="max-age=60")
+        fetch = head_of if code == 204 else get  # (a 204 has no body, and should have no Content-Length)
+        first, second = fetch(server, target), fetch(server, target)
+        assert first[0] == second[0] == code
+        assert first[1]["cache-status"] == MISS_STORED and HIT.fullmatch(second[1]["cache-status"])
+        assert first[2] == second[2]
+        assert origin.count(target) == 1
+        assert stored(cache_dir, target)["status"] == code
+    target = gen("hd", cc="max-age=60")
+    status, headers, body = get(server, target, method="HEAD")
+    assert status == 200 and body == b"" and headers["cache-status"] == MISS_STORED
+    assert headers["content-length"] == str(len(gen_body("hd", origin.port, 0)))
+    assert [r["method"] for r in origin.stats()["log"] if r["path"] == target] == ["GET"]  # always GET upstream
+    status, headers, body = get(server, target)
+    assert status == 200 and HIT.fullmatch(headers["cache-status"]) and body == gen_body("hd", origin.port, 0)
+    assert origin.count(target) == 1
+    settled(server, cache_dir)
+
+
+def test_freshness_comes_from_s_maxage_max_age_expires_or_the_default_ttl(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin], config="[cache]\ndefault_ttl = 600\n")
+    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 3600))
+    cases = {gen("f1", cc="max-age=0, s-maxage=300"): range(200, 301),  # s-maxage wins over max-age
+             gen("f2", expires=future): range(3500, 3601),
+             gen("f3"): range(500, 601)}  # nothing said: cache.default_ttl
+    for target, ttls in cases.items():
+        status, headers, _ = get(server, target)
+        assert status == 200 and headers["cache-status"] == MISS_STORED
+        status, headers, _ = get(server, target)
+        m = HIT.fullmatch(headers["cache-status"])
+        assert m and int(m.group(1)) in ttls, (target, headers["cache-status"])
+        assert origin.count(target) == 1
+    settled(server, cache_dir)
+
+
+def test_a_204_from_the_origin_gets_no_content_length(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    target = gen("nocontent", status=204, cc="max-age=60")
+    for expected in (MISS_STORED, "edge; hit"):
+        status, headers, rest = head_of(server, target)
+        assert status == 204 and rest == b""
+        assert headers["cache-status"].startswith(expected)
+        assert "content-length" not in headers, headers
+
+
+@pytest.mark.parametrize("char", ["?", "#"], ids=["percent-3F", "percent-23"])
+def test_reserved_characters_in_the_path_reach_the_origin_encoded(pull, origins, cache_dir, char):
+    [origin] = origins(1)
+    server = pull([origin])
+    encoded = quote(char, safe="")
+    status, _, body = get(server, f"/gen/x{encoded}y")
+    assert f"/gen/x{encoded}y" in origin.stats()["counts"], origin.stats()["counts"]
+    assert status == 200 and body == gen_body(f"x{char}y", origin.port, 0)
+
+
+@pytest.mark.parametrize("params", [{"cc": "no-store"}, {"cc": "private, max-age=60"},
+                                    {"cc": "max-age=60", "cookie": "sid=42; Path=/"},
+                                    {"cc": "max-age=60", "vary": "User-Agent"}],
+                         ids=["no-store", "private", "set-cookie", "vary-user-agent"])
+def test_uncacheable_answers_are_not_stored(pull, origins, cache_dir, params):
+    [origin] = origins(1)
+    server = pull([origin])
+    target = gen("u", **params)
+    for _ in range(3):
+        status, headers, body = get(server, target)
+        assert status == 200 and body == gen_body("u", origin.port, 0)
+        assert headers["cache-status"] == MISS
+        if "cookie" in params:
+            assert headers["set-cookie"] == params["cookie"]  # passed on to the one client it was for
+    assert origin.count(target) == 3
+    assert stored_keys(cache_dir) == set()
+    settled(server, cache_dir)
+
+
+# -- freshness, revalidation, stale answers --------------------------------------------------------------
+
+
+def test_expired_object_is_revalidated_with_its_etag(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    lm = "Tue, 01 Jun 2021 10:00:00 GMT"
+    target = gen("v", cc="max-age=2", etag="1", lm=lm)
+    status, headers, body = get(server, target)
+    assert status == 200 and headers["cache-status"] == MISS_STORED and headers["etag"] == '"v-v0"'
+    before = stored(cache_dir, target)
+    assert before is not None
+    status, later, again = until(lambda: get(server, target), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
+    assert status == 200
+    assert later["cache-status"] == REVALIDATED
+    assert again == body and later["etag"] == '"v-v0"'
+    sent = origin.requests(target)
+    assert len(sent) == 2
+    assert "If-None-Match" not in sent[0]
+    assert sent[1]["If-None-Match"] == '"v-v0"'
+    assert sent[1]["If-Modified-Since"] == lm
+    after = stored(cache_dir, target)
+    assert after is not None and after["stored_at"] > before["stored_at"], "the 304 refreshes the stored metadata"
+    # Without validators an expired object is simply fetched again, and the new answer stored.
+    plain = gen("v2", cc="max-age=1")
+    status, headers, _ = get(server, plain)
+    assert status == 200 and headers["cache-status"] == MISS_STORED
+    origin.ctl("/_bump/v2")
+    status, later, body = until(lambda: get(server, plain), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
+    assert status == 200 and later["cache-status"] == STALE_REFETCHED
+    assert body == gen_body("v2", origin.port, 1)
+    assert [("If-None-Match" in h, "If-Modified-Since" in h) for h in origin.requests(plain)] == [(False, False)] * 2
+    assert stored(cache_dir, plain)["headers"] and ["x-version", "1"] in stored(cache_dir, plain)["headers"]
+    settled(server, cache_dir)
+
+
+def test_no_cache_is_stored_but_revalidated_every_time(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    target = gen("nc", cc="no-cache", etag="1")
+    status, headers, body = get(server, target)
+    assert status == 200 and headers["cache-status"] == MISS_STORED
+    assert stored(cache_dir, target) is not None
+    for n in range(2, 4):
+        status, headers, again = get(server, target)
+        assert status == 200 and again == body
+        assert headers["cache-status"] == REVALIDATED
+        assert origin.count(target) == n
+        assert origin.requests(target)[-1]["If-None-Match"] == '"nc-v0"'
+    settled(server, cache_dir)
+
+
+@pytest.mark.parametrize("failure", ["500", "killed"])
+def test_stale_if_error_serves_the_stale_copy(pull, origins, cache_dir, failure):
+    [origin] = origins(1)
+    server = pull([origin])
+    target = gen("s", cc="max-age=1, stale-if-error=60")
+    status, headers, body = get(server, target)
+    assert status == 200 and headers["cache-status"] == MISS_STORED
+    if failure == "500":
+        origin.ctl("/_fail/s/on")
+    else:
+        origin.kill()
+    status, headers, again = until(lambda: get(server, target), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
+    assert status == 200, (status, headers, again)
+    assert headers["cache-status"] == STALE_ERROR
+    assert again == body
+    assert int(headers["age"]) >= 1
+    if failure == "500":
+        assert origin.count(target) >= 2  # the origin was asked, and failed
+        status, headers, again = get(server, target)
+        assert status == 200 and headers["cache-status"] == STALE_ERROR and again == body
+    settled(server, cache_dir)
+
+
+def test_must_revalidate_is_never_served_stale(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    target = gen("mr", cc="max-age=1, must-revalidate, stale-if-error=60, stale-while-revalidate=60")
+    status, headers, _ = get(server, target)
+    assert status == 200 and headers["cache-status"] == MISS_STORED
+    origin.ctl("/_fail/mr/on")
+    status, headers, again = until(lambda: get(server, target), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
+    assert status == 500, "must-revalidate: the origin's error, not the stale copy"
+    assert again == b"origin failure\n"
+    assert "stale" not in headers["cache-status"].split("fwd=")[0]
+    settled(server, cache_dir)
+
+
+def test_stale_while_revalidate_answers_at_once_and_refreshes_behind(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    target = gen("w", cc="max-age=1, stale-while-revalidate=60")
+    status, headers, body = get(server, target)
+    assert status == 200 and headers["cache-status"] == MISS_STORED and body == gen_body("w", origin.port, 0)
+    origin.ctl("/_bump/w")  # the origin now has version 1
+    status, headers, stale = until(lambda: get(server, target), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
+    assert status == 200
+    assert headers["cache-status"] == STALE_REVALIDATE
+    assert stale == body, "the stale copy is served while the refresh runs"
+    assert wait_for(lambda: origin.count(target) == 2, 10), "the background refresh should reach the origin"
+    status, headers, _ = until(lambda: get(server, target), lambda r: r[2] == gen_body("w", origin.port, 1))
+    assert status == 200 and HIT.fullmatch(headers["cache-status"])
+    assert headers["x-version"] == "1"
+    assert origin.count(target) == 2
+    settled(server, cache_dir)
+
+
+# -- collapsing and streaming ---------------------------------------------------------------------------
+
+
+def spread_connections(server: EdgeProcess, per_worker: int) -> list:
+    """Connections accepted by the workers, `per_worker` on each (SO_REUSEPORT spreads them by hash)."""
+    socks = []
+    workers = [pid for pid, _ in server.banner.values()]  # worker_pids() also lists the cache manager
+    for _ in range(20):
+        socks += [server.connect(timeout=30) for _ in range(8)]
+        wait_for(lambda opened=socks: len(serving_pid(server, opened)) == len(opened), 5)
+        owners = serving_pid(server, socks)
+        by_worker = defaultdict(list)
+        for s in socks:
+            pid = owners.get(s.getsockname()[1])
+            if pid is not None:
+                by_worker[pid].append(s)
+        if all(len(by_worker[w]) >= per_worker for w in workers):
+            chosen = [s for w in workers for s in by_worker[w][:per_worker]]
+            for s in socks:
+                if s not in chosen:
+                    s.close()
+            return chosen
+    raise AssertionError(f"connections did not reach every worker: {serving_pid(server, socks)}")
+
+
+def test_concurrent_misses_on_two_workers_make_one_origin_request(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
+    size = 1 << 20
+    target = f"/stream/c?size={size}&chunk=65536&delay=0.05"  # about a second to send it all
+    expected = hashlib.sha256(pattern("c", size)).hexdigest()
+    socks = spread_connections(server, 5)  # five clients on each worker
+    barrier = threading.Barrier(len(socks))
+    results: list = [None] * len(socks)
+
+    def fetch(i: int) -> None:
+        client = Client(socks[i])
+        try:
+            barrier.wait(10)
+            client.send(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            status, headers, body = client.response()
+            results[i] = (status, headers["cache-status"], len(body), hashlib.sha256(body).hexdigest())
+        except BaseException as e:  # noqa: BLE001 - reported below
+            results[i] = e
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(len(socks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(isinstance(r, tuple) for r in results), results
+    assert [(r[0], r[2], r[3]) for r in results] == [(200, size, expected)] * 10, "ten whole, identical bodies"
+    assert origin.count(target) == 1
+    statuses = [r[1] for r in results]
+    assert set(statuses) <= {MISS_STORED, COLLAPSED}, statuses
+    assert COLLAPSED in statuses, "the other worker's clients follow the fetch (collapsed)"
+    assert stored(cache_dir, target)["length"] == size
+    status, headers, body = get(server, target)
+    assert status == 200 and HIT.fullmatch(headers["cache-status"]) and hashlib.sha256(body).hexdigest() == expected
+    assert origin.count(target) == 1
+    settled(server, cache_dir)
+
+
+def test_concurrent_requests_for_a_no_store_answer_each_ask_the_origin(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
+    size = 256 * 1024
+    target = f"/stream/ns?size={size}&chunk=16384&delay=0.05&cc=no-store"
+    socks = spread_connections(server, 2)
+    barrier = threading.Barrier(len(socks))
+    results: list = [None] * len(socks)
+
+    def fetch(i: int) -> None:
+        client = Client(socks[i])
+        try:
+            barrier.wait(10)
+            client.send(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            status, headers, body = client.response()
+            results[i] = (status, headers["cache-status"], body == pattern("ns", size))
+        except BaseException as e:  # noqa: BLE001
+            results[i] = e
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(len(socks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [(200, MISS, True)] * 4, results
+    assert origin.count(target) == 4, "an answer that may not be stored is not shared with other clients either"
+    assert stored_keys(cache_dir) == set()
+    settled(server, cache_dir)
+
+
+def read_head_and_some(sock, timeout: float = 10.0) -> tuple[dict[str, str], bytes]:
+    """Read a response head and at least one body byte (raises on timeout)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data or data.index(b"\r\n\r\n") + 4 >= len(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed early: {data[:300]!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    headers = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers, body
+
+
+def read_rest(sock, body: bytes, length: int, timeout: float = 20.0) -> bytes:
+    """Go on reading a body begun with `body` until `length` bytes or the connection ends."""
+    sock.settimeout(timeout)
+    while len(body) < length:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        body += chunk
+    return body
+
+
+def test_first_bytes_reach_clients_on_both_workers_before_the_origin_finishes(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
+    size = 256 * 1024
+    target = f"/gate/g?size={size}"
+    full = pattern("g", size)
+    fetcher, joiner, follower, spare = spread_connections(server, 2)  # two on one worker, two on the other
+    spare.close()
+    readers = []
+    # The origin holds back the second half until released: whatever a client has before that was streamed
+    # through edge while the origin was still sending.
+    for sock in (fetcher, joiner, follower):
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        headers, early = read_head_and_some(sock)
+        assert origin.stats()["waiting"] == ["g"], "the origin is still holding the second half"
+        assert headers["content-length"] == str(size)
+        assert 0 < len(early) <= size // 2 and full.startswith(early)
+        readers.append((sock, headers, early))
+    assert readers[0][1]["cache-status"] == MISS_STORED
+    assert readers[2][1]["cache-status"] == COLLAPSED  # the other worker follows the first one's temp file
+    origin.ctl("/_release/g")
+    for sock, _, early in readers:
+        assert read_rest(sock, early, size) == full
+        sock.close()
+    assert origin.count(target) == 1
+    assert stored(cache_dir, target)["length"] == size
+    settled(server, cache_dir)
+
+
+def test_origin_dying_mid_body_cuts_every_reader_on_both_workers(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
+    size = 256 * 1024
+    target = f"/gate/x?size={size}&cut=1"
+    full = pattern("x", size)
+    socks = spread_connections(server, 2)
+    readers = []
+    for sock in socks:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        headers, early = read_head_and_some(sock)
+        assert headers["content-length"] == str(size)
+        readers.append((sock, early))
+    origin.ctl("/_release/x")  # the origin hangs up instead of sending the second half
+    for sock, early in readers:
+        got = read_rest(sock, early, size)
+        sock.close()
+        assert len(got) < size, "a truncated origin body must not reach the client as a complete one"
+        assert full.startswith(got)
+    assert origin.count(target) == 1
+    assert stored(cache_dir, target) is None
+    settled(server, cache_dir)
+    # Nothing was stored: the next request asks the origin again (and is cut again).
+    client = server.connect(timeout=10)
+    client.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert len(read_until_closed(client, 10).partition(b"\r\n\r\n")[2]) < size
+    client.close()
+    assert origin.count(target) == 2
+    assert stored(cache_dir, target) is None
+    settled(server, cache_dir)
+
+
+def test_http2_streams_a_growing_body_and_resets_a_cut_one(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    size = 256 * 1024
+    client = H2Client.connect(server)
+    try:
+        sid = client.request(f"/gate/h2g?size={size}")
+        stream = client.streams[sid]
+        assert client.wait(lambda: len(stream.body) > 0, 10), client.log()
+        assert origin.stats()["waiting"] == ["h2g"]
+        assert stream.status == 200 and stream.headers["cache-status"] == MISS_STORED and not stream.done
+        origin.ctl("/_release/h2g")
+        client.response(sid)
+        assert stream.ended and stream.reset is None and bytes(stream.body) == pattern("h2g", size)
+
+        sid = client.request(f"/gate/h2x?size={size}&cut=1")
+        stream = client.streams[sid]
+        assert client.wait(lambda: len(stream.body) > 0, 10), client.log()
+        origin.ctl("/_release/h2x")
+        client.wait(lambda: stream.done or client.eof, 10)
+        assert not stream.ended, "a cut body must not end with END_STREAM"
+        assert stream.reset is not None or client.eof
+        assert len(stream.body) < size and pattern("h2x", size).startswith(bytes(stream.body))
+        assert client.h2_error is None and not client.violations
+    finally:
+        client.close()
+    assert stored(cache_dir, f"/gate/h2x?size={size}&cut=1") is None
+    settled(server, cache_dir)
+
+
+def test_a_request_joining_a_fetch_in_the_same_worker_says_collapsed(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])  # one worker: the second request joins the first one's flight
+    size = 128 * 1024
+    target = f"/gate/j?size={size}"
+    first = server.connect(timeout=10)
+    first.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    headers, early = read_head_and_some(first)
+    second = server.connect(timeout=10)
+    second.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    headers2, early2 = read_head_and_some(second)
+    origin.ctl("/_release/j")
+    assert read_rest(first, early, size) == read_rest(second, early2, size) == pattern("j", size)
+    first.close()
+    second.close()
+    assert origin.count(target) == 1
+    assert headers["cache-status"] == MISS_STORED
+    assert headers2["cache-status"] == COLLAPSED
+
+
+# -- the disk cache across restarts, and its size ---------------------------------------------------------
+
+
+def test_restart_serves_the_warm_cache_without_the_origin(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    targets = [gen("r1", cc="max-age=300"), gen("r2", cc="max-age=300", size=50_000)]
+    bodies = {}
+    for target in targets:
+        status, headers, bodies[target] = get(server, target)
+        assert status == 200 and headers["cache-status"] == MISS_STORED
+    settled(server, cache_dir)
+    assert server.stop() == 0
+    origin.kill()
+    # What a crash could leave: an unfinished body and head in tmp/, a body whose metadata never landed.
+    leftovers = [cache_dir / "tmp" / "0123456789abcdef0123456789abcdef.999.1",
+                 cache_dir / "tmp" / "0123456789abcdef0123456789abcdef.head",
+                 cache_dir / "objects" / "ff" / ("f" * 32)]
+    leftovers[2].parent.mkdir(exist_ok=True)
+    for path in leftovers:
+        path.write_bytes(b"junk")
+    again = pull([origin])
+    assert wait_for(lambda: "2 objects" in again.stderr(), 5), again.stderr()
+    assert not any(p.exists() for p in leftovers)
+    for target in targets:
+        status, headers, body = get(again, target)
+        assert status == 200, (status, headers, body)
+        assert HIT.fullmatch(headers["cache-status"]), headers["cache-status"]
+        assert body == bodies[target]
+        assert int(headers["age"]) >= 0
+    settled(again, cache_dir)
+
+
+def test_eviction_keeps_the_cache_under_its_size(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin], "--cache-max-size", "200K")
+    size = 100 * 1024
+    targets = [gen(f"big{i}", cc="max-age=300", size=size) for i in range(4)]
+    for target in targets:
+        status, headers, body = get(server, target)
+        assert status == 200 and len(body) == size and headers["cache-status"] == MISS_STORED
+        assert wait_for(lambda t=target: stored(cache_dir, t) is not None, 5)
+    # 4 x 100 KiB under 200K: the two oldest go, the two newest stay.
+    assert wait_for(lambda: stored_keys(cache_dir) == set(targets[2:]), 10), stored_keys(cache_dir)
+    for target in targets[:2]:
+        assert not any(p.exists() for p in object_files(cache_dir, target))
+    total = sum(p.stat().st_size for p in (cache_dir / "objects").glob("*/*") if not p.name.endswith(".meta"))
+    assert total <= 200 * 1024
+    status, headers, _ = get(server, targets[3])
+    assert HIT.fullmatch(headers["cache-status"])
+    # An evicted object is fetched again once the worker re-checks the disk.
+    status, headers, body = until(lambda: get(server, targets[0]), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
+    assert status == 200 and headers["cache-status"] == MISS_STORED and len(body) == size
+    assert origin.count(targets[0]) == 2
+    settled(server, cache_dir)
+
+
+# -- representations: Vary, ranges, conditionals, HTTP/2 ---------------------------------------------------
+
+
+def test_vary_accept_encoding_is_stored_per_coding(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    plain = vary_body("z")
+    status, headers, body = get(server, "/vary/z")  # no Accept-Encoding
+    assert status == 200 and body == plain and "content-encoding" not in headers
+    assert headers["cache-status"] == MISS_STORED
+    status, headers, body = get(server, "/vary/z", {"Accept-Encoding": "gzip"})
+    assert status == 200 and headers.get("content-encoding") == "gzip", headers
+    assert gzip.decompress(body) == plain
+    assert headers["cache-status"] == MISS_STORED
+    assert "accept-encoding" in headers["vary"].lower()
+    for _ in range(2):
+        status, headers, body = get(server, "/vary/z", {"Accept-Encoding": "identity"})
+        assert status == 200 and body == plain and "content-encoding" not in headers
+        assert HIT.fullmatch(headers["cache-status"])
+        status, headers, body = get(server, "/vary/z", {"Accept-Encoding": "gzip, deflate"})
+        assert status == 200 and headers.get("content-encoding") == "gzip" and gzip.decompress(body) == plain
+        assert HIT.fullmatch(headers["cache-status"])
+    sent = [h.get("Accept-Encoding") for h in origin.requests("/vary/z")]
+    assert sent == ["identity", "gzip"]
+    assert {"/vary/z\0identity", "/vary/z\0gzip"} <= stored_keys(cache_dir)
+    settled(server, cache_dir)
+
+
+def test_ranges_and_conditionals_on_a_cached_object(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    lm = "Tue, 01 Jun 2021 10:00:00 GMT"
+    target = gen("rg", cc="max-age=300", etag="1", lm=lm, size=5000)
+    status, headers, full = get(server, target)
+    assert status == 200 and len(full) == 5000 and headers["cache-status"] == MISS_STORED
+    etag = headers["etag"]
+    assert etag == '"rg-v0"'
+
+    status, headers, part = get(server, target, {"Range": "bytes=100-199"})
+    assert status == 206
+    assert headers["content-range"] == "bytes 100-199/5000"
+    assert part == full[100:200] and headers["content-length"] == "100"
+    assert HIT.fullmatch(headers["cache-status"])
+    status, headers, part = get(server, target, {"Range": "bytes=-10"})
+    assert status == 206 and part == full[-10:] and headers["content-range"] == "bytes 4990-4999/5000"
+    status, headers, _ = get(server, target, {"Range": "bytes=9000-"})
+    assert status == 416 and headers["content-range"] == "bytes */5000"
+
+    status, headers, body = get(server, target, {"If-None-Match": etag})
+    assert status == 304 and body == b"" and headers["etag"] == etag
+    status, headers, body = get(server, target, {"If-None-Match": '"something-else"'})
+    assert status == 200 and body == full
+    status, headers, body = get(server, target, {"If-Modified-Since": lm})
+    assert status == 304
+    status, headers, body = get(server, target, {"If-Range": etag, "Range": "bytes=0-9"})
+    assert status == 206 and body == full[:10]
+    status, headers, body = get(server, target, {"If-Range": '"stale"', "Range": "bytes=0-9"})
+    assert status == 200 and body == full
+    status, headers, body = get(server, target, method="HEAD")
+    assert status == 200 and headers["content-length"] == "5000" and body == b""
+    assert origin.count(target) == 1
+    settled(server, cache_dir)
+
+
+@needs_curl
+def test_http2_miss_then_hit(pull, origins, cache_dir, tmp_path):
+    [origin] = origins(1)
+    server = pull([origin])
+    target = gen("h2", cc="max-age=300", size=100_000)
+    stream = h2_get(server, target)
+    assert stream.status == 200
+    assert stream.headers["cache-status"] == MISS_STORED
+    assert stream.body == gen_body("h2", origin.port, 0, 100_000)
+    out = tmp_path / "h2.body"
+    rc, headers = curl(server.url + target, out, "--http2-prior-knowledge")
+    assert rc == 0
+    assert HIT.fullmatch(headers["cache-status"]), headers
+    assert out.read_bytes() == stream.body
+    stream = h2_get(server, target, {"range": "bytes=10-19"})
+    assert stream.status == 206 and stream.body == gen_body("h2", origin.port, 0, 100_000)[10:20]
+    assert origin.count(target) == 1
+    settled(server, cache_dir)
+
+
+# -- health ------------------------------------------------------------------------------------------------
+
+
+def test_health_flapping_moves_keys_away_and_back(pull, origins, cache_dir):
+    upstreams = origins(2)
+    server = pull(upstreams, "--health-interval", "0.2")
+    first, second = upstreams
+    target = next(t for t in (gen(f"h{i}", cc="no-store") for i in range(100)) if owner(upstreams, t) == 0)
+
+    def served_by():
+        status, headers, _ = get(server, target)
+        assert status == 200
+        return int(headers["x-origin"])
+
+    assert served_by() == first.port
+    first.ctl("/_health/fail")
+    until(served_by, lambda port: port == second.port)
+    assert wait_for(lambda: f"origin {first.url} is down" in server.stderr(), 5), server.stderr()
+    asked = first.count(target)
+    for _ in range(3):
+        assert served_by() == second.port
+    assert first.count(target) == asked, "a down origin gets no requests"
+    first.ctl("/_health/ok")
+    until(served_by, lambda port: port == first.port)
+    assert wait_for(lambda: f"origin {first.url} is up" in server.stderr(), 5), server.stderr()
+    assert served_by() == first.port
+    settled(server, cache_dir)
+
+
+def test_failing_origin_opens_its_circuit_then_a_trial_closes_it(pull, origins, cache_dir):
+    upstreams = origins(2)
+    first, second = upstreams
+    server = pull(upstreams, config="[health]\nfailures = 2\ncooldown = 1.5\ninterval = 60\n")
+    probe = next(t for t in (gen(f"p{i}", cc="no-store") for i in range(100)) if owner(upstreams, t) == 0)
+    broken = next(t for t in (gen(f"b{i}", cc="no-store") for i in range(100)) if owner(upstreams, t) == 0)
+    name = broken.split("/")[2].split("?")[0]
+
+    def served_by():
+        status, headers, _ = get(server, probe)
+        assert status == 200
+        return int(headers["x-origin"])
+
+    assert served_by() == first.port
+    first.ctl(f"/_fail/{name}/on")  # 500: one resource's bug, not the origin's health
+    for _ in range(3):
+        assert get(server, broken)[0] == 500
+    assert served_by() == first.port, "a 500 must not open the circuit"
+    first.ctl(f"/_fail/{name}/on?status=503")
+    for _ in range(2):  # two gateway errors in a row (failures = 2) open the first origin's circuit
+        status, headers, _ = get(server, broken)
+        assert status == 503 and headers["x-origin"] == str(first.port)
+    asked = first.count(probe)
+    assert served_by() == second.port, "an open circuit sends the origin's keys to the next one"
+    assert first.count(probe) == asked
+    first.ctl(f"/_fail/{name}/off")
+    until(served_by, lambda port: port == first.port)  # after the cooldown a trial request succeeds
+    assert served_by() == first.port
+    settled(server, cache_dir)
+
+
+# -- the cache key ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule, fetches", [(None, 2), ('"ignore"', 1), ('["a"]', 1)], ids=["keep", "ignore", "list"])
+def test_query_in_the_cache_key(pull, origins, cache_dir, rule, fetches):
+    [origin] = origins(1)
+    server = pull([origin], config=f"[cache]\nquery = {rule}\n" if rule else None)
+    first, second = ("/obj/q?a=1&b=1", "/obj/q?b=2&a=1") if rule == '["a"]' else ("/obj/q?a=1", "/obj/q?a=2")
+    status, headers, _ = get(server, first)
+    assert status == 200 and headers["cache-status"] == MISS_STORED
+    status, headers, _ = get(server, second)
+    assert status == 200
+    if fetches == 2:
+        assert headers["cache-status"] == MISS_STORED
+    else:
+        assert HIT.fullmatch(headers["cache-status"])
+    counts = origin.stats()["counts"]
+    assert sum(n for path, n in counts.items() if path.startswith("/obj/q")) == fetches
+    assert counts.get(first) == 1
+    settled(server, cache_dir)
