@@ -16,7 +16,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .cachekey import digest
 
@@ -42,7 +42,7 @@ class Meta:
 
     def dumps(self) -> bytes:
         """The metadata file's bytes."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()  # asdict() deep-copies: slow
 
     @classmethod
     def loads(cls, data: bytes) -> Meta:
@@ -60,7 +60,7 @@ class Writer:
         self.key = key
         self.name = digest(key)
         self.tmp = os.path.join(store.tmp_dir, f"{self.name}.{os.getpid()}.{time.monotonic_ns()}")
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.written = 0
 
     def write(self, chunk: bytes) -> None:
@@ -81,10 +81,12 @@ class Writer:
         os.close(self.fd)
         self.fd = -1
         body, meta_path = self.store.paths(self.name)
-        os.makedirs(os.path.dirname(body), exist_ok=True)
         meta_tmp = self.tmp + ".meta"
-        with open(meta_tmp, "wb") as f:
-            f.write(meta.dumps())
+        fd = os.open(meta_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, meta.dumps())  # a few hundred bytes: one write takes it all on a regular file
+        finally:
+            os.close(fd)
         os.replace(self.tmp, body)
         os.replace(meta_tmp, meta_path)
         self.store.admitted(self.name, meta.length)
@@ -111,15 +113,16 @@ class DiskCache:
         self.max_size = max_size
         self.objects_dir = os.path.join(root, "objects")
         self.tmp_dir = os.path.join(root, "tmp")
-        os.makedirs(self.objects_dir, exist_ok=True)
         os.makedirs(self.tmp_dir, exist_ok=True)
+        for i in range(256):  # every objects/ab/ made once here, not checked on every store
+            os.makedirs(os.path.join(self.objects_dir, f"{i:02x}"), exist_ok=True)
         self.index: OrderedDict[str, int] = OrderedDict()  # digest -> body size, least recent first
         self.size = 0
         self.evictions = 0
 
     def paths(self, name: str) -> tuple[str, str]:
         """(body path, metadata path) of a digest."""
-        base = os.path.join(self.objects_dir, name[:2], name)
+        base = f"{self.objects_dir}/{name[:2]}/{name}"
         return base, base + ".meta"
 
     def rebuild(self, clear_tmp: bool = True) -> int:

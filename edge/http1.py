@@ -77,11 +77,16 @@ class _Abort(Exception):
     """Raised from a parser callback to stop parsing with an error status."""
 
 
+_TITLES: dict[bytes, bytes] = {}
+
+
 def _title(name: bytes) -> bytes:
-    special = _SPECIAL_CASE.get(name)
-    if special is not None:
-        return special
-    return b"-".join(word.capitalize() for word in name.split(b"-"))
+    title = _TITLES.get(name)
+    if title is None:
+        title = _SPECIAL_CASE.get(name) or b"-".join(word.capitalize() for word in name.split(b"-"))
+        if len(_TITLES) < 4096:  # origin responses bring arbitrary names: memoise only a bounded set
+            _TITLES[name] = title
+    return title
 
 
 def serialize_head(plan: Plan, connection: bytes) -> bytes:

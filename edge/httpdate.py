@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import time
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -17,6 +18,7 @@ def format_http_date(seconds: float) -> str:
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
+@functools.lru_cache(maxsize=1024)  # the same Date and Last-Modified values come back again and again
 def parse_http_date(value: str | bytes) -> int | None:
     """Parse an HTTP date (IMF-fixdate, RFC 850 or asctime) to Unix seconds; None if invalid."""
     if isinstance(value, bytes):

@@ -1,13 +1,22 @@
-"""The origin client: a key's origin from the ring, keep-alive pools (aiohttp), one retry on the next node."""
+"""The origin client: a key's origin from the ring, bounded keep-alive pools, one retry on the next node.
+
+HTTP/1.1 over asyncio protocols with httptools parsing the responses. aiohttp's client was the
+first choice; measured against an nginx origin it cost about 280 µs of CPU per request, more than
+a whole cache miss may cost (the miss path is measured against nginx proxy_cache), where this
+client costs a fraction of that. Bodies stream: a response hands its body on in chunks as they
+arrive and stops reading from the origin while its reader lags behind.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiohttp
+import httptools
 
 from .ring import Ring
 
@@ -15,7 +24,8 @@ from .ring import Ring
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "proxy-authenticate", "proxy-authorization"})
 IDEMPOTENT = frozenset({"GET", "HEAD"})
-CHUNK = 64 * 1024
+KEEPALIVE = 30.0  # seconds an idle pooled connection is kept (origins commonly close after 60-75 s)
+HIGH_WATER = 1 << 20  # body bytes buffered for a slow reader before reading from the origin pauses
 
 
 class OriginError(Exception):
@@ -28,6 +38,10 @@ class OriginError(Exception):
 
 class TruncatedBody(OriginError):
     """The origin closed or failed before the whole body arrived (never cache it, never pass it as complete)."""
+
+
+class _Dropped(ConnectionError):
+    """A reused keep-alive connection closed before any byte of the answer: safe to ask again at once."""
 
 
 @dataclass(frozen=True)
@@ -45,27 +59,312 @@ class Upstream:
 
 
 class Fetched:
-    """An origin's response, its body still to be read in chunks."""
+    """An origin's response: status and header fields at once, the body as it arrives (chunks())."""
 
-    def __init__(self, index: int, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, index: int, conn: _Conn) -> None:
         self.index = index
-        self.response = response
-        self.status = response.status
-        self.headers = [(k.lower(), v) for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP]
+        self._conn = conn
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._buffer: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future | None = None
+        self._head: asyncio.Future = conn.loop.create_future()
+        self.complete = False
+        self.error: OriginError | None = None
+        self.any_byte = False
+        self.dropped = False  # a reused connection closed before any byte: the request may be sent again
+
+    # -- fed by the connection ---------------------------------------------------------------------
+
+    def _headers_done(self, status: int) -> None:
+        self.status = status
+        self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in self._raw
+                        if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def _data(self, chunk: bytes) -> None:
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > HIGH_WATER:
+            self._conn.pause()
+        self._wake()
+
+    def _end(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def _fail(self, error: OriginError) -> None:
+        if self.complete or self.error is not None:
+            return
+        self.error = error
+        if not self._head.done():
+            self._head.set_exception(error)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- read by the puller ------------------------------------------------------------------------
+
+    async def head(self) -> None:
+        """Wait for the status line and header fields (OriginError if the origin fails first)."""
+        await self._head
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; TruncatedBody if it ends short of its Content-Length or breaks."""
+        """The body as it arrives; TruncatedBody if it ends short of its framing or stalls."""
         try:
-            async for chunk in self.response.content.iter_chunked(CHUNK):
-                yield chunk
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
-            raise TruncatedBody(f"origin body cut short: {e}") from None
+            while True:
+                while self._buffer:
+                    chunk = self._buffer.popleft()
+                    self._buffered -= len(chunk)
+                    if self._buffered <= HIGH_WATER // 2:
+                        self._conn.resume()
+                    yield chunk
+                if self.complete:
+                    return
+                if self.error is not None:
+                    raise TruncatedBody(f"origin body cut short: {self.error}")
+                self._waiter = self._conn.loop.create_future()
+                await self._waiter
+                self._waiter = None
         finally:
-            self.response.release()
+            self.close()
 
     def close(self) -> None:
-        """Drop the response (its connection is not reused when the body was not read)."""
-        self.response.close()
+        """Done with the response: the connection goes back to its pool if the exchange ended cleanly."""
+        self._conn.finished(self)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to an origin: writes a request, parses its response with httptools."""
+
+    def __init__(self, pool: _HostPool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: Fetched | None = None
+        self.closed = False
+        self.reusable = False
+        self.idle_since = 0.0
+        self.last_data = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.interim = False
+        self.framed = False  # Content-Length or chunked: the end is known without the connection closing
+        self.paused = False
+        self.pool_reused = False  # the current request went out on a connection used before
+
+    # -- asyncio -----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # noqa: D102
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:  # noqa: D102
+        response = self.response
+        if response is None:
+            self.transport.abort()  # bytes nobody asked for: this connection is not in a known state
+            return
+        response.any_byte = True
+        self.last_data = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self.reusable = False
+            response._fail(OriginError(f"bad response from {self.pool.upstream.url}: {e}"))
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        self.closed = True
+        self.reusable = False
+        self._stop_timer()
+        response = self.response
+        if response is None or response.complete:
+            return
+        if response.status and not self.framed and exc is None:
+            response._end()  # a body delimited by the connection's close (RFC 9112 §6.3 rule 8)
+        elif not response.any_byte and self.pool_reused:
+            response._fail(OriginError("dropped"))
+            response.dropped = True
+        else:
+            response._fail(OriginError(f"connection to {self.pool.upstream.url} lost"))
+
+    def pause(self) -> None:
+        """Stop reading until the body's reader catches up."""
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read again."""
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    # -- httptools callbacks -----------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:  # noqa: D102
+        self.response._raw.append((name, value))
+
+    def on_headers_complete(self) -> None:  # noqa: D102
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.interim = True  # 100 Continue, 103 Early Hints: the real answer follows
+            self.response._raw.clear()
+            return
+        names = {k.lower() for k, _ in self.response._raw}
+        self.framed = b"content-length" in names or b"transfer-encoding" in names
+        self.response._headers_done(status)
+
+    def on_body(self, body: bytes) -> None:  # noqa: D102
+        self.response._data(body)
+
+    def on_message_complete(self) -> None:  # noqa: D102
+        if self.interim:
+            self.interim = False
+            return
+        self._stop_timer()
+        self.reusable = self.parser.should_keep_alive()
+        self.response._end()
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def send(self, request: bytes, reused: bool) -> Fetched:
+        """Write a request; its response is read from here on."""
+        response = Fetched(self.pool.index, self)
+        self.response = response
+        self.pool_reused = reused
+        self.reusable = False
+        self.interim = False
+        self.last_data = self.loop.time()
+        self.timer = self.loop.call_later(self.pool.read_timeout, self._check_stall)
+        self.transport.write(request)
+        return response
+
+    def _check_stall(self) -> None:
+        """The read timeout: no byte from the origin for read_timeout seconds fails the response."""
+        self.timer = None
+        response = self.response
+        if response is None or response.complete or response.error is not None:
+            return
+        idle = self.loop.time() - self.last_data
+        if idle < self.pool.read_timeout:
+            self.timer = self.loop.call_later(self.pool.read_timeout - idle, self._check_stall)
+            return
+        response._fail(OriginError(f"{self.pool.upstream.url}: no answer for {self.pool.read_timeout:g} s",
+                                   timeout=True))
+        self.transport.abort()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def finished(self, response: Fetched) -> None:
+        """The reader let go of `response`: keep the connection if it ended cleanly, else drop it."""
+        if self.response is not response:
+            return
+        self.response = None
+        self._stop_timer()
+        reusable = response.complete and self.reusable and not self.closed
+        if not reusable and not self.closed:
+            self.closed = True
+            self.transport.abort()
+        self.resume()
+        self.pool.release(self, reusable)
+
+
+class _HostPool:
+    """Keep-alive connections to one origin, at most `limit` at a time; requests beyond it queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, index: int, upstream: Upstream, limit: int,
+                 connect_timeout: float, read_timeout: float) -> None:
+        self.loop = loop
+        self.index = index
+        self.upstream = upstream
+        parts = urlsplit(upstream.url)
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self.prefix = parts.path.rstrip("/")
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle: list[_Conn] = []
+        self.count = 0  # open or opening connections
+        self.waiters: deque[asyncio.Future] = deque()
+
+    async def acquire(self) -> tuple[_Conn, bool]:
+        """A connection to send on: (an idle one, True) or (a new one, False)."""
+        now = self.loop.time()
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed and now - conn.idle_since < KEEPALIVE:
+                return conn, True
+            self._discard(conn)
+        if self.count >= self.limit:
+            waiter = self.loop.create_future()
+            self.waiters.append(waiter)
+            try:
+                conn = await asyncio.wait_for(waiter, self.connect_timeout)
+            except asyncio.TimeoutError:
+                raise OriginError(f"{self.upstream.url}: all {self.limit} connections busy", timeout=True) \
+                    from None
+            if conn is not None:
+                return conn, True
+        else:
+            self.count += 1
+        return await self._connect(), False
+
+    async def _connect(self) -> _Conn:
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: _Conn(self), self.host, self.port, ssl=self.ssl),
+                self.connect_timeout)
+        except BaseException:
+            self.count -= 1
+            self._wake_one(None)
+            raise
+        return conn
+
+    def release(self, conn: _Conn, reusable: bool) -> None:
+        """Take a connection back: to a queued request, to the idle list, or closed."""
+        if reusable:
+            while self.waiters:
+                waiter = self.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(conn)
+                    return
+            conn.idle_since = self.loop.time()
+            self.idle.append(conn)
+            return
+        self.count -= 1
+        self._wake_one(None)
+
+    def _wake_one(self, conn: _Conn | None) -> None:
+        """A slot opened: the first queued request may open a connection of its own."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                self.count += 1
+                waiter.set_result(conn)
+                return
+
+    def _discard(self, conn: _Conn) -> None:
+        if not conn.closed:
+            conn.closed = True
+            conn.transport.close()
+        self.count -= 1
+
+    def close(self) -> None:
+        """Close every idle connection (those in use close when their response is let go)."""
+        for conn in self.idle:
+            self._discard(conn)
+        self.idle.clear()
 
 
 class OriginPool:
@@ -77,17 +376,17 @@ class OriginPool:
         self.ring = Ring([(u.url, u.weight) for u in self.upstreams])
         self.forward = frozenset(h.lower() for h in forward_headers) - HOP_BY_HOP
         self.via = via
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.limit = limit_per_origin
-        self.session: aiohttp.ClientSession | None = None
+        self.pools: list[_HostPool] | None = None
 
-    def _session(self) -> aiohttp.ClientSession:
-        if self.session is None:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.limit, keepalive_timeout=30,
-                                             enable_cleanup_closed=True)
-            self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=False,
-                                                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"))
-        return self.session
+    def _pools(self) -> list[_HostPool]:
+        if self.pools is None:
+            loop = asyncio.get_running_loop()
+            self.pools = [_HostPool(loop, i, u, self.limit, self.connect_timeout, self.read_timeout)
+                          for i, u in enumerate(self.upstreams)]
+        return self.pools
 
     def request_headers(self, upstream: Upstream, incoming: Sequence[tuple[str, str]],
                         extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
@@ -100,12 +399,19 @@ class OriginPool:
             out[name] = value
         return out
 
+    def _request(self, pool: _HostPool, method: str, target: str, headers: dict[str, str]) -> bytes:
+        lines = [f"{method} {pool.prefix}{target} HTTP/1.1\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1")
+
     async def fetch(self, key: bytes, method: str, target: str, incoming: Sequence[tuple[str, str]] = (),
                     extra: Sequence[tuple[str, str]] = (), healthy: Callable[[int], bool] = lambda i: True,
                     on_failure: Callable[[int], None] = lambda i: None) -> Fetched:
         """The response of the first healthy origin for `key`; an idempotent request is retried once on the next.
 
-        `on_failure` hears of each origin that refused, reset or timed out (for the circuit breaker).
+        `target` is the path and query, percent-encoded. `on_failure` hears of each origin that
+        refused, reset or timed out (for the circuit breaker).
         """
         most = 2 if method in IDEMPOTENT else 1
         tries = []
@@ -116,24 +422,35 @@ class OriginPool:
                     break
         if not tries:
             raise OriginError("no healthy origin")
+        pools = self._pools()
         timed_out = False
         failure = "no origin tried"
         for index in tries:
-            upstream = self.upstreams[index]
+            pool = pools[index]
+            request = self._request(pool, method, target, self.request_headers(pool.upstream, incoming, extra))
             try:
-                response = await self._session().request(
-                    method, upstream.url + target, headers=self.request_headers(upstream, incoming, extra),
-                    allow_redirects=False)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
-                timed_out = isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError))
-                failure = f"{upstream.url}: {type(e).__name__}: {e}"
+                return await self._exchange(pool, request)
+            except (OSError, asyncio.TimeoutError, OriginError) as e:
+                timed_out = isinstance(e, asyncio.TimeoutError) or getattr(e, "timeout", False)
+                failure = f"{pool.upstream.url}: {type(e).__name__}: {e}"
                 on_failure(index)
-                continue
-            return Fetched(index, response)
         raise OriginError(failure, timeout=timed_out)
+
+    async def _exchange(self, pool: _HostPool, request: bytes) -> Fetched:
+        """Send on a pooled connection and wait for the head; a reused one found dropped is replaced once."""
+        for _ in range(2):
+            conn, reused = await pool.acquire()
+            response = conn.send(request, reused)
+            try:
+                await response.head()
+                return response
+            except OriginError:
+                response.close()
+                if not response.dropped:
+                    raise
+        raise OriginError(f"{pool.upstream.url}: connections keep dropping")
 
     async def close(self) -> None:
         """Close every pooled connection."""
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        for pool in self.pools or ():
+            pool.close()

@@ -258,6 +258,8 @@ class Puller:
     async def _from_disk(self, fetch: Fetch) -> StoredEntry | None:
         """The stored object for fetch.key, checked against the disk (it may be new, refreshed, purged)."""
         old = self.cache.peek(fetch.name)
+        if old is None and not os.path.exists(self.store.paths(digest(fetch.key))[1]):
+            return None  # a plain miss: one stat here costs less than a trip to the I/O pool
         found = await self.loop.run_in_executor(self.executor, self._open_stored, fetch.key, fetch.name, old)
         now = self.loop.time()
         if found is None:
@@ -326,7 +328,7 @@ class Puller:
                     # A flight of this worker stored it while this request looked at the disk.
                     flight.resolve(Outcome(held, COLLAPSED))
                     return
-                if waited or self._changed_on_disk(fetch, stale):  # another worker stored it meanwhile
+                if waited or (not self.solo and self._changed_on_disk(fetch, stale)):  # stored by another worker
                     entry = await self._from_disk(fetch)
                     if entry is not None and not entry.vary and self.loop.time() < entry.fresh_until:
                         flight.resolve(Outcome(entry, COLLAPSED))
@@ -408,7 +410,7 @@ class Puller:
         key = fetch.key + b"\0identity" if varies else fetch.key
         writer = self.store.writer(key)
         try:
-            rfd = os.open(writer.tmp, os.O_RDONLY | os.O_CLOEXEC)
+            rfd = os.dup(writer.fd)  # readers use pread/sendfile at explicit offsets: one open file serves both
         except OSError:
             writer.abort()
             fetched.close()
@@ -445,7 +447,8 @@ class Puller:
             if growth is not None:
                 growth.fail()
             writer.abort()
-            _unlink(head)
+            if not self.solo:
+                _unlink(head)
             entry.retire()
             self._failed(flight, stale, 502, "truncated")
             return
@@ -454,10 +457,9 @@ class Puller:
             flight.resolve(Outcome(entry, cache_status, shared=storable))
         entry.growth = None
         entry.plans.clear()
-        published = None
-        if storable:
-            published = await self.loop.run_in_executor(self.executor, self._commit, writer, meta,
-                                                        fetch.key if varies else None)
+        # Publishing is a few metadata syscalls: done here, it costs less than a trip to the I/O pool
+        # (measured on the miss path); only the 304 metadata rewrite, not on a client's path, goes off the loop.
+        published = self._commit(writer, meta, fetch.key if varies else None) if storable else None
         if published is not None:
             entry.fs_path, entry.meta_mtime = published
             now = self.loop.time()
@@ -466,7 +468,8 @@ class Puller:
         else:
             writer.abort()
             entry.retire()  # served to its own requests from the open fd, then closed
-        _unlink(head)
+        if not self.solo:
+            _unlink(head)
 
     def _failed(self, flight: Flight, stale: StoredEntry | None, status: int, detail: str) -> None:
         """The origin gave nothing usable: stale-if-error when allowed, else a short 502/504."""
@@ -511,7 +514,7 @@ class Puller:
         return (await aiofiles.os.stat(meta_path)).st_mtime_ns
 
     def _commit(self, writer: Writer, meta: Meta, vary_key: bytes | None) -> tuple[str, int] | None:
-        """(Executor) publish a complete body and its metadata: (body path, metadata mtime), or None.
+        """Publish a complete body and its metadata: (body path, metadata mtime), or None.
 
         With `vary_key`, also record that the key varies by Accept-Encoding: an empty object under the
         base key whose metadata says so, so later requests look up their coding's copy.

@@ -192,6 +192,12 @@ def stored(cache_dir: Path, key: str) -> dict | None:
     return json.loads(meta.read_bytes())
 
 
+def stored_soon(cache_dir: Path, key: str) -> dict:
+    """The metadata of `key`'s object, waiting for it: a body is published just after its last byte is sent."""
+    assert wait_for(lambda: stored(cache_dir, key) is not None, 5), f"{key} was not stored"
+    return stored(cache_dir, key)
+
+
 def stored_keys(cache_dir: Path) -> set[str]:
     """The keys of every object in the cache directory."""
     return {json.loads(p.read_bytes())["key"] for p in (cache_dir / "objects").glob("*/*.meta")}
@@ -274,7 +280,7 @@ def test_miss_then_hit_asks_the_origin_once(pull, origins, cache_dir):
     for name in ("Cookie", "X-Secret", "User-Agent"):
         assert name not in sent, f"client field {name} forwarded: {sent}"
 
-    meta = stored(cache_dir, "/obj/a")
+    meta = stored_soon(cache_dir, "/obj/a")
     assert meta is not None and meta["status"] == 200 and meta["length"] == len(body1)
     assert meta["tags"] == ["a", "b"]  # from Surrogate-Key
     assert object_files(cache_dir, "/obj/a")[0].read_bytes() == body1
@@ -438,7 +444,7 @@ def test_cacheable_statuses_are_stored_and_head_on_a_miss_stores_too(pull, origi
         assert first[1]["cache-status"] == MISS_STORED and HIT.fullmatch(second[1]["cache-status"])
         assert first[2] == second[2]
         assert origin.count(target) == 1
-        assert stored(cache_dir, target)["status"] == code
+        assert stored_soon(cache_dir, target)["status"] == code
     target = gen("hd", cc="max-age=60")
     status, headers, body = get(server, target, method="HEAD")
     assert status == 200 and body == b"" and headers["cache-status"] == MISS_STORED
@@ -517,7 +523,7 @@ def test_expired_object_is_revalidated_with_its_etag(pull, origins, cache_dir):
     target = gen("v", cc="max-age=2", etag="1", lm=lm)
     status, headers, body = get(server, target)
     assert status == 200 and headers["cache-status"] == MISS_STORED and headers["etag"] == '"v-v0"'
-    before = stored(cache_dir, target)
+    before = stored_soon(cache_dir, target)
     assert before is not None
     status, later, again = until(lambda: get(server, target), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
     assert status == 200
@@ -528,7 +534,7 @@ def test_expired_object_is_revalidated_with_its_etag(pull, origins, cache_dir):
     assert "If-None-Match" not in sent[0]
     assert sent[1]["If-None-Match"] == '"v-v0"'
     assert sent[1]["If-Modified-Since"] == lm
-    after = stored(cache_dir, target)
+    after = stored_soon(cache_dir, target)
     assert after is not None and after["stored_at"] > before["stored_at"], "the 304 refreshes the stored metadata"
     # Without validators an expired object is simply fetched again, and the new answer stored.
     plain = gen("v2", cc="max-age=1")
@@ -539,7 +545,7 @@ def test_expired_object_is_revalidated_with_its_etag(pull, origins, cache_dir):
     assert status == 200 and later["cache-status"] == STALE_REFETCHED
     assert body == gen_body("v2", origin.port, 1)
     assert [("If-None-Match" in h, "If-Modified-Since" in h) for h in origin.requests(plain)] == [(False, False)] * 2
-    assert stored(cache_dir, plain)["headers"] and ["x-version", "1"] in stored(cache_dir, plain)["headers"]
+    assert stored_soon(cache_dir, plain)["headers"] and ["x-version", "1"] in stored_soon(cache_dir, plain)["headers"]
     settled(server, cache_dir)
 
 
@@ -549,7 +555,7 @@ def test_no_cache_is_stored_but_revalidated_every_time(pull, origins, cache_dir)
     target = gen("nc", cc="no-cache", etag="1")
     status, headers, body = get(server, target)
     assert status == 200 and headers["cache-status"] == MISS_STORED
-    assert stored(cache_dir, target) is not None
+    stored_soon(cache_dir, target)
     for n in range(2, 4):
         status, headers, again = get(server, target)
         assert status == 200 and again == body
@@ -673,7 +679,7 @@ def test_concurrent_misses_on_two_workers_make_one_origin_request(pull, origins,
     statuses = [r[1] for r in results]
     assert set(statuses) <= {MISS_STORED, COLLAPSED}, statuses
     assert COLLAPSED in statuses, "the other worker's clients follow the fetch (collapsed)"
-    assert stored(cache_dir, target)["length"] == size
+    assert stored_soon(cache_dir, target)["length"] == size
     status, headers, body = get(server, target)
     assert status == 200 and HIT.fullmatch(headers["cache-status"]) and hashlib.sha256(body).hexdigest() == expected
     assert origin.count(target) == 1
@@ -768,7 +774,7 @@ def test_first_bytes_reach_clients_on_both_workers_before_the_origin_finishes(pu
         assert read_rest(sock, early, size) == full
         sock.close()
     assert origin.count(target) == 1
-    assert stored(cache_dir, target)["length"] == size
+    assert stored_soon(cache_dir, target)["length"] == size
     settled(server, cache_dir)
 
 
