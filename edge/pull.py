@@ -462,6 +462,12 @@ class Puller:
         published = self._commit(writer, meta, fetch.key if varies else None) if storable else None
         if published is not None:
             entry.fs_path, entry.meta_mtime = published
+            if 0 < entry.size <= self.inline_max:  # like a small local file: sent in one write with its head
+                try:
+                    body = os.pread(entry.fd, entry.size, 0)
+                    entry.body = body if len(body) == entry.size else None
+                except OSError:
+                    pass
             now = self.loop.time()
             entry.checked = now
             self.cache.store(entry.path, entry, now)

@@ -43,6 +43,27 @@ or timed out, or any non-2xx status, fails the cell.  These runs last
 --h2-duration seconds (default 4, or --duration when shorter).  After the
 table, edge's figures are set against the targets of the HTTP/2 issue.
 
+Proxy-cache rows, edge against nginx proxy_cache (edge and nginx only).  The
+origin is an nginx of its own (one process, pinned to CPU 0 beside the load
+generator) serving 1 KiB files /obj/0 .. /obj/99 with Cache-Control:
+max-age=3600; edge (`--workers 1 --origin ... --cache-dir ...`, empty root) and
+nginx (master + 1 worker, proxy_cache, keep-alive upstream, proxy_cache_lock
+on) stand in front of it on CPU 1.  wrk -t1 -c64 --latency runs a Lua script
+(wrk -s) that picks each request's path:
+
+  proxy-hot       cycles through the 100 objects, all warmed first (a hit is
+                  checked in Cache-Status / X-Cache-Status); beside it edge
+                  serving the same files from a local root, so that edge proxy
+                  / edge local file is printed (target >= 0.90) with edge / nginx
+  proxy-miss      /obj/i?v=TOKEN-i: a new cache key on every request, stored by
+                  both (checked first); edge / nginx printed (target >= 0.5); a
+                  run fails unless the origin saw a request for each
+  proxy-coalesce  100 connections ask at once for one new key (1 MiB the origin
+                  sends at 4 MiB/s); the origin's access log counts the fetches
+
+proxy-hot and proxy-miss cells are measured in rounds like the unpinned rows
+("proxy" selects all three rows).
+
 For every throughput row the server's CPU time (utime+stime from
 /proc/PID/stat, summed over the server's process tree) is sampled before and
 after the run: CPU µs per request, or CPU seconds per GiB sent.  Every figure
@@ -95,6 +116,15 @@ H2_TARGETS = (   # (row, other server, minimum edge / other), printed not assert
 WRK_PINNED = (1, 64)                 # wrk threads, connections: pinned rows
 WRK_UNPINNED = (2, 128)              # unpinned rows: 64 connections per wrk thread
 SCALING_TARGET = 0.95                # edge scaling / nginx scaling, printed not asserted
+PROXY_SERVERS = ("edge", "nginx")    # the servers of the proxy-cache rows
+PROXY_OBJECTS = 100                  # 1 KiB objects /obj/0 .. /obj/99 on the origin
+PROXY_OBJ_SIZE = 1 << 10
+COALESCE_CLIENTS = 100               # concurrent requests for one new key
+COALESCE_SIZE = 1 << 20              # the coalesced object: 1 MiB ...
+COALESCE_RATE = "4m"                 # ... sent by the origin at 4 MiB/s: one fetch takes ~0.25 s
+PROXY_HOT_TARGET = 0.90              # edge proxy-hot / edge local-file req/s, printed not asserted
+PROXY_MISS_TARGET = 0.5              # edge / nginx proxy-miss req/s, printed not asserted
+CACHE_FIELD = {"edge": "cache-status", "nginx": "x-cache-status"}   # where each says hit or miss
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 OTHER_LOAD_WARN = 0.15      # warn when others used more than this share of a CPU
 
@@ -109,6 +139,13 @@ SERVER_LABEL = {
     "hypercorn": "hypercorn (tiny ASGI app)",
     "h2o": "h2o file.dir",
 }
+# the cells of the proxy rows: edge and nginx as caching proxies of one origin, and in the
+# proxy-hot row edge once more serving the same objects from a local root
+PROXY_LABEL = {
+    "edge": "edge proxy (disk cache)",
+    "nginx": "nginx proxy_cache",
+    "edge-local": "edge, same objects as local files",
+}
 
 
 @dataclasses.dataclass
@@ -122,6 +159,7 @@ class Row:
     servers: tuple[str, ...] = H1_SERVERS   # the servers this row measures
     proto: str | None = None     # None: HTTP/1.1; "h2c": HTTP/2 by prior knowledge; "h2": TLS
     load: tuple[int | None, int] | None = None   # h2load -c, -m (-c None: --conns)
+    proxy: str | None = None     # "hot", "miss" or "coalesce": a proxy-cache row (run_proxy)
 
 
 ROWS = [
@@ -146,11 +184,20 @@ ROWS = [
         workers="1", servers=MULTI_SERVERS),
     Row("scaling-2", "1 KiB GET, 2 workers, unpinned (req/s)", "wrk", "1k.bin", "req/s",
         workers="2", servers=MULTI_SERVERS),
+    Row("proxy-hot", f"proxy cache hit, {PROXY_OBJECTS} hot 1 KiB objects (req/s)", "wrk", "obj",
+        "req/s", servers=PROXY_SERVERS, proxy="hot"),
+    Row("proxy-miss", "proxy cache miss, 1 KiB, a new key per request (req/s)", "wrk", "obj",
+        "req/s", servers=PROXY_SERVERS, proxy="miss"),
+    Row("proxy-coalesce", f"{COALESCE_CLIENTS} concurrent misses of one new 1 MiB key "
+        "(origin fetches)", "coalesce", "co.bin", "fetches", servers=PROXY_SERVERS,
+        proxy="coalesce"),
 ]
 ROW_BY_KEY = {r.key: r for r in ROWS}
-ROW_GROUPS = {"scaling": ("scaling-1", "scaling-2")}   # --rows names that select several rows
+ROW_GROUPS = {"scaling": ("scaling-1", "scaling-2"),   # --rows names that select several rows
+              "proxy": ("proxy-hot", "proxy-miss", "proxy-coalesce")}
 ROW_NAMES = ["1k", "100k", "1m", "64m", "idle", "h2-1k", "h2-1m", "h2-64m", "h2tls-1k",
-             "h2tls-1m", "machine", "scaling"]   # --rows choices
+             "h2tls-1m", "machine", "scaling", "proxy-hot", "proxy-miss",
+             "proxy-coalesce"]   # --rows choices (and "proxy": the three proxy rows)
 
 
 def log(msg: str) -> None:
@@ -346,6 +393,123 @@ http {{
     }}
 }}
 """
+# The origin of the proxy rows: nginx, one process pinned beside the load generator,
+# every object fresh for an hour; /co/ (the coalescing row) logs its requests and sends
+# at COALESCE_RATE so that a fetch lasts a moment; /origin-status counts all requests.
+NGINX_ORIGIN_CONF = """\
+# generated by scripts/bench: origin of the proxy rows
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{
+    worker_connections {conns};
+    use epoll;
+}}
+http {{
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    open_file_cache max=10000 inactive=60s;
+    open_file_cache_valid 1s;
+    keepalive_requests 1000000000;
+    keepalive_timeout 600s;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen {host}:{port} backlog=4096;
+        server_name localhost;
+        root {root};
+        add_header Cache-Control "max-age=3600";
+        location / {{ }}
+        location = /healthz {{ return 200 "ok\\n"; }}
+        location = /origin-status {{ stub_status; }}
+        location /co/ {{
+            access_log {tmp}/coalesce-access.log;
+            limit_rate {rate};
+        }}
+    }}
+}}
+"""
+# nginx as the caching proxy under test: master + 1 worker (and its cache manager and
+# loader), keep-alive connections to the origin, responses stored for an hour (the
+# origin's max-age), one fetch per new key at a time (proxy_cache_lock).  The default
+# proxy_cache_key, $scheme$proxy_host$request_uri, keeps the query like edge's.
+NGINX_PROXY_CONF = """\
+# generated by scripts/bench: nginx proxy_cache
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+worker_rlimit_nofile {nofile};
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{
+    worker_connections {conns};
+    use epoll;
+}}
+http {{
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 1000000000;
+    keepalive_timeout 600s;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    proxy_cache_path {tmp}/cache levels=1:2 keys_zone=bench:64m max_size=10g inactive=1h
+                     use_temp_path=off;
+    upstream origin {{
+        server {host}:{origin_port};
+        keepalive 64;
+    }}
+    server {{
+        listen {host}:{port} backlog=4096;
+        server_name localhost;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            add_header X-Cache-Status $upstream_cache_status;
+        }}
+    }}
+}}
+"""
+# wrk -s script of the proxy rows.  Arguments after "--": "rotate N" cycles through
+# /obj/0 .. /obj/N-1 (requests built once); "unique N TOKEN" asks for /obj/i%N?v=TOKEN-i,
+# a new cache key on every request (TOKEN differs between runs and servers).
+WRK_PROXY_LUA = """\
+-- generated by scripts/bench
+local mode, n, token, i = "rotate", 100, "t", 0
+local reqs = {}
+function init(args)
+  mode = args[1] or mode
+  n = tonumber(args[2] or n)
+  token = args[3] or token
+  if mode == "rotate" then
+    for k = 0, n - 1 do reqs[k + 1] = wrk.format(nil, "/obj/" .. k) end
+  end
+end
+function request()
+  i = i + 1
+  if mode == "rotate" then return reqs[(i - 1) % n + 1] end
+  return wrk.format(nil, "/obj/" .. (i % n) .. "?v=" .. token .. "-" .. i)
+end
+"""
 # HTTP/2 instances: "listen ... http2" (h2c by prior knowledge only: the port no
 # longer answers HTTP/1.1) or "listen ... ssl http2" (ALPN h2, http/1.1), nginx 1.22
 NGINX_LISTEN = {None: "", "h2c": " http2", "h2": " ssl http2"}
@@ -434,6 +598,74 @@ class Harness:
             if p.returncode != 0 or not key.exists():
                 raise RuntimeError(f"openssl could not make a certificate: {p.stderr.strip()[-300:]}")
         return str(cert), str(key)
+
+    # ---- proxy rows: origin corpus and servers ---------------------------
+    def make_origin_corpus(self) -> None:
+        """The origin's files (also the root of the edge local-file cell): /obj/0 ..
+        /obj/N-1 of 1 KiB, /1k.bin (what start() probes for) and /co/co.bin of
+        1 MiB; an empty root for edge as a proxy; the wrk script."""
+        self.origin_root = self.tmp / "origin-root"
+        self.empty_root = self.tmp / "proxy-empty-root"
+        (self.origin_root / "obj").mkdir(parents=True, exist_ok=True)
+        (self.origin_root / "co").mkdir(exist_ok=True)
+        self.empty_root.mkdir(exist_ok=True)
+        self.obj_digests: list[str] = []
+        for k in range(PROXY_OBJECTS):
+            data = os.urandom(PROXY_OBJ_SIZE)
+            (self.origin_root / "obj" / str(k)).write_bytes(data)
+            self.obj_digests.append(hashlib.sha256(data).hexdigest())
+        (self.origin_root / "1k.bin").write_bytes(os.urandom(FILES["1k.bin"]))
+        data = os.urandom(COALESCE_SIZE)
+        (self.origin_root / "co" / "co.bin").write_bytes(data)
+        self.co_digest = hashlib.sha256(data).hexdigest()
+        self.lua = self.tmp / "proxy.lua"
+        self.lua.write_text(WRK_PROXY_LUA)
+        self.token = 0
+        log(f"origin corpus in {self.origin_root}: obj/0..{PROXY_OBJECTS - 1} "
+            f"({PROXY_OBJ_SIZE} B each), co/co.bin ({COALESCE_SIZE} B)")
+
+    def next_token(self, what: str) -> str:
+        """A string that no earlier cache key of this run contains."""
+        self.token += 1
+        return f"{what}-{os.getpid()}-{self.token}"
+
+    def _nginx_conf(self, port: int, template: str, **kw) -> Spec:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        ntmp = self.tmp / f"nginx-{port}"
+        ntmp.mkdir(exist_ok=True)
+        conf = ntmp / "nginx.conf"
+        conf.write_text(template.format(
+            tmp=ntmp, host=HOST, port=port, conns=max(1024, self.a.idle_conns + 2048),
+            nofile=max(self.nofile, 1024),
+            # a root master's workers would run as nobody, who cannot use the tmp dir
+            user=f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else "",
+            **kw))
+        return Spec("nginx", [nginx, "-c", str(conf), "-p", str(ntmp), "-e",
+                              str(ntmp / "nginx-error.log")], "")
+
+    def origin_spec(self, port: int) -> Spec:
+        return self._nginx_conf(port, NGINX_ORIGIN_CONF, root=self.origin_root,
+                                rate=COALESCE_RATE)
+
+    def origin_log(self, port: int) -> Path:
+        return self.tmp / f"nginx-{port}" / "coalesce-access.log"
+
+    def proxy_spec(self, cell: str, port: int, origin_port: int) -> Spec:
+        """edge or nginx as a caching proxy of the origin, or edge serving the
+        origin's files from a local root ("edge-local")."""
+        if cell == "nginx":
+            return self._nginx_conf(port, NGINX_PROXY_CONF, origin_port=origin_port)
+        exe = self.edge_venv / "bin" / "edge"
+        if not os.access(exe, os.X_OK):
+            raise RuntimeError(f"{exe} not found (pip install -e . failed or edge not built yet)")
+        argv = [str(exe), "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
+        if cell == "edge-local":
+            return Spec("edge", argv + ["--root", str(self.origin_root)], "")
+        # an empty root: a local file would win over the origin
+        return Spec("edge", argv + ["--root", str(self.empty_root),
+                                    "--origin", f"http://{HOST}:{origin_port}",
+                                    "--cache-dir", str(self.tmp / f"edge-cache-{port}"),
+                                    "--cache-max-size", "10G"], "")
 
     # ---- server specs --------------------------------------------------
     def spec(self, name: str, port: int, workers: str | None = None,
@@ -533,20 +765,25 @@ class Harness:
         raise ValueError(name)
 
     def start(self, name: str, workers: str | None = None,
-              proto: str | None = None) -> tuple[subprocess.Popen, int, str]:
+              proto: str | None = None, *, make_spec=None, cpus: str | None = None,
+              children: int | None = -1) -> tuple[subprocess.Popen, int, str]:
         """Start server ``name``: one worker pinned to CPU 1, or with ``workers``
         on all CPUs (see spec), speaking HTTP/1.1, or HTTP/2 as ``proto`` says;
-        return (proc, port to measure, url prefix)."""
+        return (proc, port to measure, url prefix).  The proxy rows pass their own
+        ``make_spec(port)``, the CPUs to pin to (``cpus``) and the number of
+        processes under the root (``children``: None, not checked; -1, as
+        expected_workers says)."""
         port = free_port()
         tls_port = free_port() if proto == "h2" else None
         while tls_port == port:
             tls_port = free_port()
-        spec = self.spec(name, port, workers, proto, tls_port)
+        spec = (make_spec(port) if make_spec is not None
+                else self.spec(name, port, workers, proto, tls_port))
         env = dict(os.environ)
         env.update(spec.env)
         env.pop("PYTHONPATH", None)
         logf = open(self.tmp / f"{name}-{port}.log", "wb")
-        cpus = SERVER_CPU if workers is None else self.a.all_cpus
+        cpus = cpus or (SERVER_CPU if workers is None else self.a.all_cpus)
         argv = ["taskset", "-c", cpus, *spec.argv] if self.a.pin else spec.argv
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, cwd=spec.cwd,
@@ -581,7 +818,7 @@ class Harness:
                                    f"{self.log_tail(proc)}")
             time.sleep(0.1)
         try:
-            self.check_workers(name, proc, workers)
+            self.check_workers(name, proc, workers, children)
         except RuntimeError:
             self.stop(proc)
             raise
@@ -596,11 +833,14 @@ class Harness:
             return 1 if name == "edge" else 0          # nginx: master_process off
         return len(self.a.all_cpus.split(",")) if workers == "auto" else int(workers)
 
-    def check_workers(self, name: str, proc: subprocess.Popen, workers: str | None) -> None:
+    def check_workers(self, name: str, proc: subprocess.Popen, workers: str | None,
+                      want: int | None = -1) -> None:
         """The server's process tree must be its root plus exactly the expected
         workers (edge under taskset -c 1 with --workers 1: one worker), so that
-        cpu_seconds and rss_bytes, summed over that tree, cover every worker."""
-        want = self.expected_workers(name, workers)
+        cpu_seconds and rss_bytes, summed over that tree, cover every worker.
+        ``want`` overrides the expected count (None: no check)."""
+        if want == -1:
+            want = self.expected_workers(name, workers)
         if want is None:
             return
         deadline = time.monotonic() + 5
@@ -706,12 +946,15 @@ class Harness:
 
     # ---- measurements --------------------------------------------------
     def run_wrk(self, pid: int, port: int, path: str, size: int, seconds: float,
-                unpinned: bool = False) -> dict:
-        """wrk against one server: WRK_PINNED on CPU 0, or WRK_UNPINNED on all CPUs."""
+                unpinned: bool = False, script: list[str] | None = None) -> dict:
+        """wrk against one server: WRK_PINNED on CPU 0, or WRK_UNPINNED on all CPUs;
+        with ``script``, wrk -s self.lua (the proxy rows) and these arguments for it."""
         url = f"http://{HOST}:{port}{path}"
         threads, conns = WRK_UNPINNED if unpinned else WRK_PINNED
         argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s",
                 "--latency", url]
+        if script is not None:
+            argv[-1:] = ["-s", str(self.lua), url, "--", *script]
         if self.a.pin:   # this process is pinned to CPU 0 and wrk would inherit that
             argv = ["taskset", "-c", self.a.all_cpus if unpinned else str(CLIENT_CPU), *argv]
         sample = Sample(pid)
@@ -819,6 +1062,27 @@ def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, bytes]:
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def http_get_full(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """GET ``path``: status, header fields (names lowercased) and body."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def origin_requests(port: int) -> int:
+    """The origin's request counter (nginx stub_status; this request included)."""
+    status, body = http_get(port, "/origin-status")
+    m = re.search(rb"\n\s*(\d+)\s+(\d+)\s+(\d+)\s*\n", body)
+    if status != 200 or not m:
+        raise RuntimeError(f"origin /origin-status: HTTP {status} {body[:120]!r}")
+    return int(m.group(3))
 
 
 def h2load_duration(seconds: float) -> str:
@@ -955,11 +1219,14 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
             "| server CPU (median) | server busy | client busy | vs nginx |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
+        if row.kind == "coalesce":   # its own table (render_proxy)
+            continue
         ref = results.get((row.key, "nginx"))
         ref_v = ref.med("value") if ref and ref.runs else None
-        for s in servers:
+        for s in (proxy_cells(row, servers) if row.proxy else servers):
             cell = results.get((row.key, s))
-            label = f"**{SERVER_LABEL[s]}**" if s == "edge" else SERVER_LABEL[s]
+            name = PROXY_LABEL[s] if row.proxy else SERVER_LABEL[s]
+            label = f"**{name}**" if s.startswith("edge") else name
             if cell is None:
                 continue
             if not cell.runs:
@@ -985,6 +1252,8 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
             busy = f"{cell.med('util') * 100:.0f}%" if row.kind != "idle" else "—"
             cbusy = f"{cell.med('client_util') * 100:.0f}%" if row.kind != "idle" else "—"
             ratio = f"{v / ref_v:.2f}×" if ref_v and s != "nginx" else ("1×" if s == "nginx" else "n/a")
+            if s == "edge-local":
+                ratio = "—"   # set against edge as a proxy below the table
             median = f"{fmt_num(v, row.unit)} {row.unit}"
             if row.kind == "h2load" and row.unit != "req/s":
                 median += f" ({fmt_num(cell.med('rps'), 'req/s')} req/s)"
@@ -1012,6 +1281,7 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
                    "or timed-out request is marked failed.")
     out += render_multi(results)
     out += render_h2(results)
+    out += render_proxy(results, rows)
     if failures:
         out += ["", "## Failures and warnings", ""]
         out += [f"- {f}" for f in failures]
@@ -1067,6 +1337,95 @@ def render_multi(results: dict) -> list[str]:
         edge, nginx = scale["edge"], scale["nginx"]
         rr = fmt_ratios({i: edge[i] / nginx[i] for i in edge if i in nginx}, "")
         out += ["", f"Scaling, edge ÷ nginx: **{rr}** (target ≥ {SCALING_TARGET})."]
+    return out
+
+
+def render_proxy(results: dict, rows: list[Row]) -> list[str]:
+    """edge against nginx proxy_cache: the ratios (per round, then the median) with
+    their targets, origin requests per client request, and the coalescing counts."""
+    keys = {r.key for r in rows if r.proxy}
+    if not keys:
+        return []
+    threads, conns = WRK_PINNED
+    out = ["", "## Proxy cache: edge against nginx proxy_cache", "",
+           f"One origin, nginx serving {PROXY_OBJECTS} files of {PROXY_OBJ_SIZE} B with "
+           "`Cache-Control: max-age=3600` (one process, pinned to "
+           f"CPU {CLIENT_CPU} beside wrk); in front of it edge `--workers 1 --origin ... "
+           "--cache-dir ...` on an empty root and nginx `proxy_cache` (master + 1 worker, "
+           "keep-alive upstream, proxy_cache_lock on), each pinned to "
+           f"CPU {SERVER_CPU}. `wrk -t{threads} -c{conns} --latency -s` with a Lua script: "
+           f"proxy-hot cycles through /obj/0 .. /obj/{PROXY_OBJECTS - 1} (every object "
+           "warmed first and a hit checked in the Cache-Status / X-Cache-Status field), "
+           "proxy-miss asks for /obj/i?v=TOKEN-i, a new cache key on every request (a "
+           "stored miss then a hit checked first). \"edge local file\" is edge serving the "
+           "same files from its root, same script. Cells measured in rounds; each ratio is "
+           "the median of per-round ratios (min–max)."]
+    out += ["", "| figure | measured | target | |", "|---|---|---|---|"]
+
+    def ratio_line(text: str, num: tuple[str, str], den: tuple[str, str],
+                   target: float | None) -> None:
+        by_round = paired(results.get(num), results.get(den))
+        if not by_round:
+            if num in results or den in results:
+                out.append(f"| {text} | n/a (not measured or failed) | "
+                           f"{f'≥ {target:g}' if target else '—'} | |")
+            return
+        med = statistics.median(by_round.values())
+        verdict = ("met" if med >= target else "not met") if target else ""
+        n, d = results[num].med("value"), results[den].med("value")
+        out.append(f"| {text} | {fmt_ratios(by_round)}; {fmt_num(n, 'req/s')} vs "
+                   f"{fmt_num(d, 'req/s')} req/s | {f'≥ {target:g}' if target else '—'} "
+                   f"| {verdict} |")
+
+    if "proxy-hot" in keys:
+        ratio_line("proxy-hot: edge proxy ÷ edge local file", ("proxy-hot", "edge"),
+                   ("proxy-hot", "edge-local"), PROXY_HOT_TARGET)
+        ratio_line("proxy-hot: edge ÷ nginx proxy_cache", ("proxy-hot", "edge"),
+                   ("proxy-hot", "nginx"), None)
+    if "proxy-miss" in keys:
+        ratio_line("proxy-miss: edge ÷ nginx proxy_cache", ("proxy-miss", "edge"),
+                   ("proxy-miss", "nginx"), PROXY_MISS_TARGET)
+    fetch = []
+    for key in ("proxy-hot", "proxy-miss"):
+        for c in ("edge", "nginx", "edge-local"):
+            cell = results.get((key, c))
+            if cell and cell.runs:
+                per = [r["origin_requests"] / r["requests"] for r in cell.runs]
+                fetch.append(f"{key} {PROXY_LABEL[c]} {statistics.median(per):.4f}")
+    if fetch:
+        out += ["", "Origin requests per client request during the runs (edge's health "
+                "checks, one per 5 s, included): " + "; ".join(fetch) + "."]
+    if "proxy-coalesce" in keys:
+        out += ["", f"### {COALESCE_CLIENTS} concurrent requests for one new key", "",
+                f"{COALESCE_CLIENTS} connections opened first, then one GET each for "
+                f"/co/co.bin?k=TOKEN (a key not cached yet; {COALESCE_SIZE >> 20} MiB that "
+                f"the origin sends at `limit_rate {COALESCE_RATE}`, so a fetch lasts about "
+                f"{COALESCE_SIZE / (int(COALESCE_RATE[:-1]) << 20):.2f} s), every response "
+                "read whole and compared with the file; origin fetches counted in the "
+                "origin's access log. One row per run.", "",
+                "| server | run | origin fetches | correct responses | hit/miss field "
+                "| median / last answer (s) |", "|---|---:|---:|---:|---|---:|"]
+        summary = []
+        for c in PROXY_SERVERS:
+            cell = results.get(("proxy-coalesce", c))
+            if cell is None:
+                continue
+            name = PROXY_LABEL[c] + (" (proxy_cache_lock on)" if c == "nginx" else "")
+            if not cell.runs:
+                out.append(f"| {name} | — | FAILED (see below) | | | |")
+                continue
+            for r in cell.runs:
+                words = ", ".join(f"{n}× `{w}`" for w, n in
+                                  sorted(r["cache"].items(), key=lambda kv: -kv[1]))
+                times = (f"{r['median']:.3f} / {r['last']:.3f}"
+                         if r["median"] is not None else "—")
+                out.append(f"| {name} | {r['run'] + 1} | {r['value']} "
+                           f"| {r['ok']} of {COALESCE_CLIENTS} | {words or '—'} | {times} |")
+            vals = [r["value"] for r in cell.runs]
+            summary.append(f"- {name}: origin fetches for {COALESCE_CLIENTS} concurrent "
+                           f"misses: **{statistics.median(vals):g}**"
+                           + (f" (runs: {', '.join(map(str, vals))})" if len(vals) > 1 else ""))
+        out += [""] + summary
     return out
 
 
@@ -1290,7 +1649,7 @@ def main(argv: list[str] | None = None) -> int:
                  "self-signed P-256 certificate made for this run); files checked byte for "
                  "byte over HTTP/2 with nghttp first."]
     for r in rows:
-        if r.workers is None and not any(s in r.servers for s in servers):
+        if r.workers is None and r.proxy is None and not any(s in r.servers for s in servers):
             failures.append(f"row {r.key}: none of its servers ({', '.join(r.servers)}) "
                             "selected by --only")
     multi_rows = [r for r in rows if r.workers is not None]
@@ -1306,11 +1665,19 @@ def main(argv: list[str] | None = None) -> int:
         if not multi_servers:
             failures.append("rows " + ", ".join(r.key for r in multi_rows)
                             + ": measure edge and nginx only, neither selected by --only")
+    proxy_rows = [r for r in rows if r.proxy]
+    proxy_servers = [s for s in servers if s in PROXY_SERVERS]
+    if proxy_rows:
+        meta += ["", "proxy rows (edge and nginx only): see \"Proxy cache\" below the table."]
+        if not proxy_servers:
+            failures.append("rows " + ", ".join(r.key for r in proxy_rows)
+                            + ": measure edge and nginx only, neither selected by --only")
     try:
         h.make_corpus()
         meta += ["", "versions: " + ", ".join(versions(a))]
         for s in servers:
-            pinned = [r for r in rows if r.workers is None and s in r.servers]
+            pinned = [r for r in rows if r.workers is None and r.proxy is None
+                      and s in r.servers]
             throughput_rows = [r for r in pinned if r.kind != "idle" and r.proto is None]
             if throughput_rows:
                 run_throughput(h, s, throughput_rows, results, failures, raw)
@@ -1323,6 +1690,8 @@ def main(argv: list[str] | None = None) -> int:
                     run_throughput(h, s, h2_rows, results, failures, raw, proto)
         if multi_rows and multi_servers:
             run_multi(h, multi_servers, multi_rows, results, failures, raw)
+        if proxy_rows and proxy_servers:
+            run_proxy(h, proxy_servers, proxy_rows, results, failures, raw)
     except (KeyboardInterrupt, Interrupted) as e:
         interrupted = e
         failures.append(f"INTERRUPTED ({e.__class__.__name__}); table is partial")
@@ -1515,6 +1884,291 @@ def restart(h: Harness, s: str, old, failures, proto: str | None = None):
     except Exception as e:  # noqa: BLE001
         failures.append(f"{s}: restart failed: {e}")
         return None, None, None
+
+
+# --------------------------------------------------------------------------
+# proxy-cache rows
+
+
+def proxy_cells(row: Row, servers: list[str]) -> list[str]:
+    """The cells of a proxy row: its servers, and in proxy-hot edge's local-file cell."""
+    cells = [s for s in servers if s in row.servers]
+    if row.proxy == "hot" and "edge" in cells:
+        cells.append("edge-local")
+    return cells
+
+
+def check_cache_field(cell: str, fields: dict[str, str], want: str, what: str) -> str:
+    """The hit/miss field of ``cell``'s response must say ``want`` ("hit", "miss
+    stored"); returns the value seen."""
+    name = CACHE_FIELD["edge" if cell.startswith("edge") else cell]
+    value = fields.get(name)
+    if value is None:
+        raise RuntimeError(f"{what}: no {name} field in the response")
+    if cell == "nginx":
+        ok = value == ("HIT" if want == "hit" else "MISS")
+    else:
+        parts = [p.strip() for p in value.split(";")]
+        ok = (parts[:2] == ["edge", "hit"] if want == "hit"
+              else "fwd=miss" in parts and "stored" in parts)
+    if not ok:
+        raise RuntimeError(f"{what}: {name}: {value!r}, expected a {want}")
+    return value
+
+
+def proxy_prepare(h: Harness, row: Row, cell: str, port: int) -> str:
+    """Before measuring: proxy-hot warms every object and checks the next GET is a
+    hit; proxy-miss checks a new key is a stored miss and then a hit.  Every body
+    is checked against the origin's file.  Returns what was seen, for the log."""
+    def get(path: str, k: int) -> dict[str, str]:
+        status, fields, body = http_get_full(port, path)
+        if status != 200 or hashlib.sha256(body).hexdigest() != h.obj_digests[k]:
+            raise RuntimeError(f"content check: GET {path} gave HTTP {status}, "
+                               f"{len(body)} bytes, not the origin's file")
+        return fields
+
+    if row.proxy == "hot":
+        for k in range(PROXY_OBJECTS):
+            get(f"/obj/{k}", k)
+        if cell == "edge-local":
+            return f"{PROXY_OBJECTS} objects checked byte for byte"
+        seen = [check_cache_field(cell, get(f"/obj/{k}", k), "hit", f"warmed GET /obj/{k}")
+                for k in (0, PROXY_OBJECTS // 2, PROXY_OBJECTS - 1)]
+        return (f"{PROXY_OBJECTS} objects warmed and checked byte for byte, then "
+                f"/obj/0: {seen[0]!r}")
+    path = f"/obj/7?v={h.next_token('check-' + cell)}"
+    first = check_cache_field(cell, get(path, 7), "miss stored", f"first GET {path}")
+    second = check_cache_field(cell, get(path, 7), "hit", f"second GET {path}")
+    return f"a new key: {first!r}, then {second!r}"
+
+
+def proxy_wrk(h: Harness, row: Row, cell: str, proc, port: int, origin, oport: int,
+              seconds: float) -> dict:
+    """One wrk run of a proxy-hot or proxy-miss cell, with the origin's requests
+    and CPU over the run; fails when the misses did not all reach the origin, or
+    the hot objects did."""
+    args = (["rotate", str(PROXY_OBJECTS)] if row.proxy == "hot"
+            else ["unique", str(PROXY_OBJECTS), h.next_token(cell)])
+    before = origin_requests(oport)
+    o0 = cpu_seconds(origin.pid)
+    r = h.run_wrk(proc.pid, port, "/", PROXY_OBJ_SIZE, seconds, script=args)
+    o1 = cpu_seconds(origin.pid)
+    fetched = origin_requests(oport) - before - 1
+    r["origin_requests"] = fetched
+    r["origin_util"] = (o1 - o0) / r["wall"]
+    r["other_util"] = max(0.0, r["other_util"] - r["origin_util"])
+    if row.proxy == "miss" and fetched < 0.99 * r["requests"]:
+        raise RuntimeError(f"only {fetched} origin requests for {r['requests']} requests "
+                           "with new keys: not every request was a miss")
+    # hot (and local): health checks only (edge's every 5 s)
+    if row.proxy == "hot" and fetched > seconds / 2 + 5:
+        raise RuntimeError(f"{fetched} origin requests during a hot run of "
+                           f"{r['requests']} requests")
+    return r
+
+
+def describe_proxy_run(row: Row, r: dict) -> str:
+    return (describe_run(row, r) + f", origin requests {r['origin_requests']}, "
+            f"origin busy {r['origin_util'] * 100:.0f}%")
+
+
+def run_proxy(h: Harness, servers: list[str], rows: list[Row], results, failures, raw) -> None:
+    """The proxy-cache rows: an nginx origin pinned to the load generator's CPU,
+    edge and nginx proxy_cache in front of it (and for proxy-hot edge on a local
+    root with the same files), the servers under test pinned to SERVER_CPU, each
+    started once for all the proxy rows.  proxy-hot and proxy-miss are measured
+    in rounds, run i of every cell before run i + 1 of any, so that ratios pair
+    runs taken close together; then proxy-coalesce."""
+    cells = list(dict.fromkeys(c for row in rows for c in proxy_cells(row, servers)))
+    for row in rows:
+        for c in proxy_cells(row, servers):
+            results.setdefault((row.key, c), Cell())
+    live: dict[str, tuple[subprocess.Popen, int]] = {}
+    origin = None
+    try:
+        try:
+            h.make_origin_corpus()
+            origin, oport, _ = h.start("origin", make_spec=h.origin_spec,
+                                       cpus=str(CLIENT_CPU), children=0)
+        except Exception as e:  # noqa: BLE001
+            msg = f"proxy rows: the nginx origin could not start: {e}"
+            log(msg)
+            failures.append(msg)
+            for key, cell in results.items():
+                if key[0] in {r.key for r in rows} and not cell.runs:
+                    cell.error = str(e)
+            return
+        log(f"origin up on port {oport} (pid {origin.pid}, CPU {CLIENT_CPU})")
+        for c in cells:
+            try:
+                # edge as a proxy: supervisor, cache manager and one worker
+                proc, port, _ = h.start(c, make_spec=lambda p, c=c: h.proxy_spec(c, p, oport),
+                                        children={"edge": 2, "edge-local": 1}.get(c))
+            except Exception as e:  # noqa: BLE001
+                msg = f"proxy rows / {c}: could not start: {e}"
+                log(msg)
+                failures.append(msg)
+                for row in rows:
+                    if (row.key, c) in results:
+                        results[(row.key, c)].error = str(e)
+                continue
+            live[c] = (proc, port)
+            log(f"{c} up on port {port} (pid {proc.pid}, tree {proc_tree(proc.pid)})")
+        for row in rows:
+            if row.proxy == "coalesce":
+                run_coalesce(h, row, [c for c in proxy_cells(row, servers) if c in live],
+                             live, oport, results, failures, raw)
+            else:
+                run_proxy_rounds(h, row, [c for c in proxy_cells(row, servers) if c in live],
+                                 live, origin, oport, results, failures, raw)
+    finally:
+        for proc, _ in live.values():
+            h.stop(proc)
+        if origin is not None:
+            h.stop(origin)
+
+
+def run_proxy_rounds(h: Harness, row: Row, cells: list[str], live, origin, oport: int,
+                     results, failures, raw) -> None:
+    a = h.a
+    ready: list[str] = []
+
+    def drop(c: str, e: Exception) -> None:
+        proc = live[c][0]
+        msg = f"{row.key} / {c}: {e}"
+        if proc.poll() is not None:
+            msg += f" (server exited, code {proc.returncode}; {h.log_tail(proc)})"
+        results[(row.key, c)].error = str(e)
+        failures.append(msg)
+        log("FAILED " + msg)
+        if c in ready:
+            ready.remove(c)
+
+    for c in cells:
+        proc, port = live[c]
+        try:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited (code {proc.returncode})")
+            seen = proxy_prepare(h, row, c, port)
+            line = f"{row.key} {c} check: {seen}"
+            raw.append(line)
+            log(line)
+            ready.append(c)
+            proxy_wrk(h, row, c, proc, port, origin, oport, a.warmup)   # warm-up run
+        except (KeyboardInterrupt, Interrupted):
+            raise
+        except Exception as e:  # noqa: BLE001
+            drop(c, e)
+    pin_checked: set[str] = set()
+    for i in range(a.runs):
+        for c in list(ready):
+            proc, port = live[c]
+            try:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited (code {proc.returncode})")
+                wait_for_quiet(proc.pid, a.quiet_wait)
+                r = proxy_wrk(h, row, c, proc, port, origin, oport, a.duration)
+            except (KeyboardInterrupt, Interrupted):
+                raise
+            except Exception as e:  # noqa: BLE001
+                drop(c, e)
+                continue
+            r["run"] = i
+            results[(row.key, c)].runs.append(r)
+            if a.pin and c not in pin_checked:
+                pin_checked.add(c)
+                cpus = affinities(proc.pid)
+                if cpus != {SERVER_CPU}:
+                    failures.append(f"{c}: server threads allowed on CPUs {sorted(cpus)}, "
+                                    f"not only {SERVER_CPU}")
+            line = f"{row.key:10} {c:10} run {i + 1}: {describe_proxy_run(row, r)}"
+            raw.append(line)
+            log(line)
+    for c in cells:
+        warn_cell(row, c, results[(row.key, c)], failures)
+
+
+def _cache_word(cell: str, fields: dict[str, str]) -> str:
+    """The hit/miss field of a coalesced response, TTL figures left out."""
+    value = fields.get(CACHE_FIELD[cell], "(none)")
+    return re.sub(r"ttl=-?\d+", "ttl=N", value)
+
+
+def run_coalesce(h: Harness, row: Row, cells: list[str], live, oport: int,
+                 results, failures, raw) -> None:
+    """COALESCE_CLIENTS connections ask at once for a key no one asked for yet
+    (a 1 MiB object the origin sends at COALESCE_RATE); the origin's access log
+    then tells how many fetches of that key reached it."""
+    logf = h.origin_log(oport)
+    for c in cells:
+        proc, port = live[c]
+        cell = results[(row.key, c)]
+        for i in range(h.a.runs):
+            try:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited (code {proc.returncode}); "
+                                       f"{h.log_tail(proc)}")
+                token = h.next_token(f"co-{c}")
+                path = f"/co/co.bin?k={token}"
+                wait_for_quiet(proc.pid, h.a.quiet_wait)
+                sample = Sample(proc.pid)
+                got = bench_client.concurrent_gets(HOST, port, path, COALESCE_CLIENTS,
+                                                   timeout=60)
+                acct = sample.finish()
+                needle = f"GET {path} HTTP/"
+                fetches = 0
+                for _ in range(20):   # the origin logs a fetch when it has sent it all
+                    time.sleep(0.2)
+                    lines = [ln for ln in logf.read_text(errors="replace").splitlines()
+                             if needle in ln]
+                    if len(lines) == fetches and fetches:
+                        break
+                    fetches = len(lines)
+                statuses = [ln.split('"')[2].split()[0] for ln in lines if ln.count('"') >= 2]
+            except (KeyboardInterrupt, Interrupted):
+                raise
+            except Exception as e:  # noqa: BLE001
+                cell.error = str(e)
+                msg = f"{row.key} / {c}: {e}"
+                log("FAILED " + msg)
+                failures.append(msg)
+                break
+            resp = got["responses"]
+            ok = [x for x in resp if x["status"] == 200 and x["length"] == COALESCE_SIZE
+                  and x["sha256"] == h.co_digest]
+            words: dict[str, int] = {}
+            for x in resp:
+                w = _cache_word(c, x["fields"])
+                words[w] = words.get(w, 0) + 1
+            codes: dict[int, int] = {}
+            for x in resp:
+                codes[x["status"]] = codes.get(x["status"], 0) + 1
+            secs = sorted(x["seconds"] for x in resp)
+            r = {"value": fetches, "run": i, "ok": len(ok), "responses": len(resp),
+                 "codes": codes, "cache": words, "errors": got["errors"],
+                 "last": secs[-1] if secs else None,
+                 "median": statistics.median(secs) if secs else None,
+                 "send_spread": got["send_spread"], "origin_statuses": statuses}
+            r.update(acct)
+            cell.runs.append(r)
+            line = (f"{row.key} {c:6} run {i + 1}: origin fetches {fetches} "
+                    f"(origin statuses {','.join(statuses) or '-'}); {len(ok)} of "
+                    f"{COALESCE_CLIENTS} responses complete and correct, statuses {codes}, "
+                    f"{CACHE_FIELD[c]}: {words}"
+                    + (f", errors {got['errors']}" if got["errors"] else "")
+                    + (f"; answered in {r['median']:.3f} s median, {r['last']:.3f} s last"
+                       if secs else "")
+                    + f"; requests sent within {got['send_spread'] * 1e3:.1f} ms")
+            raw.append(line)
+            log(line)
+            if len(ok) != COALESCE_CLIENTS:
+                bad = [f"HTTP {x['status']} {x['length']} B "
+                       f"{'body ok' if x['sha256'] == h.co_digest else 'body differs'}"
+                       for x in resp if x not in ok][:5]
+                failures.append(f"{row.key} / {c} run {i + 1}: only {len(ok)} of "
+                                f"{COALESCE_CLIENTS} responses complete and byte-identical"
+                                + (f"; e.g. {bad}" if bad else "")
+                                + (f"; errors {got['errors']}" if got["errors"] else ""))
 
 
 def run_idle_row(h: Harness, s: str, row: Row, results, failures, raw) -> None:

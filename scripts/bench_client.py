@@ -1,12 +1,16 @@
 """Load clients for scripts/bench (stdlib only).
 
-Two clients live here:
+Three clients live here:
 
 * ``bulk_download`` -- K keep-alive connections that GET one large file over
   and over, reading up to 1 MiB per ``recv_into`` on sockets with a large
   SO_RCVBUF, for a fixed wall-clock time.  It checks every completed body
   has the expected length and reports payload bytes received.  wrk reads
   8 KiB at a time and is the bottleneck for large files; this is not.
+
+* ``concurrent_gets`` -- N connections each send one GET for the same URL
+  at once, and every response is read whole (status, fields, length,
+  SHA-256): the coalescing row of the proxy benchmark.
 
 * ``IdleConnections`` -- opens N keep-alive connections, completes one GET on
   each (so the server has really accepted and served them), then keeps them
@@ -295,6 +299,136 @@ def decode_body(rest: bytes, chunked: bool, clen: int | None) -> bytes | None:
             return None
         body += rest[pos:pos + size]
         pos += size + 2
+
+
+# --------------------------------------------------------------------------
+# concurrent requests for one URL
+
+
+def head_fields(head: bytes) -> dict[str, str]:
+    """The header fields of a response head, names lowercased (repeats joined with ', ')."""
+    out: dict[str, str] = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        k = name.strip().lower().decode("latin-1")
+        v = value.strip().decode("latin-1")
+        out[k] = f"{out[k]}, {v}" if k in out else v
+    return out
+
+
+def concurrent_gets(host: str, port: int, path: str, count: int,
+                    timeout: float = 60.0) -> dict:
+    """Open ``count`` connections, then send one GET for ``path`` on each as
+    fast as possible (all requests are out before any response is read) and
+    read every response to its end.
+
+    Returns {"responses": [...], "errors": {what: n}, "elapsed": s, "send_spread": s}
+    where each response is {"status", "fields" (lowercased names), "length",
+    "sha256", "seconds" (from the first send to the last byte)}.  Nothing is
+    raised for a bad response or a broken connection: they are counted in
+    "errors" (a response still incomplete at ``timeout`` too).
+    """
+    import hashlib
+    req = request_bytes(host, port, path)
+    sel = selectors.DefaultSelector()
+    errors: dict[str, int] = {}
+    responses: list[dict] = []
+    socks: list[socket.socket] = []
+
+    def err(what: str) -> None:
+        errors[what] = errors.get(what, 0) + 1
+
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(10)
+        try:
+            s.connect((host, port))
+        except OSError as e:
+            s.close()
+            err(f"connect: {e.__class__.__name__}")
+            continue
+        s.setblocking(False)
+        socks.append(s)
+    t0 = time.perf_counter()
+    for s in socks:
+        try:
+            s.sendall(req)   # tiny: never blocks on a fresh socket
+        except OSError as e:
+            err(f"send: {e.__class__.__name__}")
+            s.close()
+            continue
+        # per connection: raw bytes, head end, parser, fields
+        sel.register(s, selectors.EVENT_READ, {"raw": bytearray(), "head": None, "conn": None,
+                                                "status": 0, "fields": {}})
+    send_spread = time.perf_counter() - t0
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    deadline = t0 + timeout
+    try:
+        while sel.get_map():
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                for _ in list(sel.get_map()):
+                    err(f"no complete response after {timeout:g} s")
+                break
+            for key, _ in sel.select(min(1.0, left)):
+                s, st = key.fileobj, key.data
+                try:
+                    n = s.recv_into(view, READ_CHUNK)   # type: ignore[union-attr]
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    n, what = 0, f"recv: {e.__class__.__name__}"
+                else:
+                    what = "connection closed before the response was complete"
+                if n == 0:
+                    err(what)
+                    sel.unregister(s)
+                    s.close()   # type: ignore[union-attr]
+                    continue
+                st["raw"] += view[:n]
+                try:
+                    if st["head"] is None:
+                        idx = st["raw"].find(b"\r\n\r\n")
+                        if idx < 0:
+                            if len(st["raw"]) > MAX_HEAD:
+                                raise ClientError("response head too large")
+                            continue
+                        head = bytes(st["raw"][:idx])
+                        status, clen, chunked, _ = parse_head(head)
+                        if not chunked and clen is None:
+                            raise ClientError("response with neither Content-Length nor chunked")
+                        c = _BulkConn()
+                        c.chunked, c.clen = chunked, (clen or 0)
+                        st.update(head=idx + 4, conn=c, status=status, fields=head_fields(head))
+                        done = c.feed(st["raw"], idx + 4, len(st["raw"]))
+                    else:
+                        done = st["conn"].feed(buf, 0, n)
+                except (ClientError, ValueError) as e:
+                    err(f"bad response: {e}")
+                    sel.unregister(s)
+                    s.close()   # type: ignore[union-attr]
+                    continue
+                if not done:
+                    continue
+                sel.unregister(s)
+                s.close()   # type: ignore[union-attr]
+                c = st["conn"]
+                rest = bytes(st["raw"][st["head"]:])
+                body = decode_body(rest, c.chunked, None if c.chunked else c.clen) or b""
+                responses.append({"status": st["status"], "fields": st["fields"],
+                                  "length": len(body),
+                                  "sha256": hashlib.sha256(body).hexdigest(),
+                                  "seconds": time.perf_counter() - t0})
+    finally:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        sel.close()
+    return {"responses": responses, "errors": errors, "elapsed": time.perf_counter() - t0,
+            "send_spread": send_spread}
 
 
 # --------------------------------------------------------------------------
