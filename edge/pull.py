@@ -19,13 +19,12 @@ import socket
 import time
 from dataclasses import asdict, replace
 
-import aiofiles
 import aiofiles.os
 
 from .cachekey import KeyRule, digest
 from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
-from .diskcache import DiskCache, Meta, Writer
+from .diskcache import DiskCache, Meta, Writer, read_meta, rewrite_meta
 from .filecache import OPEN_FLAGS, FileCache
 from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable
@@ -34,6 +33,7 @@ from .origin import OriginError, OriginPool, Upstream
 from .stats import CACHE_HITS, CACHE_MISSES, CACHE_STALE, CIRCUITS_OPEN, ORIGIN_ERRORS, ORIGIN_REQUESTS
 from .stored import DROPPED_FIELDS, Growth, StoredEntry, normalise_coding
 
+_rewrite_meta = aiofiles.os.wrap(rewrite_meta)  # a 304's metadata update, run on aiofiles' thread pool
 LOCK_SLOTS = 1 << 20  # byte offsets in tmp/locks; two keys share one only by a 1-in-a-million chance
 FOLLOW_POLL_MIN = 0.001
 FOLLOW_POLL_MAX = 0.02
@@ -258,7 +258,7 @@ class Puller:
     async def _from_disk(self, fetch: Fetch) -> StoredEntry | None:
         """The stored object for fetch.key, checked against the disk (it may be new, refreshed, purged)."""
         old = self.cache.peek(fetch.name)
-        if old is None and not os.path.exists(self.store.paths(digest(fetch.key))[1]):
+        if old is None and not os.path.exists(self.store.paths(digest(fetch.key))[0]):
             return None  # a plain miss: one stat here costs less than a trip to the I/O pool
         found = await self.loop.run_in_executor(self.executor, self._open_stored, fetch.key, fetch.name, old)
         now = self.loop.time()
@@ -276,14 +276,13 @@ class Puller:
         """(Executor) open the stored body and metadata of `key`; `old` itself when nothing changed."""
         body_path, meta_path = self.store.paths(digest(key))
         try:
-            meta_st = os.stat(meta_path)
-            if old is not None and old.meta_mtime == meta_st.st_mtime_ns and old.same_file(os.stat(body_path)):
-                return old
-            with open(meta_path, "rb") as f:
-                meta = Meta.loads(f.read())
-        except (OSError, ValueError, TypeError, KeyError):
+            body_st = os.stat(body_path)
+        except OSError:
             return None
-        if meta.key != key.decode("latin-1"):
+        if old is not None and old.changed == body_st.st_ctime_ns and old.same_file(body_st):
+            return old  # the same file, its metadata untouched (setting it changes the ctime)
+        meta = read_meta(body_path, meta_path)
+        if meta is None or meta.key != key.decode("latin-1"):
             return None
         try:
             fd = os.open(body_path, OPEN_FLAGS)
@@ -294,7 +293,7 @@ class Puller:
             if st.st_size != meta.length:
                 os.close(fd)
                 return None
-            entry = StoredEntry(name, body_path, fd, st, meta, self.loop.time(), time.time(), meta_st.st_mtime_ns)
+            entry = StoredEntry(name, body_path, fd, st, meta, self.loop.time(), time.time(), st.st_ctime_ns)
             if 0 < st.st_size <= self.inline_max:
                 body = os.pread(fd, st.st_size, 0)
                 if len(body) == st.st_size:
@@ -349,10 +348,10 @@ class Puller:
     def _changed_on_disk(self, fetch: Fetch, stale: StoredEntry | None) -> bool:
         """One stat: has an object for the key been stored since `stale` (or at all)?"""
         try:
-            mtime = os.stat(self.store.paths(digest(fetch.key))[1]).st_mtime_ns
+            changed = os.stat(self.store.paths(digest(fetch.key))[0]).st_ctime_ns
         except OSError:
             return False
-        return stale is None or mtime != stale.meta_mtime
+        return stale is None or changed != stale.changed
 
     def _error(self, status: int, detail: str) -> Plan:
         return text_plan(status, [(b"cache-status", b"edge; fwd=miss; detail=%s" % detail.encode("ascii"))],
@@ -461,7 +460,7 @@ class Puller:
         # (measured on the miss path); only the 304 metadata rewrite, not on a client's path, goes off the loop.
         published = self._commit(writer, meta, fetch.key if varies else None) if storable else None
         if published is not None:
-            entry.fs_path, entry.meta_mtime = published
+            entry.fs_path, entry.changed = published
             if 0 < entry.size <= self.inline_max:  # like a small local file: sent in one write with its head
                 try:
                     body = os.pread(entry.fd, entry.size, 0)
@@ -497,27 +496,18 @@ class Puller:
                        lifetime=fresh.lifetime, initial_age=fresh.initial_age,
                        stale_while_revalidate=fresh.stale_while_revalidate, stale_if_error=fresh.stale_if_error,
                        no_cache=fresh.no_cache, must_revalidate=fresh.must_revalidate)
-        mtime = await self._rewrite_meta(fetch.key, meta)
+        changed = await _rewrite_meta(*self.store.paths(digest(fetch.key)), meta)  # off the loop
         now = self.loop.time()
         # Refreshed in place: transfers under way hold their own plans, which refresh() drops from the entry.
         stale.stored_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in merged]
         stale.etag = next((v for k, v in stale.stored_headers if k == b"etag"), b"")
         lm = next((v for k, v in stale.stored_headers if k == b"last-modified"), None)
         stale.last_modified = parse_http_date(lm) if lm is not None else None
-        stale.meta_mtime = mtime
+        stale.changed = changed
         stale.refresh(meta, now, time.time())
         stale.checked = now
         self.cache.store(stale.path, stale, now)
         flight.resolve(Outcome(stale, REVALIDATED))
-
-    async def _rewrite_meta(self, key: bytes, meta: Meta) -> int:
-        """Replace an object's metadata atomically, off the loop (aiofiles); its new mtime."""
-        _, meta_path = self.store.paths(digest(key))
-        tmp = f"{meta_path}.{os.getpid()}.tmp"
-        async with aiofiles.open(tmp, "wb") as f:
-            await f.write(meta.dumps())
-        await aiofiles.os.replace(tmp, meta_path)
-        return (await aiofiles.os.stat(meta_path)).st_mtime_ns
 
     def _commit(self, writer: Writer, meta: Meta, vary_key: bytes | None) -> tuple[str, int] | None:
         """Publish a complete body and its metadata: (body path, metadata mtime), or None.
@@ -527,13 +517,13 @@ class Puller:
         """
         if not writer.commit(meta):
             return None
-        body, meta_path = self.store.paths(writer.name)
+        body, _ = self.store.paths(writer.name)
         if vary_key is not None:
             marker = replace(meta, key=vary_key.decode("latin-1"), status=200, headers=[], length=0,
                              vary=VARY_MARKER, tags=list(meta.tags))
             Writer(self.store, vary_key).commit(marker)
         try:
-            return body, os.stat(meta_path).st_mtime_ns
+            return body, os.stat(body).st_ctime_ns
         except OSError:
             return None  # purged or evicted at once: serve it from the open fd, do not keep it
 

@@ -63,10 +63,10 @@ class StoredEntry(FileEntry):
     """
 
     __slots__ = ("key", "status", "stored_headers", "fresh_until", "revalidate_until", "error_until",
-                 "age_base", "loaded_at", "age_second", "vary", "tags", "meta", "meta_mtime")
+                 "age_base", "loaded_at", "age_second", "vary", "tags", "meta", "changed")
 
     def __init__(self, name: str, fs_path: str, fd: int, st: os.stat_result, meta: Meta, now: float,
-                 wall: float, meta_mtime: int = 0) -> None:
+                 wall: float, changed: int = 0) -> None:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta.headers]
         ctype = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), "application/octet-stream")
         super().__init__(name, fs_path, fd, st, ctype, None)
@@ -80,7 +80,7 @@ class StoredEntry(FileEntry):
         self.vary = meta.vary
         self.tags = meta.tags
         self.meta = meta
-        self.meta_mtime = meta_mtime
+        self.changed = changed  # the body's ctime when loaded: metadata rewrites change it
         self.age_second = -1
         self.refresh(meta, now, wall)
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 from pathlib import Path
 
 from edge.cachekey import digest
-from edge.diskcache import DiskCache, Meta
+from edge.diskcache import XATTR, DiskCache, Meta, rewrite_meta
 
 
 def meta_for(key: bytes, body: bytes, **extra) -> Meta:
     """Metadata for a 200 with `body`."""
-    return Meta(key=key.decode(), status=200, headers=[("content-type", "text/plain")], length=len(body),
-                stored_at=1.0, request_time=1.0, lifetime=60.0, initial_age=0.0, **extra)
+    fields = dict(key=key.decode(), status=200, headers=[("content-type", "text/plain")], length=len(body),
+                  stored_at=1.0, request_time=1.0, lifetime=60.0, initial_age=0.0)
+    fields.update(extra)
+    return Meta(**fields)
 
 
 def store(cache: DiskCache, key: bytes, body: bytes, **extra) -> bool:
@@ -64,9 +68,6 @@ def test_rebuild_indexes_objects_and_drops_orphans(tmp_path: Path):
     cache = DiskCache(str(tmp_path), 1 << 20)
     for i in range(5):
         assert store(cache, b"/o%d" % i, b"x" * (10 + i))
-    orphan_body, _ = cache.paths(digest(b"/orphan-body"))
-    os.makedirs(os.path.dirname(orphan_body), exist_ok=True)
-    Path(orphan_body).write_bytes(b"no metadata")
     _, orphan_meta = cache.paths(digest(b"/orphan-meta"))
     os.makedirs(os.path.dirname(orphan_meta), exist_ok=True)
     Path(orphan_meta).write_bytes(meta_for(b"/orphan-meta", b"").dumps())
@@ -74,7 +75,7 @@ def test_rebuild_indexes_objects_and_drops_orphans(tmp_path: Path):
     again = DiskCache(str(tmp_path), 1 << 20)
     assert again.rebuild() == 5
     assert again.size == sum(10 + i for i in range(5))
-    assert not os.path.exists(orphan_body) and not os.path.exists(orphan_meta)
+    assert not os.path.exists(orphan_meta)
     assert os.listdir(again.tmp_dir) == []
     assert again.meta(b"/o3") is not None
 
@@ -100,7 +101,32 @@ def test_remove_purges_one_object(tmp_path: Path):
 def test_metadata_for_another_key_is_not_served(tmp_path: Path):
     cache = DiskCache(str(tmp_path), 1 << 20)
     assert store(cache, b"/real", b"body")
-    _, meta_path = cache.paths(digest(b"/real"))
-    other = meta_for(b"/impostor", b"body")
-    Path(meta_path).write_bytes(other.dumps())
+    body, _ = cache.paths(digest(b"/real"))
+    os.setxattr(body, XATTR, meta_for(b"/impostor", b"body").dumps())
     assert cache.meta(b"/real") is None
+
+
+def test_metadata_rides_on_the_body_as_an_xattr(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    assert store(cache, b"/x", b"body")
+    body, sidecar = cache.paths(digest(b"/x"))
+    assert not os.path.exists(sidecar), "one inode per object"
+    assert Meta.loads(os.getxattr(body, XATTR)).key == "/x"
+
+
+def test_without_xattrs_the_metadata_goes_to_a_sidecar_file(tmp_path: Path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", refuse)
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    assert store(cache, b"/y", b"body", status=404)
+    body, sidecar = cache.paths(digest(b"/y"))
+    assert os.path.exists(sidecar)
+    assert cache.meta(b"/y").status == 404
+    before = os.stat(body).st_ctime_ns
+    time.sleep(0.01)
+    changed = rewrite_meta(body, sidecar, meta_for(b"/y", b"body", status=200))
+    assert cache.meta(b"/y").status == 200
+    assert changed == os.stat(body).st_ctime_ns != before, "readers notice the rewrite by the body's ctime"
+    assert DiskCache(str(tmp_path), 1 << 20).rebuild() == 1

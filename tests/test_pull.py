@@ -37,6 +37,7 @@ from conftest import (
 from origin_server import gen_body, pattern, vary_body
 from test_supervisor import serving_pid
 
+from edge.diskcache import read_meta
 from edge.cachekey import digest
 from edge.ring import Ring
 
@@ -187,9 +188,8 @@ def object_files(cache_dir: Path, key: str) -> tuple[Path, Path]:
 def stored(cache_dir: Path, key: str) -> dict | None:
     """The metadata of the stored object for `key` (None when there is no complete object)."""
     body, meta = object_files(cache_dir, key)
-    if not (body.exists() and meta.exists()):
-        return None
-    return json.loads(meta.read_bytes())
+    found = read_meta(str(body), str(meta)) if body.exists() else None
+    return None if found is None else json.loads(found.dumps())
 
 
 def stored_soon(cache_dir: Path, key: str) -> dict:
@@ -200,7 +200,8 @@ def stored_soon(cache_dir: Path, key: str) -> dict:
 
 def stored_keys(cache_dir: Path) -> set[str]:
     """The keys of every object in the cache directory."""
-    return {json.loads(p.read_bytes())["key"] for p in (cache_dir / "objects").glob("*/*.meta")}
+    metas = (read_meta(str(p), f"{p}.meta") for p in (cache_dir / "objects").glob("*/*") if p.suffix != ".meta")
+    return {m.key for m in metas if m is not None}
 
 
 def settled(server: EdgeProcess, cache_dir: Path) -> None:
