@@ -144,6 +144,7 @@ class Site:
         self.cache = cache
         #: Set when origins are configured: what the root does not have is looked up by this key rule.
         self.cache_keys = cache_keys
+        self.store_hits = 0  # fresh origin objects answered from this worker's cache (published as stats)
         self.serve_dotfiles = serve_dotfiles
         self.rules = [(rule.match, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in rule.set])
                       for rule in header_rules]
@@ -284,6 +285,7 @@ class Site:
             entry = self.cache.peek(name)
         if entry is None or now >= entry.fresh_until or now - entry.checked >= self.cache.valid:
             return Fetch(path, query, key, name, entry, coding)
+        self.store_hits += 1
         return self.stored(req, entry, now)
 
     def stored(self, req: Request, entry: StoredEntry, now: float, cache_status: bytes | None = None) -> Plan:

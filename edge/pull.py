@@ -30,7 +30,7 @@ from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable
 from .httpdate import parse_http_date
 from .origin import OriginError, OriginPool, Upstream
-from .stats import CACHE_HITS, CACHE_MISSES, CACHE_STALE, CIRCUITS_OPEN, ORIGIN_ERRORS, ORIGIN_REQUESTS
+from .stats import CACHE_MISSES, CACHE_STALE, CIRCUITS_OPEN, ORIGIN_ERRORS, ORIGIN_REQUESTS
 from .stored import DROPPED_FIELDS, Growth, StoredEntry, normalise_coding
 
 _rewrite_meta = aiofiles.os.wrap(rewrite_meta)  # a 304's metadata update, run on aiofiles' thread pool
@@ -205,7 +205,7 @@ class Puller:
         now = self.loop.time()
         if entry is not None and not entry.vary:
             if now < entry.fresh_until:
-                self.stats[CACHE_HITS] += 1
+                self.site.store_hits += 1
                 return _held(self.site.stored(req, entry, now))
             if now < entry.revalidate_until:
                 self.stats[CACHE_STALE] += 1

@@ -322,6 +322,10 @@ class Supervisor:
         totals = self.stats.totals()
         self.log(f"stopped; served {totals['requests']} requests, {totals['bytes_out']} bytes, "
                  f"{totals['connections_total']} connections")
+        if self.config.origins:
+            self.log(f"origin pull: {totals['cache_hits']} cache hits, {totals['cache_misses']} misses, "
+                     f"{totals['cache_stale']} stale, {totals['origin_requests']} origin requests, "
+                     f"{totals['origin_errors']} origin errors")
         return 0
 
     def _next_timer(self) -> float | None:

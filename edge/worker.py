@@ -26,7 +26,7 @@ from .hpackblock import encode_field
 from .httpdate import format_http_date
 from .limits import raise_nofile
 from .tls import AlpnDispatch
-from .stats import DRAINING, FC_ENTRIES, FC_EVICTIONS, FC_HITS, FC_MISSES, FIELDS, PUBLISHED, SERVING, STATE
+from .stats import CACHE_HITS, DRAINING, FC_ENTRIES, FC_EVICTIONS, FC_HITS, FC_MISSES, FIELDS, PUBLISHED, SERVING, STATE
 
 DRAIN_IDLE_GRACE = 1.0  # seconds an idle keep-alive connection may still send one last request when draining
 
@@ -115,6 +115,7 @@ class Worker:
         stats[FC_MISSES] = cache.misses
         stats[FC_EVICTIONS] = cache.evictions
         stats[FC_ENTRIES] = len(cache)
+        stats[CACHE_HITS] = self.site.store_hits
         for i in PUBLISHED:
             shared[i] = stats[i]
 

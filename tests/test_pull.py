@@ -286,6 +286,9 @@ def test_miss_then_hit_asks_the_origin_once(pull, origins, cache_dir):
     assert meta["tags"] == ["a", "b"]  # from Surrogate-Key
     assert object_files(cache_dir, "/obj/a")[0].read_bytes() == body1
     settled(server, cache_dir)
+    assert server.stop() == 0
+    # The workers' shared stats count it: one miss, one hit, one origin request.
+    assert "origin pull: 1 cache hits, 1 misses, 0 stale, 1 origin requests, 0 origin errors" in server.stderr()
 
 
 def test_local_file_wins_over_the_origin(pull, origins, cache_dir, www):
