@@ -1,11 +1,12 @@
-"""The `edge` command line: serve, check-config, --version."""
+"""The `edge` command line: serve, check-config, purge, status, --version."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import __version__
+from . import __version__, adminclient
+from .adminclient import DEFAULT_ADMIN
 from .config import Config, ConfigError, load
 
 
@@ -32,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-port", type=int, dest="tls_port", help="port of the TLS listener (h2 and http/1.1)")
     serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain for TLS")
     serve.add_argument("--tls-key", dest="tls_key", help="PEM private key for TLS")
+    serve.add_argument("--admin", metavar="HOST:PORT",
+                       help="admin endpoint: purge, status, metrics, healthz (default 127.0.0.1:9090; off to disable)")
+    serve.add_argument("--admin-token", dest="admin_token",
+                       help="bearer token for the admin endpoint (or EDGE_ADMIN_TOKEN); needed to listen beyond loopback")
     serve.add_argument("--origin", action="append", dest="origins", metavar="URL",
                        help="origin server for what the root does not have (repeatable; weight 1 each)")
     serve.add_argument("--cache-dir", dest="cache_dir",
@@ -48,11 +53,26 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
+
+    for name, text in (("purge", "purge paths, a prefix, tags or everything (every worker, the disk cache)"),
+                       ("status", "a summary of a node's workers, origins and cache")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin endpoint URL (default {DEFAULT_ADMIN})")
+        cmd.add_argument("--token", help="bearer token (default: $EDGE_ADMIN_TOKEN)")
+        if name == "purge":
+            which = cmd.add_mutually_exclusive_group()
+            which.add_argument("--prefix", help="every path starting with this")
+            which.add_argument("--tag", action="append", help="objects with this Surrogate-Key tag (repeatable)")
+            which.add_argument("--all", action="store_true", help="everything")
+            cmd.add_argument("--fleet", metavar="NAME[:PORT]",
+                             help="purge on every address NAME resolves to (A/AAAA), in parallel")
+            cmd.add_argument("paths", nargs="*", metavar="PATH")
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    keys = ("root", "host", "port", "workers", "cpu_affinity", "header_timeout", "keepalive_timeout", "access_log")
+    keys = ("root", "host", "port", "workers", "cpu_affinity", "header_timeout", "keepalive_timeout", "access_log",
+            "admin", "admin_token")
     out = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     tls = {key: getattr(args, f"tls_{key}") for key in ("port", "cert", "key") if getattr(args, f"tls_{key}") is not None}
     if tls:
@@ -77,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edge` console script."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "purge":
+            return adminclient.purge(args)
+        if args.command == "status":
+            return adminclient.status(args)
         if args.command == "check-config":
             load(args.file)
             print(f"{args.file}: ok")

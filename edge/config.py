@@ -164,6 +164,8 @@ class Config:
     push: PushConfig = field(default_factory=PushConfig)
     early_hints: bool = False
     tls: TlsConfig = field(default_factory=TlsConfig)
+    admin: tuple[str, int] | None = ("127.0.0.1", 9090)  # None: no admin endpoint ("off")
+    admin_token: str | None = None
     origins: tuple[Origin, ...] = ()
     cache: CacheConfig = field(default_factory=CacheConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -435,8 +437,39 @@ def _headers(key: str, value: Any) -> tuple[HeaderRule, ...]:
     return tuple(rules)
 
 
+def parse_admin(key: str, value: Any) -> tuple[str, int] | None:
+    """'HOST:PORT' ('[v6]:PORT' for IPv6) or 'off'."""
+    text = _string(key, value).strip()
+    if text == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT (e.g. 127.0.0.1:9090) or off, got {text!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _validate_key(key: str, value: Any) -> Any:
     """Check one top-level key and return its typed value."""
+    if key == "admin":
+        return parse_admin(key, value)
+    if key == "admin_token":
+        token = _string(key, value)
+        if not token or any(c.isspace() or not c.isprintable() for c in token):
+            raise ConfigError(f"{key}: must be a non-empty token without spaces or control characters")
+        return token
     if key in ("root", "host", "index", "server_name"):
         value = _string(key, value)
         if not value:
@@ -513,6 +546,13 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
                 current = {k: v for k, v in asdict(getattr(config, table)).items() if v is not None}
                 flat[table] = {**current, **flat[table]}
         config = from_mapping(flat, config)
+    env = {k: os.environ[v] for k, v in (("admin", "EDGE_ADMIN"), ("admin_token", "EDGE_ADMIN_TOKEN"))
+           if os.environ.get(v) and k not in (overrides or {})}
+    if env:  # environment (containers) over the file, flags over both
+        config = from_mapping(env, config)
+    if config.admin is not None and config.admin_token is None and not is_loopback(config.admin[0]):
+        raise ConfigError("admin: without a token (--admin-token or EDGE_ADMIN_TOKEN) the admin endpoint "
+                          f"only listens on loopback, not {config.admin[0]}")
     root = os.path.abspath(config.root)
     if not os.path.isdir(root):
         raise ConfigError(f"root: not a directory: {config.root}")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .cachekey import digest
+from .purge import Purge, PurgeIndex
 
 
 @dataclass
@@ -144,7 +145,7 @@ class Writer:
         os.replace(self.tmp, body)
         if sidecar is not None:
             os.replace(sidecar, meta_path)
-        self.store.admitted(self.name, meta.length)
+        self.store.admitted(self.name, meta.length, meta.key, meta.tags)
         return True
 
     def abort(self) -> None:
@@ -161,8 +162,11 @@ class Writer:
 class DiskCache:
     """Objects on disk by key, with an in-process LRU index of their sizes kept under `max_size` bytes."""
 
-    def __init__(self, root: str, max_size: int, report: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, root: str, max_size: int, report: Callable[[str, int, str, list[str]], None] | None = None,
+                 keys: PurgeIndex | None = None) -> None:
         self.root = root
+        #: In the cache manager: the objects' keys and tags, for purges by path, prefix and tag.
+        self.keys = keys
         #: In a worker: tell the node's cache manager of a new object instead of indexing it here.
         self.report = report
         self.max_size = max_size
@@ -212,6 +216,10 @@ class DiskCache:
                 except FileNotFoundError:
                     continue  # evicted or purged while we looked
                 found.append((st.st_atime, name, st.st_size))
+                if self.keys is not None:
+                    meta = read_meta(path, path + ".meta")
+                    if meta is not None:
+                        self.keys.add(name, meta.key, meta.tags)
         found.sort()
         self.index = OrderedDict((name, size) for _, name, size in found)
         self.size = sum(size for _, _, size in found)
@@ -238,11 +246,13 @@ class DiskCache:
         """Where the body of `key` is (for opening and sendfile)."""
         return self.paths(digest(key))[0]
 
-    def admitted(self, name: str, size: int) -> None:
+    def admitted(self, name: str, size: int, key: str = "", tags: list[str] | tuple[str, ...] = ()) -> None:
         """Account a newly published object, then evict down to max_size."""
         if self.report is not None:
-            self.report(name, size)
+            self.report(name, size, key, list(tags))
             return
+        if self.keys is not None and key:
+            self.keys.add(name, key, tags)
         old = self.index.pop(name, None)
         if old is not None:
             self.size -= old
@@ -258,6 +268,18 @@ class DiskCache:
             self.evictions += 1
             self._unlink(name)
 
+    def purge(self, purge: Purge) -> int:
+        """Remove the objects `purge` names (by the key index); how many went."""
+        if self.keys is None:
+            return 0
+        names = self.keys.select(purge)
+        for name in names:
+            size = self.index.pop(name, None)
+            if size is not None:
+                self.size -= size
+            self._unlink(name)
+        return len(names)
+
     def remove(self, key: bytes) -> bool:
         """Purge one object; True when it was there."""
         name = digest(key)
@@ -267,6 +289,8 @@ class DiskCache:
         return self._unlink(name) or size is not None
 
     def _unlink(self, name: str) -> bool:
+        if self.keys is not None:
+            self.keys.discard(name)
         body, meta_path = self.paths(name)
         gone = False
         for path in (meta_path, body):  # metadata first: a reader never finds metadata without its body

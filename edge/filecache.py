@@ -349,6 +349,10 @@ class FileCache:
         self._drop(entry)
         return 1
 
+    def names(self) -> list[str]:
+        """Every name cached: entries (local paths, '\0'-prefixed origin objects) and 404s/redirects."""
+        return [*self._entries.keys(), *self._negative.keys()]
+
     def close(self) -> None:
         """Retire every entry (worker shutdown)."""
         self.purge(None)

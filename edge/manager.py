@@ -1,38 +1,46 @@
-"""The node's cache manager process: active origin health checks and the disk cache's size (LRU eviction).
+"""The node's manager process: the admin endpoint, active origin health checks, the disk cache's index.
 
-One per node, forked by the supervisor when origins are configured. Workers report each object they
-store ("S <digest> <size>") and each one they revalidate in use ("U <digest>") as datagrams on a
-socketpair made before fork; the manager keeps the LRU index and evicts under cache.max_size.
-Health checks publish to the shared HealthTable every worker reads.
+One per node, forked (and restarted) by the supervisor. It serves the admin endpoint on the socket the
+supervisor bound. With origins, workers report each object they store ("S <digest> <size>" plus its
+key and tags) and each one they revalidate in use ("U <digest>") as datagrams on a socketpair made
+before fork; the manager keeps the LRU index (and the key/tag index purges use) and evicts under
+cache.max_size; health checks publish to the shared HealthTable every worker reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import sys
 
 import aiohttp
 import uvloop
+from aiohttp import web
 
+from .admin import Node, make_app
 from .config import Config
+from .control import Asker
 from .diskcache import DiskCache
 from .health import ActiveHealth, HealthTable, check
+from .purge import PurgeIndex
+from .stats import StatsBlock
 
-DATAGRAM = 256
+DATAGRAM = 64 * 1024  # a report carries the cache key (a target is at most 8 KiB) and tags
 
 
 class Manager:
     """Health checker and disk-cache index of one node."""
 
-    def __init__(self, config: Config, health: HealthTable, events: socket.socket, store: DiskCache) -> None:
+    def __init__(self, config: Config, health: HealthTable | None, events: socket.socket | None,
+                 store: DiskCache | None) -> None:
         self.config = config
         self.health = health
         self.events = events
         self.store = store
         self.states = [ActiveHealth(config.health.rise, config.health.fall, health.healthy(i))
-                       for i in range(len(config.origins))]
+                       for i in range(len(config.origins))] if health is not None else []
 
     def on_event(self) -> None:
         """Drain the workers' datagrams into the LRU index."""
@@ -42,15 +50,17 @@ class Manager:
                 data = self.events.recv(DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
-            parts = data.split()
+            head, _, extra = data.partition(b"\n")
+            parts = head.split()
             try:
                 if parts[0] == b"S" and len(parts) == 3:
-                    store.admitted(parts[1].decode("ascii"), int(parts[2]))
+                    key, tags = json.loads(extra) if extra else ("", [])
+                    store.admitted(parts[1].decode("ascii"), int(parts[2]), str(key), [str(t) for t in tags])
                 elif parts[0] == b"U" and len(parts) == 2:
                     name = parts[1].decode("ascii")
                     if name in store.index:
                         store.index.move_to_end(name)
-            except (IndexError, ValueError, OSError):
+            except (IndexError, ValueError, TypeError, OSError):
                 continue  # a malformed report costs nothing
 
     async def check_forever(self, session: aiohttp.ClientSession, index: int) -> None:
@@ -67,29 +77,44 @@ class Manager:
                       file=sys.stderr, flush=True)
             await asyncio.sleep(hc.interval)
 
-    async def run(self) -> None:
-        """Serve until SIGTERM."""
+    async def run(self, stats: StatsBlock, admin_sock: socket.socket | None, supervisor: int) -> None:
+        """Serve until SIGTERM (SIGUSR2: the node drains; /healthz says so)."""
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-        self.events.setblocking(False)
-        loop.add_reader(self.events.fileno(), self.on_event)
+        if self.events is not None:
+            self.events.setblocking(False)
+            loop.add_reader(self.events.fileno(), self.on_event)
+        asker = Asker(loop, supervisor)
+        node = Node(self.config, stats, self.health, self.store, asker)
+        loop.add_signal_handler(signal.SIGUSR2, lambda: setattr(node, "draining", True))
+        runner = None
+        if admin_sock is not None:
+            runner = web.AppRunner(make_app(node, self.config.admin_token), access_log=None,
+                                   handler_cancellation=True)
+            await runner.setup()
+            await web.SockSite(runner, admin_sock, shutdown_timeout=1.0).start()
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
         async with aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",)) as session:
-            checks = [loop.create_task(self.check_forever(session, i)) for i in range(len(self.config.origins))]
+            checks = [loop.create_task(self.check_forever(session, i)) for i in range(len(self.states))]
             await stop
             for task in checks:
                 task.cancel()
             await asyncio.gather(*checks, return_exceptions=True)
-        loop.remove_reader(self.events.fileno())
+        if runner is not None:
+            await runner.cleanup()
+        asker.close()
+        if self.events is not None:
+            loop.remove_reader(self.events.fileno())
 
 
-def run(config: Config, health: HealthTable, events: socket.socket, store: DiskCache | None) -> None:
+def run(config: Config, health: HealthTable | None, events: socket.socket | None, store: DiskCache | None,
+        stats: StatsBlock, admin_sock: socket.socket | None, supervisor: int) -> None:
     """The manager process's body: index the disk cache (unless handed a built index), then serve."""
-    if store is None:
-        store = DiskCache(config.cache.dir, config.cache.max_size)
+    if store is None and config.origins:
+        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex())
         store.rebuild(clear_tmp=False)  # workers may be writing there right now
     manager = Manager(config, health, events, store)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(manager.run())
+        runner.run(manager.run(stats, admin_sock, supervisor))

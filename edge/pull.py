@@ -165,8 +165,8 @@ class Puller:
             except OSError:
                 pass
 
-    def _stored(self, name: str, size: int) -> None:
-        self._event(b"S %s %d" % (name.encode("ascii"), size))
+    def _stored(self, name: str, size: int, key: str, tags: list[str]) -> None:
+        self._event(b"S %s %d\n%s" % (name.encode("ascii"), size, json.dumps([key, tags]).encode()))
 
     def _healthy(self, index: int) -> bool:
         if self.health is not None and not self.health.healthy(index):

@@ -126,6 +126,7 @@ class Supervisor:
         self.events_w: socket.socket | None = None
         self.manager_pid = 0
         self.manager_restart_at: float | None = None
+        self.admin_sock: socket.socket | None = None  # bound here, served by the manager (kept across its restarts)
 
     # -- logging ----------------------------------------------------------------------------------
 
@@ -196,12 +197,25 @@ class Supervisor:
         self.slots = [Slot(i, s, p, t) for i, (s, p, t) in enumerate(zip(socks, placements, tls_socks))]
         self._probe_mempolicy(placements)
         self._install_signals()
+        if config.admin is not None:
+            try:
+                from .worker import make_listener
+
+                self.admin_sock = make_listener(*config.admin, backlog=128)  # no SO_REUSEPORT: one node per port
+            except OSError as e:
+                self.log(f"cannot listen for the admin endpoint on {config.admin[0]}:{config.admin[1]}: "
+                         f"{e.strerror or e}")
+                self._close_sockets(self.slots)
+                return 1
+        store = None
         if config.origins:
             try:
-                self._start_origin_pull(config)
+                store = self._start_origin_pull(config)
             except OSError as e:
                 self.log(f"cannot use the cache directory {config.cache.dir}: {e.strerror or e}")
                 return 1
+        if config.admin is not None or config.origins:
+            self._spawn_manager(config, store)
         self.generation = 1
         try:
             for slot in self.slots:
@@ -227,12 +241,13 @@ class Supervisor:
 
     # -- origin pull: cache manager ------------------------------------------------------------------
 
-    def _start_origin_pull(self, config: Config) -> None:
-        """Index the disk cache (clearing unfinished bodies of an earlier run), then fork the cache manager."""
+    def _start_origin_pull(self, config: Config):  # noqa: ANN202 - a diskcache.DiskCache
+        """Index the disk cache (clearing unfinished bodies of an earlier run) for the manager to keep."""
         from .diskcache import DiskCache
+        from .purge import PurgeIndex
 
         started = time.monotonic()
-        store = DiskCache(config.cache.dir, config.cache.max_size)
+        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex())
         count = store.rebuild(clear_tmp=True)
         self.log(f"disk cache {config.cache.dir}: {count} objects, {store.size} bytes "
                  f"(indexed in {time.monotonic() - started:.2f} s)")
@@ -240,7 +255,7 @@ class Supervisor:
         self.events_r, self.events_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.events_w.setblocking(False)
         self.events_r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self._spawn_manager(config, store)
+        return store
 
     def _spawn_manager(self, config: Config, store=None) -> None:  # noqa: ANN001
         for stream in (self.out, self.err, sys.stdout, sys.stderr):
@@ -250,15 +265,18 @@ class Supervisor:
         if pid == 0:
             code = 1
             try:
+                # Signals first: until then a SIGTERM for the manager would hit the supervisor's handlers.
+                if not self._become_child(parent):
+                    return
                 from .manager import run as run_manager
 
-                self._become_child(parent)
                 for slot in self.slots + (self.reload.slots if self.reload else []):
                     slot.sock.close()
                     if slot.tls_sock is not None:
                         slot.tls_sock.close()
-                self.events_w.close()
-                run_manager(config, self.health, self.events_r, store)
+                if self.events_w is not None:
+                    self.events_w.close()
+                run_manager(config, self.health, self.events_r, store, self.stats, self.admin_sock, parent)
                 code = 0
             except BaseException:  # noqa: BLE001 - the manager must never return into the supervisor
                 traceback.print_exc()
@@ -286,10 +304,15 @@ class Supervisor:
         lines = [f"edge {__version__} listening on http://{shown}:{port} {tls}root={self.config.root} "
                  f"workers={len(self.slots)}",
                  f"  topology: {self.topology.describe()}"]
-        lines += self._table()
         if self.manager_pid:
-            origins = " ".join(o.url for o in self.config.origins)
-            lines.append(f"  cache manager: pid {self.manager_pid} cache={self.config.cache.dir} origins: {origins}")
+            line = f"  manager: pid {self.manager_pid}"
+            if self.admin_sock is not None:
+                host, port = self.admin_sock.getsockname()[:2]
+                line += f" admin=http://{f'[{host}]' if ':' in host else host}:{port}"
+            if self.config.origins:
+                line += f" cache={self.config.cache.dir} origins: {' '.join(o.url for o in self.config.origins)}"
+            lines.append(line)
+        lines += self._table()
         print("\n".join(lines), file=self.out, flush=True)
 
     def _table(self) -> list[str]:
@@ -427,6 +450,8 @@ class Supervisor:
             return  # the supervisor died while we forked
         if self.events_r is not None:
             self.events_r.close()
+        if self.admin_sock is not None:
+            self.admin_sock.close()
         for other in self.slots + (self.reload.slots if self.reload else []):
             if other.sock is not slot.sock:
                 other.sock.close()
@@ -448,7 +473,7 @@ class Supervisor:
 
         # Alone only if no other worker can run beside it: one slot, and no reload (an old generation) under way.
         solo = len(self.slots) == 1 and self.reload is None and not self.children
-        run(config, slot.sock, stats, ready, slot.tls_sock, tls_context, self.health, self.events_w, solo)
+        run(config, slot.sock, stats, ready, slot.tls_sock, tls_context, self.health, self.events_w, solo, parent)
 
     def _become_child(self, parent: int) -> bool:
         """In any forked child: default signals, die with the supervisor, drop its fds. False if it is gone."""
@@ -456,6 +481,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a terminal hangup is the supervisor's business
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # "draining", for the manager once its loop listens
         try:
             ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         except (OSError, AttributeError):
@@ -577,6 +603,11 @@ class Supervisor:
         if self.reload is not None:
             self._signal_children(signal.SIGKILL, self._generation_children(self.reload.generation))
             self.reload = None
+        if self.manager_pid:
+            try:
+                os.kill(self.manager_pid, signal.SIGUSR2)  # /healthz answers 503 from now on
+            except ProcessLookupError:
+                pass
         self._signal_children(signal.SIGTERM)
         self._close_sockets(self.slots)  # with the workers' copies closed too, new connections are refused
         self.kill_at = time.monotonic() + self.config.shutdown_timeout + KILL_GRACE

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import uvloop
 
+from . import control
 from .accesslog import AccessLog
 from .cachekey import KeyRule
 from .config import Config
@@ -25,6 +26,7 @@ from .health import HealthTable
 from .hpackblock import encode_field
 from .httpdate import format_http_date
 from .limits import raise_nofile
+from .purge import Purge, purge_cache
 from .tls import AlpnDispatch
 from .stats import CACHE_HITS, DRAINING, FC_ENTRIES, FC_EVICTIONS, FC_HITS, FC_MISSES, FIELDS, PUBLISHED, SERVING, STATE
 
@@ -53,7 +55,8 @@ class Worker:
     """Per-process serving state: loop, site semantics, file cache, connections and the 1 Hz tick."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, stats: memoryview | None = None,
-                 health: HealthTable | None = None, events: socket.socket | None = None, solo: bool = False) -> None:
+                 health: HealthTable | None = None, events: socket.socket | None = None, solo: bool = False,
+                 supervisor: int = 0) -> None:
         self.config = config
         # Counters live in a plain list (an increment costs a third of one into shared memory) and are
         # published to this worker's slot of the supervisor's shared block once a second.
@@ -76,6 +79,8 @@ class Worker:
         self.early_hints = config.early_hints and self.site.has_hints
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="edge-io")
         self.puller = None
+        #: The supervisor's pid when run under one: the control channel is named after it.
+        self.supervisor = supervisor
         #: Request fields passed on to origins (lower-case bytes); the HTTP/1.1 parser's field table with them.
         self.forward = frozenset(h.encode("latin-1") for h in config.proxy.forward_headers) - H1_FIELDS.keys() \
             if config.origins else frozenset()  # fields core or framing reads are never passed on
@@ -139,6 +144,10 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        control_sock = None
+        if self.supervisor:
+            control_sock = control.bind(self.supervisor)
+            control.serve(loop, control_sock, self.command)
         self._tick()
         self.shared[STATE] = SERVING
         if on_ready is not None:
@@ -161,10 +170,22 @@ class Worker:
         self._publish()
         if self.puller is not None:
             await self.puller.close()
+        if control_sock is not None:
+            loop.remove_reader(control_sock.fileno())
+            control_sock.close()
         self.cache.close()
         if self.log is not None:
             self.log.close()
         self.executor.shutdown(wait=False)
+
+    def command(self, command: dict) -> dict:
+        """A command from the admin endpoint (control channel): purge, or ping."""
+        op = command.get("op")
+        if op == "purge":
+            return {"dropped": purge_cache(self.cache, Purge.from_json(command))}
+        if op == "ping":
+            return {}
+        raise ValueError(f"unknown command {op!r}")
 
     def _reopen_logs(self) -> None:
         """SIGUSR1: reopen the access log (after logrotate moved it)."""
@@ -180,11 +201,11 @@ class Worker:
 def run(config: Config, sock: socket.socket, stats: memoryview | None = None,
         on_ready: Callable[[], None] | None = None, tls_sock: socket.socket | None = None,
         tls_context: ssl.SSLContext | None = None, health: HealthTable | None = None,
-        events: socket.socket | None = None, solo: bool = False) -> None:
+        events: socket.socket | None = None, solo: bool = False, supervisor: int = 0) -> None:
     """Run one worker on `sock` (and `tls_sock`) in a fresh uvloop event loop until it is told to stop.
 
     `solo`: it is the node's only worker (origin fetches need no cross-process coordination).
     """
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        worker = Worker(config, runner.get_loop(), stats, health, events, solo)
+        worker = Worker(config, runner.get_loop(), stats, health, events, solo, supervisor)
         runner.run(worker.serve(sock, on_ready, tls_sock, tls_context))

@@ -658,7 +658,7 @@ class Harness:
         exe = self.edge_venv / "bin" / "edge"
         if not os.access(exe, os.X_OK):
             raise RuntimeError(f"{exe} not found (pip install -e . failed or edge not built yet)")
-        argv = [str(exe), "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
+        argv = [str(exe), "serve", "--host", HOST, "--port", str(port), "--workers", "1", "--admin", "off"]
         if cell == "edge-local":
             return Spec("edge", argv + ["--root", str(self.origin_root)], "")
         # an empty root: a local file would win over the origin
@@ -686,7 +686,8 @@ class Harness:
             exe = self.edge_venv / "bin" / "edge"
             if not os.access(exe, os.X_OK):
                 raise RuntimeError(f"{exe} not found (pip install -e . failed or edge not built yet)")
-            argv = [str(exe), "serve", "--root", root, "--host", HOST, "--port", str(port), "--workers", workers or "1"]
+            argv = [str(exe), "serve", "--root", root, "--host", HOST, "--port", str(port), "--workers", workers or "1",
+                    "--admin", "off"]
             if proto == "h2":
                 argv += ["--tls-port", str(tls_port), "--tls-cert", cert, "--tls-key", key]
             # Default settings in every row, SO_INCOMING_CPU steering included: on loopback it hands a

@@ -17,9 +17,13 @@ from pathlib import Path
 
 import pytest
 
+# Every edge a test starts gets its admin endpoint on a free port (the default 9090 would collide).
+os.environ.setdefault("EDGE_ADMIN", "127.0.0.1:0")
+
 STARTUP = re.compile(r"listening on http://(\S+):(\d+) .*workers=(\d+)")
 TLS_STARTUP = re.compile(r" https://(\S+):(\d+) ")
 WORKER_LINE = re.compile(r"^  worker (\d+): pid (\d+) (.*)$")
+MANAGER_LINE = re.compile(r"^  manager: pid (\d+)(?: admin=(\S+))?")
 
 
 class EdgeProcess:
@@ -53,9 +57,17 @@ class EdgeProcess:
         self.tls_url = f"https://{tls.group(1)}:{self.tls_port}" if tls else None
         self.topology = self.proc.stdout.readline().strip()
         self.banner: dict[int, tuple[int, str]] = {}
-        for _ in range(int(m.group(3))):
-            w = WORKER_LINE.match(self.proc.stdout.readline().rstrip("\n"))
-            assert w, "start-up banner without its worker table"
+        self.manager_pid = 0  # the node's manager process (admin endpoint, health checks, cache index)
+        self.admin_url: str | None = None
+        while len(self.banner) < int(m.group(3)):
+            line = self.proc.stdout.readline().rstrip("\n")
+            manager = MANAGER_LINE.match(line)
+            if manager:
+                self.manager_pid = int(manager.group(1))
+                self.admin_url = manager.group(2)
+                continue
+            w = WORKER_LINE.match(line)
+            assert w, f"start-up banner without its worker table: {line!r}"
             self.banner[int(w.group(1))] = (int(w.group(2)), w.group(3))
         self._out: list[str] = []
         self._err: list[str] = []
@@ -82,7 +94,7 @@ class EdgeProcess:
         """The supervisor's live child processes (its workers), read from /proc."""
         try:
             with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
-                return [int(p) for p in f.read().split()]
+                return [int(p) for p in f.read().split() if int(p) != self.manager_pid]
         except FileNotFoundError:
             return []
 

@@ -92,7 +92,8 @@ def make_app(port_of: list[int]) -> web.Application:
         return response
 
     async def gen(request: web.Request) -> web.Response:
-        """A response shaped by the query: cc, status, etag (1: a versioned strong ETag), lm, expires, cookie, vary, size."""
+        """A response shaped by the query: cc, status, etag (1: a versioned strong ETag), lm, expires, cookie, vary,
+        tags (Surrogate-Key), size."""
         name = request.match_info["name"]
         q = request.query
         version = state["version"][name]
@@ -109,6 +110,8 @@ def make_app(port_of: list[int]) -> web.Application:
             headers["Set-Cookie"] = q["cookie"]
         if "vary" in q:
             headers["Vary"] = q["vary"]
+        if "tags" in q:
+            headers["Surrogate-Key"] = q["tags"]
         etag = f'"{name}-v{version}"' if q.get("etag") else None
         if etag:
             headers["ETag"] = etag

@@ -335,33 +335,13 @@ def test_serve_rejects_a_cpu_it_may_not_use(www: Path) -> None:
     assert out.stdout == ""
 
 
-def _worker_pids(supervisor: int, timeout: float = 5.0) -> list[int]:
-    """The pids of the supervisor's child processes (its workers), read from /proc."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == supervisor:
-                found.append(int(name))
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
-
-
 def test_cpu_affinity_flag_pins_the_worker(tmp_path: Path, edge: Callable[..., EdgeProcess]) -> None:
     """--cpu-affinity N reaches the config and the worker runs on CPU N only, even over the file's "off"."""
     cpu = max(os.sched_getaffinity(0))
     cfg = tmp_path / "edge.toml"
     cfg.write_text('cpu_affinity = "off"\n')
     server = edge("--cpu-affinity", str(cpu), config=cfg)
-    workers = _worker_pids(server.pid)
+    workers = server.worker_pids()
     assert len(workers) == 1, workers
     assert os.sched_getaffinity(workers[0]) == {cpu}
     assert request(server, "/hello.txt")[0] == 200
@@ -370,7 +350,7 @@ def test_cpu_affinity_flag_pins_the_worker(tmp_path: Path, edge: Callable[..., E
 def test_cpu_affinity_off_leaves_the_worker_unpinned(edge: Callable[..., EdgeProcess]) -> None:
     """--cpu-affinity off: the worker keeps the whole affinity mask it inherited."""
     server = edge("--cpu-affinity", "off")
-    workers = _worker_pids(server.pid)
+    workers = server.worker_pids()
     assert len(workers) == 1, workers
     assert os.sched_getaffinity(workers[0]) == os.sched_getaffinity(0)
     assert request(server, "/hello.txt")[0] == 200

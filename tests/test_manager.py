@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import time
@@ -39,7 +38,7 @@ def _manager(tmp_path: Path, max_size: int) -> tuple[Manager, socket.socket, Dis
 def test_reports_build_the_index_and_eviction_keeps_the_size(tmp_path: Path):
     manager, worker_end, store = _manager(tmp_path, max_size=250)
     # A worker's DiskCache reports instead of indexing: what it stores reaches the manager.
-    worker_store = DiskCache(store.root, store.max_size, report=lambda n, s: worker_end.send(b"S %s %d" % (
+    worker_store = DiskCache(store.root, store.max_size, report=lambda n, s, *_: worker_end.send(b"S %s %d" % (
         n.encode(), s)))
     names = [_store_object(worker_store, f"/o{i}".encode(), 100) for i in range(2)]
     worker_end.send(b"U " + names[0].encode())  # o0 is used again before o2 arrives
@@ -58,7 +57,7 @@ def test_malformed_reports_cost_nothing(tmp_path: Path):
     manager, worker_end, store = _manager(tmp_path, max_size=1000)
     for junk in (b"", b"S", b"S abc", b"S abc notanumber", b"Q x y", b"\xff\xfe", b"U"):
         worker_end.send(junk)
-    name = _store_object(DiskCache(store.root, store.max_size, report=lambda n, s: None), b"/ok", 10)
+    name = _store_object(DiskCache(store.root, store.max_size, report=lambda n, s, *_: None), b"/ok", 10)
     worker_end.send(b"S %s 10" % name.encode())
     manager.on_event()
     assert dict(store.index) == {name: 10}
@@ -90,10 +89,7 @@ def test_a_killed_manager_is_restarted_and_goes_with_the_node(tmp_path: Path):
     server = EdgeProcess(root, "--origin", "http://127.0.0.1:9", "--cache-dir", str(tmp_path / "cache"),
                          "--health-interval", "0.2")
     try:
-        deadline = time.monotonic() + 5
-        while "cache manager: pid" not in server.stdout() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        first = int(re.search(r"cache manager: pid (\d+)", server.stdout()).group(1))
+        first = server.manager_pid
         assert first in _children(server.pid)
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 5

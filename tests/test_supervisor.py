@@ -112,7 +112,11 @@ def start_raw(www: Path, *args: str, affinity: set[int] | None = None, config: P
         proc.kill()
         raise RuntimeError(f"edge did not start: {line!r} {proc.stderr.read()!r}")
     proc.stdout.readline()  # topology
-    workers = [proc.stdout.readline().strip() for _ in range(int(m.group(3)))]
+    workers = []
+    while len(workers) < int(m.group(3)):
+        line = proc.stdout.readline().strip()
+        if not line.startswith("manager:"):  # the manager's line, when there is one, precedes the workers'
+            workers.append(line)
     return proc, int(m.group(2)), workers
 
 
@@ -349,6 +353,10 @@ def test_sighup_can_change_the_number_of_workers(www: Path, tmp_path: Path):
     proc, port, workers = start_raw(www, config=cfg)
     supervisor = EdgeProcess.__new__(EdgeProcess)  # only for worker_pids(); the process is ours
     supervisor.pid, supervisor.host, supervisor.port = proc.pid, "127.0.0.1", port
+    supervisor.manager_pid = 0
+    first = int(workers[0].split()[3])
+    assert wait_for(lambda: len(supervisor.worker_pids()) == 2, 5)  # the worker and the manager
+    supervisor.manager_pid = next(pid for pid in supervisor.worker_pids() if pid != first)
     try:
         assert len(workers) == 1
         cfg.write_text("workers = 2\n")

@@ -1,0 +1,120 @@
+"""The node's control channel: JSON datagrams between the admin endpoint and each worker, acknowledged.
+
+Every process binds an abstract-namespace unix datagram socket named after the supervisor's pid and
+its own (`\\0edge-<supervisor>-<pid>`), so the admin endpoint reaches the workers of its node
+whatever restarts and reloads have changed, knowing only their pids (from the shared stats), and no
+file is left behind. A worker answers each command to the sender's address with the same `id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Callable, Iterable
+
+MAX_DATAGRAM = 256 * 1024  # a purge of many paths fits in one datagram
+
+
+def address(supervisor: int, pid: int) -> bytes:
+    """The abstract socket name of process `pid` in the node of `supervisor`."""
+    return b"\0edge-%d-%d" % (supervisor, pid)
+
+
+def bind(supervisor: int, pid: int | None = None) -> socket.socket:
+    """This process's control socket (non-blocking, large buffers)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind(address(supervisor, os.getpid() if pid is None else pid))
+    return sock
+
+
+def serve(loop: asyncio.AbstractEventLoop, sock: socket.socket, handle: Callable[[dict], dict]) -> None:
+    """Answer every command arriving on `sock` with handle(command) (worker side, on its event loop)."""
+
+    def readable() -> None:
+        while True:
+            try:
+                data, sender = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            try:
+                command = json.loads(data)
+                reply = handle(command)
+                reply["id"] = command.get("id")
+            except Exception as e:  # noqa: BLE001 - a bad command gets an error answer, never kills the worker
+                reply = {"id": None, "error": f"{type(e).__name__}: {e}"}
+            if sender:
+                try:
+                    sock.sendto(json.dumps(reply).encode(), sender)
+                except OSError:
+                    pass  # the asker is gone
+
+    loop.add_reader(sock.fileno(), readable)
+
+
+class Asker:
+    """Sends a command to several processes and gathers their answers (admin side)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, supervisor: int) -> None:
+        self.loop = loop
+        self.supervisor = supervisor
+        self.sock = bind(supervisor)
+        self.next_id = 0
+        self.waiting: dict[int, tuple[set[int], dict[int, dict], asyncio.Future]] = {}
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, sender = self.sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            try:
+                reply = json.loads(data)
+                pid = int(sender.rsplit(b"-", 1)[1])
+            except (ValueError, IndexError):
+                continue
+            pending = self.waiting.get(reply.get("id"))
+            if pending is None:
+                continue
+            left, answers, done = pending
+            if pid in left:
+                left.discard(pid)
+                answers[pid] = reply
+                if not left and not done.done():
+                    done.set_result(None)
+
+    async def ask(self, pids: Iterable[int], command: dict, timeout: float) -> tuple[dict[int, dict], set[int]]:
+        """Send `command` to each pid; (answers by pid, pids that did not answer within `timeout`)."""
+        self.next_id += 1
+        ident = self.next_id
+        data = json.dumps({**command, "id": ident}).encode()
+        left: set[int] = set()
+        answers: dict[int, dict] = {}
+        for pid in pids:
+            try:
+                self.sock.sendto(data, address(self.supervisor, pid))
+                left.add(pid)
+            except (ConnectionRefusedError, FileNotFoundError):
+                continue  # no such worker any more (it ended between the stats read and now)
+            except OSError as e:
+                answers[pid] = {"error": str(e)}
+        done = self.loop.create_future()
+        if not left:
+            return answers, set()
+        self.waiting[ident] = (left, answers, done)
+        try:
+            await asyncio.wait_for(done, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            del self.waiting[ident]
+        return answers, set(left)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
