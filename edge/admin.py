@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from . import __version__
 from .config import Config
 from .control import Asker
+from .dashboard import PAGE
 from .diskcache import DiskCache
 from .health import HealthTable
 from .purge import BadPurge, Purge, parse_purge
@@ -167,10 +168,16 @@ def make_app(node: Node, token: str | None) -> web.Application:
 
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        if request.path != "/healthz" and not _authorized(request, token):
+        # /healthz is for load balancers; / is a page with no data in it (it asks for the token itself).
+        if request.path not in ("/healthz", "/") and not _authorized(request, token):
             return web.json_response({"error": "a valid bearer token is needed"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="edge admin"'})
         return await handler(request)
+
+    async def dashboard(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html",
+                            headers={"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                                                                "style-src 'unsafe-inline'"})
 
     async def healthz(request: web.Request) -> web.Response:
         if node.draining:
@@ -203,7 +210,7 @@ def make_app(node: Node, token: str | None) -> web.Application:
         return web.json_response(await node.purge(wanted))
 
     app = web.Application(middlewares=[auth], client_max_size=MAX_BODY)
-    app.add_routes([web.get("/healthz", healthz), web.post("/drain", drain), web.get("/status", status),
+    app.add_routes([web.get("/", dashboard), web.get("/healthz", healthz), web.post("/drain", drain), web.get("/status", status),
                     web.get("/metrics", metrics), web.post("/purge", purge),
                     web.route("PURGE", "/{path:.*}", purge_path)])
     return app
