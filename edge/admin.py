@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from . import __version__
 from .config import Config
@@ -19,7 +19,7 @@ from .dashboard import PAGE
 from .diskcache import DiskCache
 from .health import HealthTable
 from .purge import BadPurge, Purge, parse_purge
-from .stats import CIRCUITS_OPEN, FREE, PID, STATE, StatsBlock
+from .stats import CIRCUITS_OPEN, DURATION_BOUNDS, FREE, PID, STATE, StatsBlock
 
 MAX_BODY = 1 << 20  # a purge of 10,000 paths fits
 ACK_TIMEOUT = 5.0  # seconds every worker has to acknowledge a purge
@@ -114,10 +114,22 @@ class Collector:
         """Yield the metric families."""
         node = self.node
         totals = node.stats.totals()
-        requests = CounterMetricFamily("edge_requests", "Responses sent, by status class", labels=["code_class"])
+        requests = CounterMetricFamily("edge_requests", "Responses sent, by status class and protocol",
+                                       labels=["code_class", "protocol"])
         for cls in ("1xx", "2xx", "3xx", "4xx", "5xx"):
-            requests.add_metric([cls], totals[f"responses_{cls}"])
+            requests.add_metric([cls, "http/1.1"], totals[f"http1_responses_{cls}"])
+            requests.add_metric([cls, "h2"], totals[f"h2_responses_{cls}"])
         yield requests
+        # Requests answered in the loop turn that parsed them are not timed (that would cost every
+        # request a clock read): they count in the fastest bucket; those that waited are timed.
+        waited = [totals[f"duration_bucket_{i}"] for i in range(len(DURATION_BOUNDS) + 1)]
+        fast = max(0, totals["requests"] - sum(waited))
+        cumulative, buckets = fast, []
+        for bound, count in zip((*map(str, DURATION_BOUNDS), "+Inf"), waited):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily("edge_request_duration_seconds", "Time to answer a request",
+                                    buckets=buckets, sum_value=totals["duration_sum_us"] / 1e6)
         for name, field, text in (
                 ("edge_cache_hits", "cache_hits", "Origin objects served fresh from the cache"),
                 ("edge_cache_misses", "cache_misses", "Requests that needed an origin fetch or revalidation"),

@@ -428,30 +428,32 @@ class H1Connection(asyncio.Protocol):
         """Open or revalidate a file off the event loop, then answer."""
         self.busy = True
         self._pause_reading()
-        self._start_load(pending, miss, self.w.cache.stale(miss.path))
+        self._start_load(pending, miss, self.w.cache.stale(miss.path), self.w.loop.time())
 
-    def _start_load(self, pending: Pending, miss: Miss, old: FileEntry | None) -> None:
+    def _start_load(self, pending: Pending, miss: Miss, old: FileEntry | None, started: float) -> None:
         w = self.w
         fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
-        fut.add_done_callback(lambda f: self._loaded(f, pending, miss))
+        fut.add_done_callback(lambda f: self._loaded(f, pending, miss, started))
 
-    def _loaded(self, fut: asyncio.Future, pending: Pending, miss: Miss) -> None:
+    def _loaded(self, fut: asyncio.Future, pending: Pending, miss: Miss, started: float) -> None:
         w = self.w
         try:
             result = fut.result()
             found = w.cache.store(miss.path, result, w.loop.time())
         except LookupError:  # the entry was evicted while it was being revalidated: load it afresh
-            self._start_load(pending, miss, None)
+            self._start_load(pending, miss, None, started)
             return
         except Exception:
             found = NotFound(500)
         self.busy = False
         if self.transport is None or self.transport.is_closing():
             return
-        plan = w.site.respond(pending, found, miss.query, miss.path, w.loop.time())
+        now = w.loop.time()
+        plan = w.site.respond(pending, found, miss.query, miss.path, now)
         if type(plan) is Fetch:
-            self._pull(pending, plan)
+            self._pull(pending, plan, started)
             return
+        w.observe(now - started)
         self._answer_loaded(pending, plan)
 
     def _answer_loaded(self, pending: Pending, plan: Plan) -> None:
@@ -463,16 +465,19 @@ class H1Connection(asyncio.Protocol):
         if not self.busy:
             self._pump()
 
-    def _pull(self, pending: Pending, fetch: Fetch) -> None:
+    def _pull(self, pending: Pending, fetch: Fetch, started: float = 0.0) -> None:
         """Ask the disk cache or an origin (the worker's puller), then answer."""
         self.busy = True
         self._pause_reading()
-        task = self.w.loop.create_task(self.w.puller.serve(pending, fetch))
-        task.add_done_callback(lambda t: self._pulled(t, pending))
+        w = self.w
+        started = started or w.loop.time()
+        task = w.loop.create_task(w.puller.serve(pending, fetch))
+        task.add_done_callback(lambda t: self._pulled(t, pending, started))
 
-    def _pulled(self, task: asyncio.Task, pending: Pending) -> None:
+    def _pulled(self, task: asyncio.Task, pending: Pending, started: float) -> None:
         plan = task.result()  # serve() answers every failure with an error plan
         self.busy = False
+        self.w.observe(self.w.loop.time() - started)
         try:
             if self.transport is not None and not self.transport.is_closing() and self.queue:
                 self._answer_loaded(pending, plan)

@@ -24,7 +24,7 @@ from .filecache import FileEntry, NotFound
 from .hints import PageHints
 from .hpackblock import encode_block
 from .ratelimit import TokenBucket
-from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
+from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, H2_STATUS_FIELD
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -346,19 +346,20 @@ class H2Connection(asyncio.Protocol):
         plan = w.site.resolve(req, w.loop.time())
         if type(plan) is not Plan:
             if type(plan) is Miss:
-                self._load(sid, req, plan, w.cache.stale(plan.path), push)
+                self._load(sid, req, plan, w.cache.stale(plan.path), push, w.loop.time())
             else:
-                self._pull(sid, req, plan)
+                self._pull(sid, req, plan, w.loop.time())
             return
         self._respond(sid, req, plan, push)
 
-    def _pull(self, sid: int, req: Request, fetch: Fetch) -> None:
+    def _pull(self, sid: int, req: Request, fetch: Fetch, started: float) -> None:
         """Ask the disk cache or an origin (the worker's puller), then answer the stream if it is still open."""
         task = self.w.loop.create_task(self.w.puller.serve(req, fetch))
-        task.add_done_callback(lambda t: self._pulled(t, sid, req))
+        task.add_done_callback(lambda t: self._pulled(t, sid, req, started))
 
-    def _pulled(self, task: asyncio.Task, sid: int, req: Request) -> None:
+    def _pulled(self, task: asyncio.Task, sid: int, req: Request, started: float) -> None:
         plan = task.result()  # serve() answers every failure with an error plan
+        self.w.observe(self.w.loop.time() - started)
         try:
             if sid in self.open and self.transport is not None:
                 self._respond(sid, req, plan)
@@ -368,28 +369,30 @@ class H2Connection(asyncio.Protocol):
                 plan.entry.release()  # the puller's reference; a stream holds its own
 
     def _load(self, sid: int, req: Request, miss: Miss, old: FileEntry | None,
-              push: tuple[PageHints, bytes] | None = None) -> None:
+              push: tuple[PageHints, bytes] | None, started: float) -> None:
         """Open or revalidate a file off the event loop, then answer the stream (if it is still open)."""
         w = self.w
         fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
-        fut.add_done_callback(lambda f: self._loaded(f, sid, req, miss, push))
+        fut.add_done_callback(lambda f: self._loaded(f, sid, req, miss, push, started))
 
     def _loaded(self, fut: asyncio.Future, sid: int, req: Request, miss: Miss,
-                push: tuple[PageHints, bytes] | None) -> None:
+                push: tuple[PageHints, bytes] | None, started: float) -> None:
         w = self.w
         try:
             found = w.cache.store(miss.path, fut.result(), w.loop.time())
         except LookupError:  # evicted while revalidating: load afresh
-            self._load(sid, req, miss, None, push)
+            self._load(sid, req, miss, None, push, started)
             return
         except Exception:  # noqa: BLE001 - an unreadable file is a 500 for this stream, not a dead worker
             found = NotFound(500)
         if sid not in self.open or self.transport is None:
             return
-        plan = w.site.respond(req, found, miss.query, miss.path, w.loop.time())
+        now = w.loop.time()
+        plan = w.site.respond(req, found, miss.query, miss.path, now)
         if type(plan) is Fetch:
-            self._pull(sid, req, plan)
+            self._pull(sid, req, plan, started)
             return
+        w.observe(now - started)
         self._respond(sid, req, plan, push)
         self._pump()
 
@@ -449,7 +452,7 @@ class H2Connection(asyncio.Protocol):
                 machine.process_input(SEND_END_STREAM)
                 flags |= END_STREAM
             self._emit(_FRAME_HEAD.pack(len(block) >> 16, len(block) & 0xFFFF, HEADERS_TYPE, flags, sid), block)
-        w.stats[STATUS_FIELD[plan.status]] += 1
+        w.stats[H2_STATUS_FIELD[plan.status]] += 1
         if w.log is not None:
             w.log.write(self.peer, req.method or b"-", req.target or b"-", b"HTTP/2.0", plan.status,
                         0 if bodiless else plan.length, b"-", b"-")

@@ -17,12 +17,19 @@ FC_ENTRIES = 18
 # Origin pull: cache outcomes, origin requests, and this worker's circuit breakers (bit i: origin i).
 CACHE_HITS, CACHE_MISSES, CACHE_STALE, ORIGIN_REQUESTS, ORIGIN_ERRORS = range(19, 24)
 CIRCUITS_OPEN = 24
+# HTTP/2 responses by class (R1XX..R5XX count HTTP/1.x; the "responses_*" totals add both).
+H2_1XX, H2_2XX, H2_3XX, H2_4XX, H2_5XX = range(25, 30)
+# Response time of requests that waited for a file open or the disk cache/origin, by upper bound;
+# the rest were answered in the loop turn that parsed them (counted as the fastest bucket when read).
+DURATION_BOUNDS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+DURATION_BUCKETS = tuple(range(30, 30 + len(DURATION_BOUNDS) + 1))  # the last one: above 5 s
+DURATION_SUM_US = 38  # microseconds, summed over the waiting requests
 
-FIELDS = 25
+FIELDS = 39
 PUBLISHED = range(R1XX, FIELDS)  # what a worker copies from its own counters into its slot
 # Monotonic: folded into the retired slot when a worker ends.
-COUNTERS = (*range(R1XX, FC_EVICTIONS + 1), *range(CACHE_HITS, ORIGIN_ERRORS + 1))
-SLOT_BYTES = 256  # 4 cache lines: a worker's writes never share a line with another worker's
+COUNTERS = (*range(R1XX, FC_EVICTIONS + 1), *range(CACHE_HITS, ORIGIN_ERRORS + 1), *range(H2_1XX, FIELDS))
+SLOT_BYTES = 512  # 8 cache lines: a worker's writes never share a line with another worker's
 RETIRED = 0  # slot 0 keeps the counters of workers that have ended, so sums never go backwards
 
 FREE, STARTING, SERVING, DRAINING = range(4)
@@ -35,10 +42,23 @@ NAMES = {
     CONNECTIONS_ACTIVE: "connections_active", FC_ENTRIES: "file_cache_entries",
     CACHE_HITS: "cache_hits", CACHE_MISSES: "cache_misses", CACHE_STALE: "cache_stale",
     ORIGIN_REQUESTS: "origin_requests", ORIGIN_ERRORS: "origin_errors", CIRCUITS_OPEN: "circuits_open",
+    H2_1XX: "h2_responses_1xx", H2_2XX: "h2_responses_2xx", H2_3XX: "h2_responses_3xx", H2_4XX: "h2_responses_4xx",
+    H2_5XX: "h2_responses_5xx", DURATION_SUM_US: "duration_sum_us",
+    **{field: f"duration_bucket_{i}" for i, field in enumerate(DURATION_BUCKETS)},
 }
 
 # Status code -> the slot index its class is counted in (built once; the hot path only indexes).
 STATUS_FIELD = {code: R1XX + code // 100 - 1 for code in range(100, 600)}
+H2_STATUS_FIELD = {code: H2_1XX + code // 100 - 1 for code in range(100, 600)}
+
+
+def _with_sums(row: dict) -> dict:
+    """Add the all-protocol response counts and the request count to a row of raw fields."""
+    for cls in ("1xx", "2xx", "3xx", "4xx", "5xx"):
+        row[f"http1_responses_{cls}"] = row[f"responses_{cls}"]
+        row[f"responses_{cls}"] += row[f"h2_responses_{cls}"]
+    row["requests"] = sum(row[f"responses_{cls}"] for cls in ("1xx", "2xx", "3xx", "4xx", "5xx"))
+    return row
 
 
 class StatsBlock:
@@ -94,8 +114,7 @@ class StatsBlock:
                                          "cpu": s[CPU], "numa_node": s[NODE], "started": s[STARTED_MS] / 1000,
                                          "state": STATE_NAMES[s[STATE]]}
             row.update({name: s[i] for i, name in NAMES.items()})
-            row["requests"] = sum(s[i] for i in range(R1XX, R5XX + 1))
-            out.append(row)
+            out.append(_with_sums(row))
         return out
 
     def totals(self) -> dict[str, int]:
@@ -107,8 +126,7 @@ class StatsBlock:
                 continue
             for i, name in NAMES.items():
                 out[name] += s[i]
-        out["requests"] = sum(out[NAMES[i]] for i in range(R1XX, R5XX + 1))
-        return out
+        return _with_sums(out)
 
     def close(self) -> None:
         """Unmap the block (slot views handed out must be gone first)."""

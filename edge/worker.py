@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import signal
 import socket
 import ssl
@@ -28,7 +29,7 @@ from .httpdate import format_http_date
 from .limits import raise_nofile
 from .purge import Purge, purge_cache
 from .tls import AlpnDispatch
-from .stats import CACHE_HITS, DRAINING, FC_ENTRIES, FC_EVICTIONS, FC_HITS, FC_MISSES, FIELDS, PUBLISHED, SERVING, STATE
+from .stats import CACHE_HITS, DRAINING, DURATION_BOUNDS, DURATION_BUCKETS, DURATION_SUM_US, FC_ENTRIES, FC_EVICTIONS, FC_HITS, FC_MISSES, FIELDS, PUBLISHED, SERVING, STATE
 
 DRAIN_IDLE_GRACE = 1.0  # seconds an idle keep-alive connection may still send one last request when draining
 
@@ -177,6 +178,12 @@ class Worker:
         if self.log is not None:
             self.log.close()
         self.executor.shutdown(wait=False)
+
+    def observe(self, seconds: float) -> None:
+        """Count the response time of a request that had to wait (a file open, the disk cache, an origin)."""
+        stats = self.stats
+        stats[DURATION_BUCKETS[bisect.bisect_left(DURATION_BOUNDS, seconds)]] += 1
+        stats[DURATION_SUM_US] += int(seconds * 1_000_000)
 
     def command(self, command: dict) -> dict:
         """A command from the admin endpoint (control channel): purge, or ping."""

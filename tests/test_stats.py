@@ -29,6 +29,7 @@ from edge.stats import (
     R3XX,
     R4XX,
     R5XX,
+    H2_2XX,
     RETIRED,
     SERVING,
     STARTED_MS,
@@ -236,12 +237,16 @@ def test_totals_of_several_live_workers(block: StatsBlock) -> None:
     block.slot(a)[CONNECTIONS_ACTIVE], block.slot(b)[CONNECTIONS_ACTIVE] = 2, 5
     block.slot(RETIRED)[R2XX] = 100
     totals = block.totals()
-    assert set(totals) == set(NAMES.values()) | {"requests"}
+    assert set(totals) == set(NAMES.values()) | {"requests"} | {f"http1_responses_{c}xx" for c in "12345"}
     assert totals["responses_1xx"] == 1
     assert totals["responses_2xx"] == 100
     assert totals["responses_3xx"] == 2
     assert totals["responses_5xx"] == 7
     assert totals["requests"] == 110
+    block.slot(b)[H2_2XX] = 5  # HTTP/2 responses are counted apart and added in
+    both = block.totals()
+    assert (both["responses_2xx"], both["http1_responses_2xx"], both["h2_responses_2xx"]) == (105, 100, 5)
+    assert both["requests"] == 115
     assert totals["errors"] == 6
     assert (totals["file_cache_hits"], totals["file_cache_misses"], totals["file_cache_evictions"]) == (7, 8, 9)
     assert totals["connections_active"] == 7
@@ -268,7 +273,7 @@ def test_workers_lists_only_slots_in_use(block: StatsBlock) -> None:
     assert [row["slot"] for row in rows] == [a, 3]
     row = rows[0]
     assert set(row) == {"slot", "pid", "generation", "cpu", "numa_node", "started", "state", "requests",
-                        *NAMES.values()}
+                        *NAMES.values(), *(f"http1_responses_{c}xx" for c in "12345")}
     assert (row["pid"], row["generation"], row["cpu"], row["numa_node"]) == (1234, 3, 2, 1)
     assert row["state"] == "serving"
     assert rows[1]["state"] == "starting"
