@@ -322,7 +322,8 @@ class FileCache:
             self._negative.pop(path, None)
             self._entries[path] = result  # may evict the oldest entry first
             self._fast[path] = result
-            self._admit(result)
+            if old is not result:  # the same entry stored again is already charged
+                self._admit(result)
         else:
             negative = self._negative
             negative.pop(path, None)

@@ -93,6 +93,8 @@ class Fetched:
         self._wake()
 
     def _end(self) -> None:
+        if self.error is not None:
+            return  # already failed (e.g. aborted by us): a late end must not make it look complete
         self.complete = True
         self._wake()
 

@@ -29,7 +29,7 @@ from .filecache import OPEN_FLAGS, FileCache
 from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable
 from .httpdate import parse_http_date
-from .origin import OriginError, OriginPool, Upstream
+from .origin import Fetched, OriginError, OriginPool, Upstream
 from .stats import CACHE_MISSES, CACHE_STALE, CIRCUITS_OPEN, ORIGIN_ERRORS, ORIGIN_REQUESTS
 from .stored import DROPPED_FIELDS, Growth, StoredEntry, normalise_coding
 
@@ -209,7 +209,7 @@ class Puller:
                 return _held(self.site.stored(req, entry, now))
             if now < entry.revalidate_until:
                 self.stats[CACHE_STALE] += 1
-                self._flight(fetch, entry)  # refresh in the background; this request gets the stale copy
+                self._flight(fetch, entry, background=True)  # this request gets the stale copy meanwhile
                 return _held(self.site.stored(req, entry, now, HIT_STALE_REVALIDATE))
         else:
             entry = None
@@ -225,7 +225,7 @@ class Puller:
         first = flight.claim()
         if outcome.shared and not first and outcome.cache_status == MISS_STORED:
             outcome = Outcome(outcome.entry, COLLAPSED)  # served by another request's fetch
-        if not outcome.shared and not first:
+        if not outcome.shared and (outcome.entry is None or not first):
             if outcome.entry is not None:
                 outcome.entry.release()
             # A private answer was for the request that caused it: this one is asked of the origin itself.
@@ -246,10 +246,13 @@ class Puller:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def _flight(self, fetch: Fetch, stale: StoredEntry | None) -> Flight:
+    def _flight(self, fetch: Fetch, stale: StoredEntry | None, background: bool = False) -> Flight:
         flight = self.flights.get(fetch.name)
         if flight is None:
             flight = self.flights[fetch.name] = Flight(self.loop)
+            flight.claimed = background  # a refresh nobody waits for: no request may take a private answer
+            if stale is not None:
+                stale.acquire()  # kept open through the revalidation even if the file cache drops it
             self._spawn(self._run(flight, fetch, stale))
         return flight
 
@@ -279,7 +282,7 @@ class Puller:
             body_st = os.stat(body_path)
         except OSError:
             return None
-        if old is not None and old.changed == body_st.st_ctime_ns and old.same_file(body_st):
+        if old is not None and not old.dead and old.changed == body_st.st_ctime_ns and old.same_file(body_st):
             return old  # the same file, its metadata untouched (setting it changes the ctime)
         meta = read_meta(body_path, meta_path)
         if meta is None or meta.key != key.decode("latin-1"):
@@ -309,9 +312,10 @@ class Puller:
         """Fetch `fetch.key` once for the node: as the fetcher holding its lock, or following another worker."""
         name = digest(fetch.key)
         slot = KeyLocks.slot(name)
+        original = stale  # _flight took a reference on it
         try:
-            if private:
-                await self._fetch(flight, fetch, None, name)
+            if private:  # not under the key's lock: nothing published for other workers
+                await self._fetch(flight, fetch, None, name, publish=False)
                 return
             waited = False
             while not self.solo and not self.locks.try_lock(slot):
@@ -344,6 +348,8 @@ class Puller:
                 del self.flights[fetch.name]
             if flight.hold is not None:
                 flight.hold.release()
+            if original is not None:
+                original.release()
 
     def _changed_on_disk(self, fetch: Fetch, stale: StoredEntry | None) -> bool:
         """One stat: has an object for the key been stored since `stale` (or at all)?"""
@@ -357,7 +363,8 @@ class Puller:
         return text_plan(status, [(b"cache-status", b"edge; fwd=miss; detail=%s" % detail.encode("ascii"))],
                          self.site.server)
 
-    async def _fetch(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, name: str) -> None:
+    async def _fetch(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, name: str,
+                     publish: bool = True) -> None:
         """Ask the origin; stream the body into a temp file that every waiter reads as it grows.
 
         The listed client fields (proxy.forward_headers) of the request that started the fetch go along.
@@ -380,6 +387,17 @@ class Puller:
             self.stats[ORIGIN_ERRORS] += 1
             self._failed(flight, stale, 504 if e.timeout else 502, "timeout" if e.timeout else "unreachable")
             return
+        head = os.path.join(self.store.tmp_dir, name + ".head") if publish and not self.solo else None
+        try:
+            await self._answer(flight, fetch, stale, fetched, request_time, head)
+        finally:
+            fetched.close()  # the connection goes back to its pool, or is dropped, whatever happened
+            if head is not None:
+                _unlink(head)
+
+    async def _answer(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, fetched: Fetched,
+                      request_time: float, head: str | None) -> None:
+        """Judge the origin's answer (304, error, storable or not) and pass its body on."""
         now, wall = self.loop.time(), time.time()
         status = fetched.status
         # Gateway errors say the origin itself is in trouble; a 500 is one resource's bug, not the origin's health.
@@ -387,94 +405,90 @@ class Puller:
         headers = [(k, v) for k, v in fetched.headers if k not in DROPPED_FIELDS]
         raw = _header_dict(fetched.headers)
         if stale is not None and status == 304:
-            fetched.close()
-            await self._refreshed(flight, fetch, stale, headers, request_time, wall)
+            await self._refreshed(flight, fetch, stale, headers, raw, request_time, wall)
             return
         if status >= 500 and stale is not None and now < stale.error_until:
-            fetched.close()
             self.stats[ORIGIN_ERRORS] += 1
             self._failed(flight, stale, 502, "origin-error")
             return
         if status not in REASONS or status < 200 or status == 304:
-            fetched.close()
             self._failed(flight, stale, 502, "bad-status")
             return
-        fresh = assess(status, raw, request_time, wall, self.default_ttl)
+        authorized = any(k.lower() == b"authorization" for k, _ in fetch.forward)
+        fresh = assess(status, raw, request_time, wall, self.default_ttl, authorized=authorized)
         vary = {v.strip().lower() for v in raw.get("vary", "").split(",") if v.strip()}
-        storable = (fresh.storable and "set-cookie" not in raw and vary <= {VARY_MARKER}
-                    and "content-encoding" not in vary)
+        storable = fresh.storable and "set-cookie" not in raw and vary <= {VARY_MARKER}
         length_field = raw.get("content-length")
         length = int(length_field) if length_field is not None and length_field.isdigit() else None
         varies = VARY_MARKER in vary and fetch.coding is None
         key = fetch.key + b"\0identity" if varies else fetch.key
-        writer = self.store.writer(key)
-        try:
-            rfd = os.dup(writer.fd)  # readers use pread/sendfile at explicit offsets: one open file serves both
-        except OSError:
-            writer.abort()
-            fetched.close()
-            raise
-        tags = raw.get("surrogate-key", "").split()
         meta = Meta(key=key.decode("latin-1"), status=status, headers=headers, length=length or 0,
                     stored_at=wall, request_time=request_time, lifetime=fresh.lifetime,
                     initial_age=fresh.initial_age, stale_while_revalidate=fresh.stale_while_revalidate,
                     stale_if_error=fresh.stale_if_error, no_cache=fresh.no_cache,
-                    must_revalidate=fresh.must_revalidate, tags=tags)
-        entry = StoredEntry(fetch.name + "\0identity" if varies else fetch.name, writer.tmp, rfd, os.fstat(rfd),
-                            meta, now, wall)
-        entry.acquire()
-        flight.hold = entry
-        cache_status = (STALE_REFETCHED if stale is not None else MISS_STORED) if storable else MISS
-        head = os.path.join(self.store.tmp_dir, name + ".head")
-        if length is not None:
-            entry.growth = growth = Growth(length)
-            if length == 0:
-                growth.done = True
-            flight.resolve(Outcome(entry, cache_status, shared=storable))
-            if storable and not self.solo:
-                self._publish_head(head, writer, meta)
-        else:
-            growth = None
+                    must_revalidate=fresh.must_revalidate, tags=raw.get("surrogate-key", "").split())
+        writer = self.store.writer(key)
+        entry = None
         try:
-            async for chunk in fetched.chunks():
-                writer.write(chunk)
-                if growth is not None:
-                    growth.grew(writer.written)
-        except (OriginError, OSError):
-            self.stats[ORIGIN_ERRORS] += 1
-            self._origin_result(fetched.index, False)
-            if growth is not None:
-                growth.fail()
+            rfd = os.dup(writer.fd)  # readers use pread/sendfile at explicit offsets: one open file serves both
+            try:
+                entry = StoredEntry(fetch.name + "\0identity" if varies else fetch.name, writer.tmp, rfd,
+                                    os.fstat(rfd), meta, now, wall)
+            except BaseException:
+                os.close(rfd)
+                raise
+            entry.acquire()
+            flight.hold = entry
+            cache_status = (STALE_REFETCHED if stale is not None else MISS_STORED) if storable else MISS
+            if head is not None:
+                # Other workers follow this fetch by its head: the temp file and metadata, "pass" when the
+                # answer is not to be shared, or a length of -1 while its end is unknown.
+                self._publish_head(head, writer, meta, shared=storable, known=length is not None)
+            if length is not None:
+                entry.growth = Growth(length)
+                flight.resolve(Outcome(entry, cache_status, shared=storable))
+            try:
+                async for chunk in fetched.chunks():
+                    writer.write(chunk)
+                    if entry.growth is not None:
+                        entry.growth.grew(writer.written)
+            except OriginError:
+                self.stats[ORIGIN_ERRORS] += 1
+                self._origin_result(fetched.index, False)
+                raise
+            if length is None:
+                entry.size = meta.length = writer.written
+                flight.resolve(Outcome(entry, cache_status, shared=storable))
+            entry.growth = None
+            entry.plans.clear()
+            # Publishing is a few metadata syscalls: done here, it costs less than a trip to the I/O pool
+            # (measured on the miss path); only a 304's metadata rewrite goes off the loop.
+            published = self._commit(writer, meta, fetch.key if varies else None) if storable else None
+        except BaseException as e:
+            # A cut-off origin, a full disk, a bug: the readers are cut off and nothing partial is kept.
+            if entry is not None:
+                if entry.growth is not None:
+                    entry.growth.fail()
+                entry.retire()
             writer.abort()
-            if not self.solo:
-                _unlink(head)
-            entry.retire()
-            self._failed(flight, stale, 502, "truncated")
-            return
-        if length is None:
-            entry.size = meta.length = writer.written
-            flight.resolve(Outcome(entry, cache_status, shared=storable))
-        entry.growth = None
-        entry.plans.clear()
-        # Publishing is a few metadata syscalls: done here, it costs less than a trip to the I/O pool
-        # (measured on the miss path); only the 304 metadata rewrite, not on a client's path, goes off the loop.
-        published = self._commit(writer, meta, fetch.key if varies else None) if storable else None
-        if published is not None:
-            entry.fs_path, entry.changed = published
-            if 0 < entry.size <= self.inline_max:  # like a small local file: sent in one write with its head
-                try:
-                    body = os.pread(entry.fd, entry.size, 0)
-                    entry.body = body if len(body) == entry.size else None
-                except OSError:
-                    pass
-            now = self.loop.time()
-            entry.checked = now
-            self.cache.store(entry.path, entry, now)
-        else:
+            if isinstance(e, OriginError):
+                self._failed(flight, stale, 502, "truncated")
+                return
+            raise
+        if published is None:
             writer.abort()
             entry.retire()  # served to its own requests from the open fd, then closed
-        if not self.solo:
-            _unlink(head)
+            return
+        entry.fs_path, entry.changed = published
+        if 0 < entry.size <= self.inline_max:  # like a small local file: sent in one write with its head
+            try:
+                body = os.pread(entry.fd, entry.size, 0)
+                entry.body = body if len(body) == entry.size else None
+            except OSError:
+                pass
+        now = self.loop.time()
+        entry.checked = now
+        self.cache.store(entry.path, entry, now)
 
     def _failed(self, flight: Flight, stale: StoredEntry | None, status: int, detail: str) -> None:
         """The origin gave nothing usable: stale-if-error when allowed, else a short 502/504."""
@@ -487,11 +501,14 @@ class Puller:
         flight.resolve(Outcome(plan=self._error(status, detail)))
 
     async def _refreshed(self, flight: Flight, fetch: Fetch, stale: StoredEntry, headers: list[tuple[str, str]],
-                         request_time: float, wall: float) -> None:
+                         raw: dict[str, str], request_time: float, wall: float) -> None:
         """A 304 for a stale object: merge its fields into the stored ones (RFC 9111 §4.3.4), store, serve."""
+        headers = [(k, v) for k, v in headers if k != "set-cookie"]  # never stored for everyone
         fresh_names = {k for k, _ in headers}
         merged = [(k, v) for k, v in stale.meta.headers if k not in fresh_names] + headers
-        fresh = assess(stale.status, _header_dict(merged), request_time, wall, self.default_ttl)
+        judged = _header_dict(merged)
+        judged.update({k: raw[k] for k in ("date", "age") if k in raw})  # the 304's own Date and Age count
+        fresh = assess(stale.status, judged, request_time, wall, self.default_ttl)
         meta = replace(stale.meta, headers=merged, stored_at=wall, request_time=request_time,
                        lifetime=fresh.lifetime, initial_age=fresh.initial_age,
                        stale_while_revalidate=fresh.stale_while_revalidate, stale_if_error=fresh.stale_if_error,
@@ -506,7 +523,8 @@ class Puller:
         stale.changed = changed
         stale.refresh(meta, now, time.time())
         stale.checked = now
-        self.cache.store(stale.path, stale, now)
+        if not stale.dead:  # evicted from this worker's cache meanwhile: served once, loaded afresh next time
+            self.cache.store(stale.path, stale, now)
         flight.resolve(Outcome(stale, REVALIDATED))
 
     def _commit(self, writer: Writer, meta: Meta, vary_key: bytes | None) -> tuple[str, int] | None:
@@ -527,12 +545,13 @@ class Puller:
         except OSError:
             return None  # purged or evicted at once: serve it from the open fd, do not keep it
 
-    def _publish_head(self, head: str, writer: Writer, meta: Meta) -> None:
+    def _publish_head(self, head: str, writer: Writer, meta: Meta, shared: bool, known: bool) -> None:
         """Let other workers follow this fetch: the temp file's name and the response's metadata."""
         tmp = f"{head}.{os.getpid()}"
+        data = {"tmp": writer.tmp, "meta": asdict(meta), "pass": not shared, "known": known}
         try:
             with open(tmp, "w") as f:
-                json.dump({"tmp": writer.tmp, "meta": asdict(meta)}, f)
+                json.dump(data, f)
             os.replace(tmp, head)
         except OSError:
             _unlink(tmp)
@@ -542,11 +561,17 @@ class Puller:
         head = os.path.join(self.store.tmp_dir, name + ".head")
         delay = FOLLOW_POLL_MIN
         deadline = self.loop.time() + self.follow_timeout
+        grown = -1
         while self.loop.time() < deadline:
-            entry = self._open_head(head, fetch)
-            if entry is not None:
-                self._spawn(self._tail(entry))
-                return Outcome(entry, COLLAPSED)
+            found = self._open_head(head, fetch)
+            if found == "pass":
+                return Outcome(shared=False)  # not for sharing: each request asks the origin itself
+            if isinstance(found, StoredEntry):
+                self._spawn(self._tail(found))
+                return Outcome(found, COLLAPSED)
+            if isinstance(found, int) and found > grown:  # a body of unknown length still arriving
+                grown = found
+                deadline = self.loop.time() + self.follow_timeout
             if self.locks.try_lock(slot):
                 self.locks.unlock(slot)
                 return None
@@ -554,20 +579,26 @@ class Puller:
             delay = min(delay * 2, FOLLOW_POLL_MAX)
         return Outcome(plan=self._error(504, "timeout"))
 
-    def _open_head(self, head: str, fetch: Fetch) -> StoredEntry | None:
+    def _open_head(self, head: str, fetch: Fetch) -> StoredEntry | str | int | None:
+        """Another worker's fetch, from its head: an entry to follow, "pass", the bytes so far of a body of
+        unknown length (wait for it to be stored), or None (no head yet, or another key's)."""
         try:
             with open(head) as f:
                 data = json.load(f)
-            meta = Meta(**data["meta"])
-            meta.headers = [(str(k), str(v)) for k, v in meta.headers]
+            meta = Meta.loads(json.dumps(data["meta"]))
+            if meta.key != fetch.key.decode("latin-1"):
+                return None  # another key in the same lock slot, or a Vary case: fetched by ourselves later
+            if data["pass"]:
+                return "pass"
+            if not data["known"]:
+                return os.stat(data["tmp"]).st_size
             fd = os.open(data["tmp"], os.O_RDONLY | os.O_CLOEXEC)
         except (OSError, ValueError, TypeError, KeyError):
             return None  # not there yet, or already gone (the lock tells which)
-        if meta.key != fetch.key.decode("latin-1"):
-            os.close(fd)  # another key in the same lock slot, or the marker case: fetch it ourselves
-            return None
         entry = StoredEntry(fetch.name, data["tmp"], fd, os.fstat(fd), meta, self.loop.time(), time.time())
         entry.growth = Growth(meta.length)
+        if meta.length == 0:
+            entry.growth.done = True
         entry.acquire()  # the tail's reference; retire() below closes the fd after the last reader
         entry.retire()
         return entry

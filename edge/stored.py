@@ -52,7 +52,10 @@ class Growth:
     def _wake(self) -> None:
         waiters, self.waiters = self.waiters, []
         for callback in waiters:
-            callback()
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - one reader's trouble (its socket) is not the body's, nor the others'
+                pass
 
 
 class StoredEntry(FileEntry):

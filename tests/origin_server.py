@@ -135,8 +135,10 @@ def make_app(port_of: list[int]) -> web.Application:
         q = request.query
         size, chunk, delay = int(q.get("size", str(1 << 20))), int(q.get("chunk", "65536")), float(q.get("delay", "0.05"))
         body = pattern(request.match_info["name"], size)
-        response = web.StreamResponse(headers={"Content-Length": str(size), "Cache-Control": q.get("cc", "max-age=60"),
-                                               "Content-Type": "application/octet-stream"})
+        headers = {"Cache-Control": q.get("cc", "max-age=60"), "Content-Type": "application/octet-stream"}
+        if not q.get("chunked"):  # chunked=1: no Content-Length, the length is known only at the end
+            headers["Content-Length"] = str(size)
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         for i in range(0, size, chunk):
             await response.write(body[i:i + chunk])

@@ -117,3 +117,16 @@ def test_inline_budget(tree):
     assert cache.inline_bytes == 4
     cache.close()
     assert cache.inline_bytes == 0
+
+
+def test_storing_the_same_entry_again_does_not_charge_its_inline_body_twice(tmp_path):
+    (tmp_path / "small.txt").write_bytes(b"x" * 1000)
+    resolver = Resolver(str(tmp_path), inline_max=4096)
+    cache = FileCache(resolver, 10, 1.0)
+    entry = cache.store("/small.txt", resolver.load("/small.txt"), 0.0)
+    assert entry.body is not None and cache.inline_bytes == 1000
+    for now in (1.0, 2.0, 3.0):  # the disk cache's re-checks store the same object again
+        assert cache.store("/small.txt", entry, now) is entry
+    assert cache.inline_bytes == 1000
+    cache.purge("/small.txt")
+    assert cache.inline_bytes == 0

@@ -690,6 +690,39 @@ def test_concurrent_misses_on_two_workers_make_one_origin_request(pull, origins,
     settled(server, cache_dir)
 
 
+@pytest.mark.parametrize("shape, fetches", [("chunked=1", 1), ("cc=no-store", 6)], ids=["chunked", "no-store"])
+def test_a_long_body_other_workers_cannot_follow_does_not_time_them_out(pull, origins, cache_dir, shape, fetches):
+    # A body of unknown length, or one not to be shared, takes longer than read_timeout: the other
+    # worker's requests must neither give up nor be served a copy they may not have.
+    [origin] = origins(1)
+    server = pull([origin], "--workers", "2", "--cpu-affinity", "off", config="[proxy]\nread_timeout = 1\n")
+    size = 512 * 1024
+    target = f"/stream/long-{shape[:2]}?size={size}&chunk=32768&delay=0.15&{shape}"  # ~2.4 s in all
+    expected = hashlib.sha256(pattern(f"long-{shape[:2]}", size)).hexdigest()
+    socks = spread_connections(server, 3)
+    results: list = [None] * len(socks)
+
+    def fetch(i: int) -> None:
+        client = Client(socks[i])
+        try:
+            client.send(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            status, _, body = client.response()
+            results[i] = (status, len(body), hashlib.sha256(body).hexdigest())
+        except BaseException as e:  # noqa: BLE001 - reported below
+            results[i] = e
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(len(socks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [(200, size, expected)] * len(socks), results
+    assert origin.count(target) == fetches
+    settled(server, cache_dir)
+
+
 def test_concurrent_requests_for_a_no_store_answer_each_ask_the_origin(pull, origins, cache_dir):
     [origin] = origins(1)
     server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
