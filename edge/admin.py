@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
@@ -50,7 +51,13 @@ class Node:
 
     async def purge(self, purge: Purge) -> dict:
         """Remove from the disk cache, then have every worker drop its entries; returns the answer body."""
-        removed = self.store.purge(purge) if self.store is not None else 0
+        removed = 0
+        if self.store is not None:
+            names = self.store.take(purge)
+            # Files go before the workers are told (a worker must not find them on disk after its ack),
+            # on a thread: purging everything is 100k unlinks, and /healthz must keep answering meanwhile.
+            await asyncio.get_running_loop().run_in_executor(None, self.store.unlink_all, names)
+            removed = len(names)
         answers, missing = await self.asker.ask(self.worker_pids(), {"op": "purge", **purge.to_json()},
                                                 ACK_TIMEOUT)
         failed = {pid: a["error"] for pid, a in answers.items() if "error" in a}

@@ -268,16 +268,31 @@ class DiskCache:
             self.evictions += 1
             self._unlink(name)
 
-    def purge(self, purge: Purge) -> int:
-        """Remove the objects `purge` names (by the key index); how many went."""
+    def take(self, purge: Purge) -> list[str]:
+        """Forget the objects `purge` names (by the key index) and return them, for unlink_all()."""
         if self.keys is None:
-            return 0
-        names = self.keys.select(purge)
+            return []
+        names = list(self.keys.select(purge))
         for name in names:
             size = self.index.pop(name, None)
             if size is not None:
                 self.size -= size
-            self._unlink(name)
+            self.keys.discard(name)
+        return names
+
+    def unlink_all(self, names: list[str]) -> None:
+        """Remove the files of objects already forgotten (thread-safe: touches no index)."""
+        for name in names:
+            for path in self.paths(name)[::-1]:  # metadata sidecar first, then the body
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def purge(self, purge: Purge) -> int:
+        """Remove the objects `purge` names; how many went."""
+        names = self.take(purge)
+        self.unlink_all(names)
         return len(names)
 
     def remove(self, key: bytes) -> bool:

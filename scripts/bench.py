@@ -197,7 +197,7 @@ ROW_GROUPS = {"scaling": ("scaling-1", "scaling-2"),   # --rows names that selec
               "proxy": ("proxy-hot", "proxy-miss", "proxy-coalesce")}
 ROW_NAMES = ["1k", "100k", "1m", "64m", "idle", "h2-1k", "h2-1m", "h2-64m", "h2tls-1k",
              "h2tls-1m", "machine", "scaling", "proxy-hot", "proxy-miss",
-             "proxy-coalesce"]   # --rows choices (and "proxy": the three proxy rows)
+             "proxy-coalesce", "purge"]   # --rows choices (and "proxy": the three proxy rows)
 
 
 def log(msg: str) -> None:
@@ -1602,7 +1602,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in servers if s not in ALL_SERVERS]
     keys = [key for k in a.rows.split(",") for key in ROW_GROUPS.get(k.strip(), (k.strip(),))]
     rows = [ROW_BY_KEY[k] for k in dict.fromkeys(keys) if k in ROW_BY_KEY]
-    if bad or not servers or not rows:
+    purge = "purge" in keys  # admin purge latency with a big disk cache (scripts/bench_purge.py)
+    if bad or not servers or not (rows or purge):
         ap.error(f"unknown server(s) {bad}" if bad else "nothing selected")
     servers = [s for s in ALL_SERVERS if s in servers]   # stable order, edge first
 
@@ -1698,8 +1699,17 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"INTERRUPTED ({e.__class__.__name__}); table is partial")
     finally:
         h.stop_all()
+    if purge and not interrupted:
+        log("purge: 100,000 stored objects, POST /purge timings (scripts/bench_purge.py)")
+        done = subprocess.run([str(Path(a.edge_venv) / "bin" / "python"), str(REPO / "scripts" / "bench_purge.py"),
+                               "--tmp", str(Path(a.tmp) / "purge")], capture_output=True, text=True)
+        purge_text = done.stdout if done.returncode == 0 else ""
+        if done.returncode != 0:
+            failures.append(f"purge row failed: {done.stderr.strip()[-500:]}")
     meta[0] += f" · run took {(time.time() - t_start) / 60:.1f} min"
     text = render(results, servers, rows, meta, failures, raw)
+    if purge and purge_text:
+        text += "\n" + purge_text
     print(text)
     try:
         Path(a.out).write_text(text)
