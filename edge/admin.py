@@ -24,6 +24,8 @@ from .stats import CIRCUITS_OPEN, DURATION_BOUNDS, FREE, PID, STATE, StatsBlock
 
 MAX_BODY = 1 << 20  # a purge of 10,000 paths fits
 ACK_TIMEOUT = 5.0  # seconds every worker has to acknowledge a purge
+REQUEST_TIMEOUT = 120.0  # seconds an admin request may take (a body that never arrives included)
+IDLE_TIMEOUT = 15.0  # seconds an idle admin connection is kept
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -191,7 +193,11 @@ def make_app(node: Node, token: str | None) -> web.Application:
         if request.path not in ("/healthz", "/") and not _authorized(request, token):
             return web.json_response({"error": "a valid bearer token is needed"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="edge admin"'})
-        return await handler(request)
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                return await handler(request)
+        except TimeoutError:
+            return web.json_response({"error": f"not done within {REQUEST_TIMEOUT:.0f} s"}, status=503)
 
     async def dashboard(request: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html",

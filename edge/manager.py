@@ -19,7 +19,7 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from .admin import Node, make_app
+from .admin import IDLE_TIMEOUT, Node, make_app
 from .config import Config
 from .control import Asker
 from .diskcache import DiskCache
@@ -92,7 +92,7 @@ class Manager:
         runner = None
         if admin_sock is not None:
             runner = web.AppRunner(make_app(node, self.config.admin_token), access_log=None,
-                                   handler_cancellation=True)
+                                   handler_cancellation=True, keepalive_timeout=IDLE_TIMEOUT)
             await runner.setup()
             await web.SockSite(runner, admin_sock, shutdown_timeout=1.0).start()
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
