@@ -60,8 +60,17 @@ class Node:
             # on a thread: purging everything is 100k unlinks, and /healthz must keep answering meanwhile.
             await asyncio.get_running_loop().run_in_executor(None, self.store.unlink_all, names)
             removed = len(names)
-        answers, missing = await self.asker.ask(self.worker_pids(), {"op": "purge", **purge.to_json()},
-                                                ACK_TIMEOUT)
+        pids = self.worker_pids()
+        answers: dict[int, dict] = {}
+        missing: set[int] = set()
+        for part in purge.batches():  # a datagram holds so much: a long list of paths goes in several
+            got, lost = await self.asker.ask(pids, {"op": "purge", **part.to_json()}, ACK_TIMEOUT)
+            missing |= lost
+            for pid, answer in got.items():
+                if "error" in answer or "error" in answers.get(pid, {}):
+                    answers[pid] = answer if "error" in answer else answers[pid]
+                else:
+                    answers[pid] = {"dropped": answers.get(pid, {}).get("dropped", 0) + answer.get("dropped", 0)}
         failed = {pid: a["error"] for pid, a in answers.items() if "error" in a}
         if missing or failed:
             raise web.HTTPGatewayTimeout(text=json.dumps({
@@ -190,7 +199,8 @@ def make_app(node: Node, token: str | None) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         # /healthz is for load balancers; / is a page with no data in it (it asks for the token itself).
-        if request.path not in ("/healthz", "/") and not _authorized(request, token):
+        public = request.method in ("GET", "HEAD") and request.path in ("/healthz", "/")
+        if not public and not _authorized(request, token):
             return web.json_response({"error": "a valid bearer token is needed"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="edge admin"'})
         try:
@@ -229,7 +239,8 @@ def make_app(node: Node, token: str | None) -> web.Application:
     async def purge_path(request: web.Request) -> web.Response:
         """PURGE /path (Varnish's convention): the one path."""
         try:
-            wanted = parse_purge(json.dumps({"paths": [request.path]}).encode())
+            # The raw path: parse_purge decodes it once, as the workers' caches key it.
+            wanted = parse_purge(json.dumps({"paths": [request.raw_path.split("?", 1)[0]]}).encode())
         except BadPurge as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response(await node.purge(wanted))

@@ -40,12 +40,14 @@ def serve(loop: asyncio.AbstractEventLoop, sock: socket.socket, handle: Callable
                 data, sender = sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
+            ident = None
             try:
                 command = json.loads(data)
+                ident = command.get("id")
                 reply = handle(command)
-                reply["id"] = command.get("id")
+                reply["id"] = ident
             except Exception as e:  # noqa: BLE001 - a bad command gets an error answer, never kills the worker
-                reply = {"id": None, "error": f"{type(e).__name__}: {e}"}
+                reply = {"id": ident, "error": f"{type(e).__name__}: {e}"}
             if sender:
                 try:
                     sock.sendto(json.dumps(reply).encode(), sender)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from .paths import BadTarget, encode_path, normalize_path
 
 MAX_ITEMS = 10_000
+MAX_PATH = 8 * 1024  # as a request target may be
+BATCH_BYTES = 128 * 1024  # of paths per command to the workers (a control datagram takes 256 KiB)
 
 
 class BadPurge(ValueError):
@@ -32,6 +34,21 @@ class Purge:
         """The inverse of to_json (trusted input from the admin endpoint)."""
         return cls(tuple(data.get("paths") or ()), data.get("prefix"), frozenset(data.get("tags") or ()),
                    bool(data.get("all")))
+
+    def batches(self, budget: int = BATCH_BYTES) -> list[Purge]:
+        """This purge cut into parts whose command fits one control datagram (only path lists get long)."""
+        if not self.paths:
+            return [self]
+        out, current, size = [], [], 0
+        for path in self.paths:
+            cost = len(path.encode("utf-8", "surrogatepass")) * 6 + 4  # the worst case of JSON escaping
+            if current and size + cost > budget:
+                out.append(Purge(paths=tuple(current)))
+                current, size = [], 0
+            current.append(path)
+            size += cost
+        out.append(Purge(paths=tuple(current)))
+        return out
 
     @property
     def encoded_paths(self) -> tuple[str, ...]:
@@ -118,6 +135,8 @@ def _path(value: object, what: str) -> str:
     """A URL path as the file cache keys it: decoded once and normalised (a query is not part of it)."""
     if not isinstance(value, str) or not value.startswith("/"):
         raise BadPurge(f'"{what}" must hold URL paths starting with "/", got {value!r}')
+    if len(value) > MAX_PATH:
+        raise BadPurge(f"a path longer than {MAX_PATH} characters cannot be a cached one")
     try:
         path = normalize_path(value.split("?", 1)[0].encode("utf-8"))
     except BadTarget as e:
