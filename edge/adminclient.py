@@ -54,8 +54,12 @@ def purge_body(paths: list[str], prefix: str | None, tag: list[str] | None, ever
 
 def fleet(name: str, default_port: int = 9090) -> list[str]:
     """Every node NAME[:PORT] resolves to (A and AAAA records), as admin base URLs."""
-    host, sep, port = name.rpartition(":") if name.count(":") == 1 else ("", "", "")
-    if not sep:
+    if name.startswith("["):  # [v6]:port or [v6]
+        host, _, rest = name[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else str(default_port)
+    elif name.count(":") == 1:
+        host, _, port = name.partition(":")
+    else:  # a name, an IPv4 address, or a bare IPv6 address
         host, port = name, str(default_port)
     try:
         infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)

@@ -805,3 +805,11 @@ def test_fleet_purge_reaches_every_node(edge, tmp_path, monkeypatch, capsys):
     assert cli.main(["purge", "--fleet", f"edges.test:{port}", "--token", "wrong", "--all"]) == 1
     err = capsys.readouterr().err
     assert f"{nodes[0].admin_url}: failed: 401" in err and f"{nodes[1].admin_url}: failed: " in err
+
+
+def test_fleet_takes_bracketed_ipv6_with_or_without_a_port():
+    from edge.adminclient import fleet
+
+    assert fleet("[::1]:9091") == ["http://[::1]:9091"]
+    assert fleet("[::1]") == ["http://[::1]:9090"]
+    assert fleet("::1") == ["http://[::1]:9090"]
