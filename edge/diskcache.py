@@ -208,7 +208,8 @@ class DiskCache:
                     if name[:-5] not in present and clear_tmp:
                         os.unlink(path)  # a sidecar without its body
                     continue
-                if clear_tmp and name + ".meta" not in present and not _has_xattr(path):
+                meta = read_meta(path, path + ".meta") if self.keys is not None else None
+                if clear_tmp and meta is None and name + ".meta" not in present and not _has_xattr(path):
                     os.unlink(path)  # a body whose metadata never landed (a crash between two renames)
                     continue
                 try:
@@ -216,10 +217,8 @@ class DiskCache:
                 except FileNotFoundError:
                     continue  # evicted or purged while we looked
                 found.append((st.st_atime, name, st.st_size))
-                if self.keys is not None:
-                    meta = read_meta(path, path + ".meta")
-                    if meta is not None:
-                        self.keys.add(name, meta.key, meta.tags)
+                if meta is not None:
+                    self.keys.add(name, meta.key, meta.tags)
         found.sort()
         self.index = OrderedDict((name, size) for _, name, size in found)
         self.size = sum(size for _, _, size in found)
