@@ -12,7 +12,8 @@ from cachetools import LRUCache
 
 from . import mediatypes
 
-OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOATIME", 0)
+NOATIME = getattr(os, "O_NOATIME", 0)
+OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | NOATIME
 
 #: Precompressed variants looked for beside a file: suffix -> Content-Encoding.
 VARIANT_SUFFIXES = ((".br", "br"), (".gz", "gzip"))
@@ -158,6 +159,15 @@ class Resolver:
         flags = OPEN_FLAGS | (os.O_NOFOLLOW if self.follow_symlinks == "never" else 0)
         try:
             fd = os.open(target, flags)
+        except PermissionError as e:
+            # O_NOATIME is refused (EPERM) on files another user owns, e.g. a root-owned tree served by
+            # an unprivileged edge: open those without it.
+            if e.errno != errno.EPERM or not flags & NOATIME:
+                return e.errno or errno.EACCES
+            try:
+                fd = os.open(target, flags & ~NOATIME)
+            except OSError as e2:
+                return e2.errno or errno.ENOENT
         except OSError as e:
             return e.errno or errno.ENOENT
         try:

@@ -1,6 +1,7 @@
 """Tests of the open-file cache (edge.filecache): resolution, symlink policy, LRU eviction and fd lifetime."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,31 @@ def test_storing_the_same_entry_again_does_not_charge_its_inline_body_twice(tmp_
     assert cache.inline_bytes == 1000
     cache.purge("/small.txt")
     assert cache.inline_bytes == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to serve as another user")
+def test_files_another_user_owns_are_served_without_o_noatime():
+    # O_NOATIME is refused (EPERM) unless the caller owns the file: an unprivileged edge serving a
+    # root-owned tree (a container's usual case) must fall back to a plain open, not answer 404.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)
+        Path(top, "f.txt").write_bytes(b"root's file")
+        os.chmod(Path(top, "f.txt"), 0o644)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child drops to nobody and loads the file as a worker would
+            try:
+                os.close(r)
+                os.setgid(65534)
+                os.setuid(65534)
+                found = Resolver(top).load("/f.txt")
+                os.write(w, f"{type(found).__name__} {getattr(found, 'size', None)}".encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            answer = f.read()
+        os.waitpid(pid, 0)
+        assert answer == "FileEntry 11"
