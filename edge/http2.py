@@ -132,6 +132,8 @@ class H2Connection(asyncio.Protocol):
         # :path of every request the client made on this connection (bounded): never pushed to it.
         self.requested: set[bytes] = set()
         self.requests = 0
+        #: The HTTP/1.1 request of an h2c upgrade, answered on stream 1 once the client's preface is in.
+        self.upgraded: Request | None = None
         self.goaway = 0  # last stream id announced in our graceful GOAWAY (0: none sent)
         self.goaway_final = False  # the announced id is the real last one: close once it is answered
         self.final_at = 0.0  # when the second GOAWAY of a drain goes out
@@ -175,7 +177,9 @@ class H2Connection(asyncio.Protocol):
         self._flush()
         self.open.add(1)
         self.requests = 1
-        self._answer(1, req)
+        # The response waits for the client's connection preface: a client reading the 101 may not
+        # hold much more in the same buffer (curl refuses more than 32 KiB after the 101's head).
+        self.upgraded = req
         if rest:
             self.data_received(rest)
         transport.resume_reading()
@@ -199,6 +203,9 @@ class H2Connection(asyncio.Protocol):
             return
         now = self.w.loop.time()
         self.last_active = now
+        if self.upgraded is not None:
+            req, self.upgraded = self.upgraded, None
+            self._answer(1, req)
         for event in events:
             kind = type(event)
             if kind is h2.events.RequestReceived:
