@@ -9,7 +9,8 @@ COPY edge ./edge
 RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-# libmagic1: python-magic's content sniffing for files without a known extension.
+# libmagic1: python-magic's content sniffing for files without a known extension. Its version is not
+# pinned (DL3008): the base image's Debian release fixes it, and a pin breaks at each point release.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libmagic1 \
