@@ -18,7 +18,7 @@ from .config import Config
 from .control import Asker
 from .dashboard import PAGE
 from .diskcache import DiskCache
-from .health import HealthTable
+from .health import HealthTable, OriginCounters
 from .purge import BadPurge, Purge, parse_purge
 from .stats import CIRCUITS_OPEN, DURATION_BOUNDS, FREE, PID, STATE, StatsBlock
 
@@ -33,7 +33,8 @@ class Node:
     """What the admin endpoint reads and acts on: shared stats, health table, disk cache, workers."""
 
     def __init__(self, config: Config, stats: StatsBlock, health: HealthTable | None, store: DiskCache | None,
-                 asker: Asker) -> None:
+                 asker: Asker, origin_counts: OriginCounters | None = None) -> None:
+        self.origin_counts = origin_counts
         self.config = config
         self.stats = stats
         self.health = health
@@ -111,14 +112,17 @@ class Node:
         """Each origin: weight, active health (shared table) and how many workers have its circuit open."""
         live = [self.stats.slot(i) for i in range(1, self.stats.capacity)]
         live = [s for s in live if s[STATE] != FREE]
+        counts = self.origin_counts.totals() if self.origin_counts is not None else []
         out = []
         for index, origin in enumerate(self.config.origins):
+            ok, failed = counts[index] if index < len(counts) else (0, 0)
             row = self.health.row(index) if self.health is not None else {}
             opened = sum(1 for s in live if s[CIRCUITS_OPEN] & (1 << index))
             out.append({"url": origin.url, "weight": origin.weight, "healthy": row.get("healthy", True),
                         "circuit": "closed" if not opened else f"open in {opened} of {len(live)} workers",
                         "last_check": row.get("last_check") or None, "latency": row.get("latency"),
-                        "checks_ok": row.get("checks_ok", 0), "checks_failed": row.get("checks_failed", 0)})
+                        "checks_ok": row.get("checks_ok", 0), "checks_failed": row.get("checks_failed", 0),
+                        "requests_ok": ok, "requests_failed": failed})
         return out
 
 
@@ -156,10 +160,14 @@ class Collector:
                 ("edge_connections", "connections_total", "Client connections accepted"),
                 ("edge_file_cache_evictions", "file_cache_evictions", "Open-file cache evictions")):
             yield CounterMetricFamily(name, text, value=totals[field])
-        origin = CounterMetricFamily("edge_origin_requests", "Requests sent to origins, by outcome",
-                                     labels=["outcome"])
-        origin.add_metric(["ok"], max(0, totals["origin_requests"] - totals["origin_errors"]))
-        origin.add_metric(["error"], totals["origin_errors"])
+        origin = CounterMetricFamily("edge_origin_requests", "Exchanges with each origin, by outcome "
+                                     "(error: refused, reset, timed out, cut short, or a 502/503/504)",
+                                     labels=["origin", "outcome"])
+        counts = node.origin_counts.totals() if node.origin_counts is not None else []
+        for index, upstream in enumerate(node.config.origins):
+            ok, failed = counts[index] if index < len(counts) else (0, 0)
+            origin.add_metric([upstream.url, "ok"], ok)
+            origin.add_metric([upstream.url, "error"], failed)
         yield origin
         yield GaugeMetricFamily("edge_connections_active", "Open client connections",
                                 value=totals["connections_active"])

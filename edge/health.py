@@ -124,3 +124,38 @@ async def check(session: aiohttp.ClientSession, url: str, timeout: float) -> tup
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         ok = False
     return ok, time.monotonic() - start
+
+
+class OriginCounters:
+    """Exchanges with each origin by outcome, one row per worker stats slot, in shared memory (lock-free:
+    each worker writes only its own row; row 0 keeps the counts of workers that have ended)."""
+
+    def __init__(self, slots: int, origins: int) -> None:
+        self.slots = slots
+        self.origins = origins
+        self._map = mmap.mmap(-1, slots * origins * 2 * 8, flags=mmap.MAP_SHARED)  # pages appear when touched
+        self._all = memoryview(self._map).cast("q")
+
+    def row(self, slot: int) -> memoryview:
+        """A worker's counters: [2 * origin] ok, [2 * origin + 1] failed."""
+        width = self.origins * 2
+        return self._all[slot * width:(slot + 1) * width]
+
+    def release(self, slot: int) -> None:
+        """Fold an ended worker's row into row 0 and clear it (supervisor side)."""
+        row, retired = self.row(slot), self.row(0)
+        for i in range(len(row)):
+            retired[i] += row[i]
+            row[i] = 0
+
+    def totals(self) -> list[tuple[int, int]]:
+        """(ok, failed) per origin, over every row."""
+        out = [[0, 0] for _ in range(self.origins)]
+        width = self.origins * 2
+        data = self._all
+        for slot in range(self.slots):
+            base = slot * width
+            for origin in range(self.origins):
+                out[origin][0] += data[base + 2 * origin]
+                out[origin][1] += data[base + 2 * origin + 1]
+        return [(ok, failed) for ok, failed in out]

@@ -23,7 +23,7 @@ from .admin import IDLE_TIMEOUT, Node, make_app
 from .config import Config
 from .control import Asker
 from .diskcache import DiskCache
-from .health import ActiveHealth, HealthTable, check
+from .health import ActiveHealth, HealthTable, OriginCounters, check
 from .purge import PurgeIndex
 from .stats import StatsBlock
 
@@ -77,7 +77,8 @@ class Manager:
                       file=sys.stderr, flush=True)
             await asyncio.sleep(hc.interval)
 
-    async def run(self, stats: StatsBlock, admin_sock: socket.socket | None, supervisor: int) -> None:
+    async def run(self, stats: StatsBlock, admin_sock: socket.socket | None, supervisor: int,
+                  origin_counts: OriginCounters | None = None) -> None:
         """Serve until SIGTERM (SIGUSR2: the node drains; /healthz says so)."""
         loop = asyncio.get_running_loop()
         stop = loop.create_future()
@@ -87,7 +88,7 @@ class Manager:
             self.events.setblocking(False)
             loop.add_reader(self.events.fileno(), self.on_event)
         asker = Asker(loop, supervisor)
-        node = Node(self.config, stats, self.health, self.store, asker)
+        node = Node(self.config, stats, self.health, self.store, asker, origin_counts)
         loop.add_signal_handler(signal.SIGUSR2, lambda: setattr(node, "draining", True))
         runner = None
         if admin_sock is not None:
@@ -110,11 +111,12 @@ class Manager:
 
 
 def run(config: Config, health: HealthTable | None, events: socket.socket | None, store: DiskCache | None,
-        stats: StatsBlock, admin_sock: socket.socket | None, supervisor: int) -> None:
+        stats: StatsBlock, admin_sock: socket.socket | None, supervisor: int,
+        origin_counts: OriginCounters | None = None) -> None:
     """The manager process's body: index the disk cache (unless handed a built index), then serve."""
     if store is None and config.origins:
         store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex())
         store.rebuild(clear_tmp=False)  # workers may be writing there right now
     manager = Manager(config, health, events, store)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(manager.run(stats, admin_sock, supervisor))
+        runner.run(manager.run(stats, admin_sock, supervisor, origin_counts))

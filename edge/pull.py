@@ -130,8 +130,11 @@ class Puller:
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, cache: FileCache, site: Site,
                  executor, stats: list[int], health: HealthTable | None = None,  # noqa: ANN001
-                 events: socket.socket | None = None, solo: bool = False) -> None:
+                 events: socket.socket | None = None, solo: bool = False,
+                 origin_counts: memoryview | None = None) -> None:
         self.loop = loop
+        #: This worker's row of the node's per-origin exchange counters (ok, failed) in shared memory.
+        self.origin_counts = origin_counts
         #: The only worker of the node: no other process fetches, so no lock and no published head.
         self.solo = solo
         self.cache = cache
@@ -174,6 +177,8 @@ class Puller:
         return self.breakers[index].allow(self.loop.time())
 
     def _origin_result(self, index: int, ok: bool) -> None:
+        if self.origin_counts is not None:
+            self.origin_counts[2 * index + (0 if ok else 1)] += 1
         breaker = self.breakers[index]
         breaker.record(ok, self.loop.time())
         bit = 1 << index

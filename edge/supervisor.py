@@ -24,7 +24,7 @@ from .pinning import (
     steer_connections,
     worker_count,
 )
-from .health import HealthTable
+from .health import HealthTable, OriginCounters
 from .stats import PID, StatsBlock
 from .tls import server_context
 from .topology import Topology, discover
@@ -122,6 +122,7 @@ class Supervisor:
         self._wake_r, self._wake_w = socket.socketpair()
         # Origin pull: the shared health table, the workers' report channel, the cache manager process.
         self.health: HealthTable | None = None
+        self.origin_counts: OriginCounters | None = None
         self.events_r: socket.socket | None = None
         self.events_w: socket.socket | None = None
         self.manager_pid = 0
@@ -252,6 +253,7 @@ class Supervisor:
         self.log(f"disk cache {config.cache.dir}: {count} objects, {store.size} bytes "
                  f"(indexed in {time.monotonic() - started:.2f} s)")
         self.health = HealthTable(max(HEALTH_ROWS, len(config.origins)))
+        self.origin_counts = OriginCounters(MAX_SLOTS, max(HEALTH_ROWS, len(config.origins)))
         self.events_r, self.events_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.events_w.setblocking(False)
         self.events_r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -276,7 +278,8 @@ class Supervisor:
                         slot.tls_sock.close()
                 if self.events_w is not None:
                     self.events_w.close()
-                run_manager(config, self.health, self.events_r, store, self.stats, self.admin_sock, parent)
+                run_manager(config, self.health, self.events_r, store, self.stats, self.admin_sock, parent,
+                            self.origin_counts)
                 code = 0
             except BaseException:  # noqa: BLE001 - the manager must never return into the supervisor
                 traceback.print_exc()
@@ -473,7 +476,15 @@ class Supervisor:
 
         # Alone only if no other worker can run beside it: one slot, and no reload (an old generation) under way.
         solo = len(self.slots) == 1 and self.reload is None and not self.children
-        run(config, slot.sock, stats, ready, slot.tls_sock, tls_context, self.health, self.events_w, solo, parent)
+        counts = self.origin_counts.row(stats_index) if self.origin_counts is not None else None
+        run(config, slot.sock, stats, ready, slot.tls_sock, tls_context, self.health, self.events_w, solo, parent,
+            counts)
+
+    def _release_slot(self, index: int) -> None:
+        """An ended worker's counters go to the retired totals; its slot is free again."""
+        self.stats.release(index)
+        if self.origin_counts is not None:
+            self.origin_counts.release(index)
 
     def _become_child(self, parent: int) -> bool:
         """In any forked child: default signals, die with the supervisor, drop its fds. False if it is gone."""
@@ -519,7 +530,7 @@ class Supervisor:
                 self.sel.unregister(child.ready_fd)
                 os.close(child.ready_fd)
                 child.ready_fd = -1
-            self.stats.release(child.stats_index)
+            self._release_slot(child.stats_index)
             how = describe_exit(status)
             if self.stopping or child.retiring:
                 if os.waitstatus_to_exitcode(status) != 0 and not self.stopping:
@@ -590,7 +601,7 @@ class Supervisor:
             except ChildProcessError:
                 pass
             child = self.children.pop(pid)
-            self.stats.release(child.stats_index)
+            self._release_slot(child.stats_index)
 
     # -- stop -------------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ class Worker:
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, stats: memoryview | None = None,
                  health: HealthTable | None = None, events: socket.socket | None = None, solo: bool = False,
-                 supervisor: int = 0) -> None:
+                 supervisor: int = 0, origin_counts: memoryview | None = None) -> None:
         self.config = config
         # Counters live in a plain list (an increment costs a third of one into shared memory) and are
         # published to this worker's slot of the supervisor's shared block once a second.
@@ -89,7 +89,8 @@ class Worker:
         if config.origins:
             from .pull import Puller
 
-            self.puller = Puller(config, loop, self.cache, self.site, self.executor, self.stats, health, events, solo)
+            self.puller = Puller(config, loop, self.cache, self.site, self.executor, self.stats, health, events, solo,
+                                 origin_counts)
         self.connections: set[H1Connection] = set()
         self.log = AccessLog(config.access_log) if config.access_log else None
         self.date_line = b""
@@ -208,11 +209,12 @@ class Worker:
 def run(config: Config, sock: socket.socket, stats: memoryview | None = None,
         on_ready: Callable[[], None] | None = None, tls_sock: socket.socket | None = None,
         tls_context: ssl.SSLContext | None = None, health: HealthTable | None = None,
-        events: socket.socket | None = None, solo: bool = False, supervisor: int = 0) -> None:
+        events: socket.socket | None = None, solo: bool = False, supervisor: int = 0,
+        origin_counts: memoryview | None = None) -> None:
     """Run one worker on `sock` (and `tls_sock`) in a fresh uvloop event loop until it is told to stop.
 
     `solo`: it is the node's only worker (origin fetches need no cross-process coordination).
     """
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        worker = Worker(config, runner.get_loop(), stats, health, events, solo, supervisor)
+        worker = Worker(config, runner.get_loop(), stats, health, events, solo, supervisor, origin_counts)
         runner.run(worker.serve(sock, on_ready, tls_sock, tls_context))

@@ -426,6 +426,12 @@ def test_metrics_sum_over_both_workers(pulling, origin, cache):
     assert metric(samples, "edge_cache_stale_total") == 0
     assert metric(samples, "edge_origin_requests_total", outcome="ok") == 1
     assert metric(samples, "edge_origin_requests_total", outcome="error") == 0
+    assert metric(samples, "edge_origin_requests_total", origin=origin.url, outcome="ok") == 1
+    assert metric(samples, "edge_requests_total", code_class="2xx", protocol="http/1.1") == n + 4
+    assert metric(samples, "edge_requests_total", code_class="2xx", protocol="h2") == 0
+    # Every response is in the duration histogram (those answered at once in its fastest bucket).
+    assert metric(samples, "edge_request_duration_seconds_count") == n + 3 + 4
+    assert metric(samples, "edge_request_duration_seconds_bucket", le="+Inf") == n + 3 + 4
     assert metric(samples, "edge_workers") == 2
     assert metric(samples, "edge_connections_active") == 0
     assert metric(samples, "edge_file_cache_entries") >= 2

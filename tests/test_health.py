@@ -110,3 +110,17 @@ def test_checks_against_real_origins(origin):
             assert (await check(session, origin + "/nope", 2))[0] is False  # 404
 
     asyncio.run(main())
+
+
+def test_origin_counters_per_worker_fold_into_the_retired_row():
+    from edge.health import OriginCounters
+
+    counts = OriginCounters(slots=4, origins=2)
+    a, b = counts.row(1), counts.row(2)
+    a[0] += 3  # worker 1: 3 ok with origin 0
+    a[3] += 1  # and one failure with origin 1
+    b[0] += 2
+    assert counts.totals() == [(5, 0), (0, 1)]
+    counts.release(1)  # worker 1 ended: its counts stay in the totals
+    assert counts.totals() == [(5, 0), (0, 1)]
+    assert list(counts.row(1)) == [0, 0, 0, 0]
