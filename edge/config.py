@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .topology import parse_cpulist
@@ -228,21 +229,31 @@ def _cpu_affinity(key: str, value: Any) -> str | tuple[frozenset[int], ...]:
     return tuple(sets)
 
 
-def _file_cache(key: str, value: Any) -> FileCacheConfig:
+def _table(key: str, value: Any, cls: type, check: Callable[[str, str, Any], Any]) -> Any:
+    """A TOML table of `cls`'s fields, each value checked by check(name, "table.name", value)."""
     if not isinstance(value, dict):
         raise ConfigError(f"{key}: expected a table")
+    known = {f.name for f in fields(cls)}
     out: dict[str, Any] = {}
     for name, item in value.items():
         sub = f"{key}.{name}"
-        if name == "max_entries":
-            out[name] = _number(sub, item, kind=int, minimum=1)
-        elif name == "valid":
-            out[name] = _number(sub, item, kind=float, minimum=0)
-        elif name == "inline_max":
-            out[name] = _number(sub, item, kind=int, minimum=0, maximum=1 << 20)
-        else:
+        if name not in known:
             raise ConfigError(f"{sub}: unknown key")
-    return FileCacheConfig(**out)
+        out[name] = check(name, sub, item)
+    return cls(**out)
+
+
+def _file_cache(key: str, value: Any) -> FileCacheConfig:
+    return _table(key, value, FileCacheConfig, _file_cache_field)
+
+
+def _file_cache_field(name: str, sub: str, item: Any) -> Any:
+    if name == "max_entries":
+        return _number(sub, item, kind=int, minimum=1)
+    elif name == "valid":
+        return _number(sub, item, kind=float, minimum=0)
+    elif name == "inline_max":
+        return _number(sub, item, kind=int, minimum=0, maximum=1 << 20)
 
 
 def _http2(key: str, value: Any) -> Http2Config:
@@ -325,87 +336,72 @@ def _origin_url_ok(url: str) -> bool:
 
 
 def _cache(key: str, value: Any) -> CacheConfig:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a table")
-    out: dict[str, Any] = {}
-    for name, item in value.items():
-        sub = f"{key}.{name}"
-        if name == "dir":
-            out[name] = _string(sub, item)
-            if not out[name]:
-                raise ConfigError(f"{sub}: expected a directory, got an empty string")
-        elif name == "max_size":
-            try:
-                out[name] = parse_size(item)
-            except ValueError as e:
-                raise ConfigError(f"{sub}: {e}") from None
-        elif name == "default_ttl":
-            out[name] = _number(sub, item, kind=float, minimum=0)
-        elif name == "query":
-            if item in ("keep", "ignore"):
-                out[name] = item
-            elif isinstance(item, (list, tuple)) and item and all(isinstance(q, str) and q for q in item):
-                out[name] = tuple(item)
-            else:
-                raise ConfigError(f"{sub}: expected \"keep\", \"ignore\" or a list of parameter names")
+    return _table(key, value, CacheConfig, _cache_field)
+
+
+def _cache_field(name: str, sub: str, item: Any) -> Any:
+    if name == "dir":
+        path = _string(sub, item)
+        if not path:
+            raise ConfigError(f"{sub}: expected a directory, got an empty string")
+        return path
+    if name == "max_size":
+        try:
+            return parse_size(item)
+        except ValueError as e:
+            raise ConfigError(f"{sub}: {e}") from None
+    elif name == "default_ttl":
+        return _number(sub, item, kind=float, minimum=0)
+    elif name == "query":
+        if item in ("keep", "ignore"):
+            return item
+        elif isinstance(item, (list, tuple)) and item and all(isinstance(q, str) and q for q in item):
+            return tuple(item)
         else:
-            raise ConfigError(f"{sub}: unknown key")
-    return CacheConfig(**out)
+            raise ConfigError(f"{sub}: expected \"keep\", \"ignore\" or a list of parameter names")
 
 
 def _health(key: str, value: Any) -> HealthConfig:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a table")
-    out: dict[str, Any] = {}
-    for name, item in value.items():
-        sub = f"{key}.{name}"
-        if name == "path":
-            item = _string(sub, item)
-            if not item.startswith("/") or any(c in item for c in " \r\n\0"):
-                raise ConfigError(f"{sub}: expected a path starting with '/', got {item!r}")
-            out[name] = item
-        elif name in ("interval", "timeout", "cooldown"):
-            out[name] = _number(sub, item, kind=float, minimum=0.05)
-        elif name in ("rise", "fall", "failures"):
-            out[name] = _number(sub, item, kind=int, minimum=1, maximum=1000)
-        else:
-            raise ConfigError(f"{sub}: unknown key")
-    return HealthConfig(**out)
+    return _table(key, value, HealthConfig, _health_field)
+
+
+def _health_field(name: str, sub: str, item: Any) -> Any:
+    if name == "path":
+        item = _string(sub, item)
+        if not item.startswith("/") or any(c in item for c in " \r\n\0"):
+            raise ConfigError(f"{sub}: expected a path starting with '/', got {item!r}")
+        return item
+    elif name in ("interval", "timeout", "cooldown"):
+        return _number(sub, item, kind=float, minimum=0.05)
+    elif name in ("rise", "fall", "failures"):
+        return _number(sub, item, kind=int, minimum=1, maximum=1000)
 
 
 def _proxy(key: str, value: Any) -> ProxyConfig:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a table")
-    out: dict[str, Any] = {}
-    for name, item in value.items():
-        sub = f"{key}.{name}"
-        if name in ("connect_timeout", "read_timeout"):
-            out[name] = _number(sub, item, kind=float, minimum=0.01)
-        elif name == "max_connections":
-            out[name] = _number(sub, item, kind=int, minimum=1, maximum=100000)
-        elif name == "forward_headers":
-            if not isinstance(item, list) or not all(isinstance(h, str) and h and all(
-                    c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in h) for h in item):
-                raise ConfigError(f"{sub}: expected a list of header names")
-            out[name] = tuple(h.lower() for h in item)
-        else:
-            raise ConfigError(f"{sub}: unknown key")
-    return ProxyConfig(**out)
+    return _table(key, value, ProxyConfig, _proxy_field)
+
+
+def _proxy_field(name: str, sub: str, item: Any) -> Any:
+    if name in ("connect_timeout", "read_timeout"):
+        return _number(sub, item, kind=float, minimum=0.01)
+    elif name == "max_connections":
+        return _number(sub, item, kind=int, minimum=1, maximum=100000)
+    elif name == "forward_headers":
+        if not isinstance(item, list) or not all(isinstance(h, str) and h and all(
+                c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in h) for h in item):
+            raise ConfigError(f"{sub}: expected a list of header names")
+        return tuple(h.lower() for h in item)
 
 
 def _tls(key: str, value: Any) -> TlsConfig:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a table")
-    out: dict[str, Any] = {}
-    for name, item in value.items():
-        sub = f"{key}.{name}"
-        if name == "port":
-            out[name] = None if item is None else _number(sub, item, kind=int, minimum=0, maximum=65535)
-        elif name in ("cert", "key"):
-            out[name] = None if item in (None, "") else _string(sub, item)
-        else:
-            raise ConfigError(f"{sub}: unknown key")
-    return TlsConfig(**out)
+    return _table(key, value, TlsConfig, _tls_field)
+
+
+def _tls_field(name: str, sub: str, item: Any) -> Any:
+    if name == "port":
+        return None if item is None else _number(sub, item, kind=int, minimum=0, maximum=65535)
+    elif name in ("cert", "key"):
+        return None if item in (None, "") else _string(sub, item)
 
 
 def _headers(key: str, value: Any) -> tuple[HeaderRule, ...]:

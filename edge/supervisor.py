@@ -260,35 +260,24 @@ class Supervisor:
         return store
 
     def _spawn_manager(self, config: Config, store=None) -> None:  # noqa: ANN001
-        for stream in (self.out, self.err, sys.stdout, sys.stderr):
-            stream.flush()
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                # Signals first: until then a SIGTERM for the manager would hit the supervisor's handlers.
-                if not self._become_child(parent):
-                    return
-                from .manager import run as run_manager
 
-                for slot in self.slots + (self.reload.slots if self.reload else []):
-                    slot.sock.close()
-                    if slot.tls_sock is not None:
-                        slot.tls_sock.close()
-                if self.events_w is not None:
-                    self.events_w.close()
-                run_manager(config, self.health, self.events_r, store, self.stats, self.admin_sock, parent,
-                            self.origin_counts)
-                code = 0
-            except BaseException:  # noqa: BLE001 - the manager must never return into the supervisor
-                traceback.print_exc()
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
+        def body() -> None:
+            # Signals first: until then a SIGTERM for the manager would hit the supervisor's handlers.
+            if not self._become_child(parent):
+                return
+            from .manager import run as run_manager
+
+            for slot in self.slots + (self.reload.slots if self.reload else []):
+                slot.sock.close()
+                if slot.tls_sock is not None:
+                    slot.tls_sock.close()
+            if self.events_w is not None:
+                self.events_w.close()
+            run_manager(config, self.health, self.events_r, store, self.stats, self.admin_sock, parent,
+                        self.origin_counts)
+
+        pid = self._fork(body)
         self.manager_pid = pid
 
     def _stop_manager(self, sig: int = signal.SIGTERM) -> None:
@@ -419,24 +408,13 @@ class Supervisor:
         stats_index = self.stats.claim(generation, placement.cpu,
                                        placement.node if placement.node is not None else -1)
         ready_r, ready_w = os.pipe()
-        for stream in (self.out, self.err, sys.stdout, sys.stderr):
-            stream.flush()
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(ready_r)
-                self._become_worker(parent, slot, config, stats_index, ready_w, tls_context)
-                code = 0
-            except BaseException:  # noqa: BLE001 - a worker must never return into the supervisor
-                traceback.print_exc()
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
+
+        def body() -> None:
+            os.close(ready_r)
+            self._become_worker(parent, slot, config, stats_index, ready_w, tls_context)
+
+        pid = self._fork(body)
         os.close(ready_w)
         self.stats.slot(stats_index)[PID] = pid
         child = Child(pid, slot.index, generation, stats_index, ready_r, time.monotonic())
@@ -479,6 +457,26 @@ class Supervisor:
         counts = self.origin_counts.row(stats_index) if self.origin_counts is not None else None
         run(config, slot.sock, stats, ready, slot.tls_sock, tls_context, self.health, self.events_w, solo, parent,
             counts)
+
+    def _fork(self, body) -> int:  # noqa: ANN001 - a callable run in the child
+        """Fork a child that runs `body` and exits (never returning into the supervisor's code); its pid."""
+        for stream in (self.out, self.err, sys.stdout, sys.stderr):
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                body()
+                code = 0
+            except BaseException:  # noqa: BLE001 - a child must never return into the supervisor
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        return pid
 
     def _release_slot(self, index: int) -> None:
         """An ended worker's counters go to the retired totals; its slot is free again."""
