@@ -28,6 +28,10 @@ REASONS = {
 REASONS.update({s.value: s.phrase for s in HTTPStatus if s.value not in REASONS and s.value >= 200})
 
 Header = tuple[bytes, bytes]
+#: Seconds between checks of a stored origin object against the disk (at least file_cache.valid). Purges
+#: reach the workers directly and refreshes have their own expiry; this only notices another worker's
+#: new copy or an eviction (whose file an open fd would otherwise keep), so it need not be every second.
+STORE_RECHECK = 5.0
 #: Request targets whose parse is remembered per worker (cleared when full).
 TARGET_MEMO = 4096
 #: A body part: bytes, or (offset, length) read from the plan's entry by sendfile.
@@ -147,7 +151,7 @@ class Site:
         self.store_hits = 0  # fresh origin objects answered from this worker's cache (published as stats)
         # Read on the proxied hot path: the file cache's lookup by name and its revalidation interval.
         self._peek = getattr(cache, "peek", None)
-        self._valid = getattr(cache, "valid", 1.0)
+        self._valid = self.store_valid = max(getattr(cache, "valid", 1.0), STORE_RECHECK)
         self.serve_dotfiles = serve_dotfiles
         self.rules = [(rule.match, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in rule.set])
                       for rule in header_rules]
@@ -282,7 +286,7 @@ class Site:
         entry = self._peek(name)
         coding = None
         if entry is not None and entry.vary:
-            if now - entry.checked >= self.cache.valid:
+            if now - entry.checked >= self._valid:
                 return Fetch(path, query, key, name, None, None)  # the marker itself is due for a check
             coding = normalise_coding(req.accept_encoding)
             key = key + b"\0" + coding.encode("ascii")

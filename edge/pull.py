@@ -197,7 +197,7 @@ class Puller:
     async def _serve(self, req: Request, fetch: Fetch) -> Plan:
         fetch.forward = getattr(req, "forward", None) or ()
         entry = fetch.entry
-        if entry is None or self.loop.time() - entry.checked >= self.cache.valid:
+        if entry is None or self.loop.time() - entry.checked >= self.site.store_valid:
             entry = await self._from_disk(fetch)
             if entry is not None and entry.vary:
                 coding = _coding(req)
@@ -205,7 +205,7 @@ class Puller:
                 fetch.name = fetch.name + "\0" + coding
                 fetch.coding = coding
                 entry = self.cache.peek(fetch.name)
-                if entry is None or self.loop.time() - entry.checked >= self.cache.valid:
+                if entry is None or self.loop.time() - entry.checked >= self.site.store_valid:
                     entry = await self._from_disk(fetch)
         now = self.loop.time()
         if entry is not None and not entry.vary:
