@@ -150,8 +150,8 @@ class Site:
         self.cache_keys = cache_keys
         self.store_hits = 0  # fresh origin objects answered from this worker's cache (published as stats)
         # Read on the proxied hot path: the file cache's lookup by name and its revalidation interval.
-        self._peek = getattr(cache, "peek", None)
-        self._valid = self.store_valid = max(getattr(cache, "valid", 1.0), STORE_RECHECK)
+        self._peek = cache.peek if cache_keys is not None else None
+        self._valid = self.store_valid = max(cache.valid, STORE_RECHECK) if cache_keys is not None else STORE_RECHECK
         self.serve_dotfiles = serve_dotfiles
         self.rules = [(rule.match, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in rule.set])
                       for rule in header_rules]
