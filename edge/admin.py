@@ -42,6 +42,8 @@ class Node:
         self.asker = asker
         self.started = time.time()
         self.draining = False
+        #: Reads the workers' queued reports into the disk cache's index (set by the manager).
+        self.drain_reports: Callable[[], None] | None = None
 
     def worker_pids(self) -> list[int]:
         """Pids of every worker process alive now (any generation)."""
@@ -72,6 +74,14 @@ class Node:
                     answers[pid] = answer if "error" in answer else answers[pid]
                 else:
                     answers[pid] = {"dropped": answers.get(pid, {}).get("dropped", 0) + answer.get("dropped", 0)}
+        if self.store is not None and self.drain_reports is not None:
+            # Objects stored just before the purge were reported in batches the workers sent before
+            # their acks: read them now and remove those the purge names too.
+            self.drain_reports()
+            late = self.store.take(purge)
+            if late:
+                await asyncio.get_running_loop().run_in_executor(None, self.store.unlink_all, late)
+                removed += len(late)
         failed = {pid: a["error"] for pid, a in answers.items() if "error" in a}
         if missing or failed:
             raise web.HTTPGatewayTimeout(text=json.dumps({

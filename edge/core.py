@@ -6,7 +6,7 @@ import fnmatch
 import secrets
 from http import HTTPStatus
 
-from .cachekey import KeyRule
+from .cachekey import KeyRule, digest
 from .conditional import Conditions, evaluate, if_range_allows
 from .config import PushConfig
 from .filecache import FileEntry, Lookup, NotFound, Redirect
@@ -112,7 +112,7 @@ class Fetch:
     check); `coding` the normalised Accept-Encoding when the object varies on it.
     """
 
-    __slots__ = ("path", "query", "key", "name", "entry", "coding", "forward")
+    __slots__ = ("path", "query", "key", "name", "entry", "coding", "forward", "_digest", "_digest_of")
 
     def __init__(self, path: str, query: bytes, key: bytes, name: str, entry: StoredEntry | None,
                  coding: str | None) -> None:
@@ -123,6 +123,16 @@ class Fetch:
         self.entry = entry
         self.coding = coding
         self.forward: list[tuple[bytes, bytes]] | tuple = ()  # the request's fields for the origin
+        self._digest = ""
+        self._digest_of = b""
+
+    @property
+    def digest(self) -> str:
+        """The object's name in the disk cache (cachekey.digest of `key`), worked out once per key."""
+        if self._digest_of is not self.key:
+            self._digest = digest(self.key)
+            self._digest_of = self.key
+        return self._digest
 
 
 def store_name(key: bytes) -> str:

@@ -47,7 +47,7 @@ class Meta:
 
     def dumps(self) -> bytes:
         """The metadata file's bytes."""
-        return json.dumps(self.__dict__, separators=(",", ":")).encode()  # asdict() deep-copies: slow
+        return _ENCODE(self.__dict__).encode()  # asdict() deep-copies: slow
 
     @classmethod
     def loads(cls, data: bytes) -> Meta:
@@ -58,6 +58,7 @@ class Meta:
 
 
 XATTR = "user.edge.meta"
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def write_file(path: str, data: bytes) -> None:
@@ -109,13 +110,19 @@ def rewrite_meta(body: str, meta_path: str, meta: Meta) -> int:
 class Writer:
     """A body being fetched: written to tmp/, published by commit() only if complete."""
 
-    def __init__(self, store: DiskCache, key: bytes) -> None:
+    def __init__(self, store: DiskCache, key: bytes, name: str | None = None) -> None:
         self.store = store
         self.key = key
-        self.name = digest(key)
+        self.name = name or digest(key)  # name: digest(key), when the caller has it
         self.tmp = os.path.join(store.tmp_dir, f"{self.name}.{os.getpid()}.{time.monotonic_ns()}")
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.owned = True  # False once detach() handed the open file to a reader
         self.written = 0
+
+    def detach(self) -> int:
+        """Hand the open file to another owner, who closes it (this writer still writes and commits)."""
+        self.owned = False
+        return self.fd
 
     def write(self, chunk: bytes) -> None:
         """Append a piece of the body."""
@@ -140,7 +147,8 @@ class Writer:
         except OSError:  # no user xattrs on this filesystem, or too much for one
             sidecar = self.tmp + ".meta"
             write_file(sidecar, data)
-        os.close(self.fd)
+        if self.owned:
+            os.close(self.fd)
         self.fd = -1
         os.replace(self.tmp, body)
         if sidecar is not None:
@@ -151,7 +159,8 @@ class Writer:
     def abort(self) -> None:
         """Throw the partial body away (a truncated or failed fetch is never cached)."""
         if self.fd >= 0:
-            os.close(self.fd)
+            if self.owned:
+                os.close(self.fd)
             self.fd = -1
         try:
             os.unlink(self.tmp)
@@ -225,9 +234,9 @@ class DiskCache:
         self.evict()
         return len(self.index)
 
-    def writer(self, key: bytes) -> Writer:
-        """Start storing the object for `key`."""
-        return Writer(self, key)
+    def writer(self, key: bytes, name: str | None = None) -> Writer:
+        """Start storing the object for `key` (whose digest is `name`, if known)."""
+        return Writer(self, key, name)
 
     def meta(self, key: bytes) -> Meta | None:
         """The stored metadata for `key`, or None (absent or unreadable: treated as a miss)."""

@@ -34,6 +34,8 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
 
 
 def _split_commas(value: str) -> list[str]:
+    if '"' not in value:
+        return value.split(",")  # the usual case, without a walk over every character
     out, start, quoted = [], 0, False
     for i, c in enumerate(value):
         if c == '"':

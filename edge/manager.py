@@ -1,16 +1,14 @@
 """The node's manager process: the admin endpoint, active origin health checks, the disk cache's index.
 
 One per node, forked (and restarted) by the supervisor. It serves the admin endpoint on the socket the
-supervisor bound. With origins, workers report each object they store ("S <digest> <size>" plus its
-key and tags) and each one they revalidate in use ("U <digest>") as datagrams on a socketpair made
-before fork; the manager keeps the LRU index (and the key/tag index purges use) and evicts under
+supervisor bound. With origins, workers report each object they store and each one they
+load again (edge/reports.py) in batched datagrams on a socketpair made before fork; the manager keeps the LRU index (and the key/tag index purges use) and evicts under
 cache.max_size; health checks publish to the shared HealthTable every worker reads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import socket
 import sys
@@ -19,6 +17,7 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
+from . import reports
 from .admin import IDLE_TIMEOUT, Node, make_app
 from .config import Config
 from .control import Asker
@@ -27,7 +26,6 @@ from .health import ActiveHealth, HealthTable, OriginCounters, check
 from .purge import PurgeIndex
 from .stats import StatsBlock
 
-DATAGRAM = 64 * 1024  # a report carries the cache key (a target is at most 8 KiB) and tags
 
 
 class Manager:
@@ -47,21 +45,17 @@ class Manager:
         store = self.store
         while True:
             try:
-                data = self.events.recv(DATAGRAM)
+                data = self.events.recv(reports.DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
-            head, _, extra = data.partition(b"\n")
-            parts = head.split()
-            try:
-                if parts[0] == b"S" and len(parts) == 3:
-                    key, tags = json.loads(extra) if extra else ("", [])
-                    store.admitted(parts[1].decode("ascii"), int(parts[2]), str(key), [str(t) for t in tags])
-                elif parts[0] == b"U" and len(parts) == 2:
-                    name = parts[1].decode("ascii")
-                    if name in store.index:
-                        store.index.move_to_end(name)
-            except (IndexError, ValueError, TypeError, OSError):
-                continue  # a malformed report costs nothing
+            for kind, name, size, key, tags in reports.parse(data):
+                if kind == "S":
+                    try:
+                        store.admitted(name, size, key, tags)
+                    except OSError:
+                        pass  # an eviction's unlink failed: the next one tries again
+                elif name in store.index:
+                    store.index.move_to_end(name)
 
     async def check_forever(self, session: aiohttp.ClientSession, index: int) -> None:
         """Check one origin every health.interval seconds and publish each result."""
@@ -89,6 +83,8 @@ class Manager:
             loop.add_reader(self.events.fileno(), self.on_event)
         asker = Asker(loop, supervisor)
         node = Node(self.config, stats, self.health, self.store, asker, origin_counts)
+        if self.events is not None:
+            node.drain_reports = self.on_event
         loop.add_signal_handler(signal.SIGUSR2, lambda: setattr(node, "draining", True))
         runner = None
         if admin_sock is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -23,6 +23,8 @@ from .ring import Ring
 #: Connection-specific fields (RFC 9110 §7.6.1): never forwarded in either direction.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "proxy-authenticate", "proxy-authorization"})
+_HOP_BY_HOP_BYTES = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 IDEMPOTENT = frozenset({"GET", "HEAD"})
 KEEPALIVE = 30.0  # seconds an idle pooled connection is kept (origins commonly close after 60-75 s)
 HIGH_WATER = 1 << 20  # body bytes buffered for a slow reader before reading from the origin pauses
@@ -59,14 +61,16 @@ class Upstream:
 
 
 class Fetched:
-    """An origin's response: status and header fields at once, the body as it arrives (chunks())."""
+    """An origin's response: status and header fields at once, the body as it arrives (read()).
+
+    `headers` are (lower-case name, value) bytes pairs, hop-by-hop fields left out.
+    """
 
     def __init__(self, index: int, conn: _Conn) -> None:
         self.index = index
         self._conn = conn
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
-        self._raw: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[bytes, bytes]] = []
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future | None = None
@@ -80,8 +84,6 @@ class Fetched:
 
     def _headers_done(self, status: int) -> None:
         self.status = status
-        self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in self._raw
-                        if k.decode("latin-1").lower() not in HOP_BY_HOP]
         if not self._head.done():
             self._head.set_result(None)
 
@@ -117,25 +119,28 @@ class Fetched:
         """Wait for the status line and header fields (OriginError if the origin fails first)."""
         await self._head
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; TruncatedBody if it ends short of its framing or stalls."""
-        try:
-            while True:
-                while self._buffer:
-                    chunk = self._buffer.popleft()
-                    self._buffered -= len(chunk)
-                    if self._buffered <= HIGH_WATER // 2:
-                        self._conn.resume()
-                    yield chunk
-                if self.complete:
-                    return
-                if self.error is not None:
-                    raise TruncatedBody(f"origin body cut short: {self.error}")
-                self._waiter = self._conn.loop.create_future()
+    async def read(self) -> bytes:
+        """The next piece of the body as it arrives, b"" after the last; TruncatedBody if it ends short or stalls.
+
+        A method, not an async generator: those are registered with the loop one by one, which costs
+        the miss path more than the loop here.
+        """
+        while True:
+            if self._buffer:
+                chunk = self._buffer.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered <= HIGH_WATER // 2:
+                    self._conn.resume()
+                return chunk
+            if self.complete:
+                return b""
+            if self.error is not None:
+                raise TruncatedBody(f"origin body cut short: {self.error}")
+            self._waiter = self._conn.loop.create_future()
+            try:
                 await self._waiter
+            finally:
                 self._waiter = None
-        finally:
-            self.close()
 
     def close(self) -> None:
         """Done with the response: the connection goes back to its pool if the exchange ended cleanly."""
@@ -210,16 +215,19 @@ class _Conn(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:  # noqa: D102
-        self.response._raw.append((name, value))
+        name = name.lower()
+        if name in _FRAMING:
+            self.framed = True
+        if name not in _HOP_BY_HOP_BYTES:
+            self.response.headers.append((name, value))
 
     def on_headers_complete(self) -> None:  # noqa: D102
         status = self.parser.get_status_code()
         if status < 200:
             self.interim = True  # 100 Continue, 103 Early Hints: the real answer follows
-            self.response._raw.clear()
+            self.response.headers.clear()
+            self.framed = False
             return
-        names = {k.lower() for k, _ in self.response._raw}
-        self.framed = b"content-length" in names or b"transfer-encoding" in names
         self.response._headers_done(status)
 
     def on_body(self, body: bytes) -> None:  # noqa: D102
@@ -242,6 +250,7 @@ class _Conn(asyncio.Protocol):
         self.pool_reused = reused
         self.reusable = False
         self.interim = False
+        self.framed = False
         self.last_data = self.loop.time()
         self.timer = self.loop.call_later(self.pool.read_timeout, self._check_stall)
         self.transport.write(request)

@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 
 import aiofiles.os
 
+from . import reports
 from .cachekey import KeyRule, digest
 from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
@@ -30,8 +31,9 @@ from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable
 from .httpdate import parse_http_date
 from .origin import Fetched, OriginError, OriginPool, Upstream
+from .reports import Reporter
 from .stats import CACHE_MISSES, CACHE_STALE, CIRCUITS_OPEN, ORIGIN_ERRORS, ORIGIN_REQUESTS
-from .stored import DROPPED_FIELDS, Growth, StoredEntry, normalise_coding
+from .stored import DROPPED_BYTES, DROPPED_FIELDS, Growth, StoredEntry, normalise_coding
 
 _rewrite_meta = aiofiles.os.wrap(rewrite_meta)  # a 304's metadata update, run on aiofiles' thread pool
 LOCK_SLOTS = 1 << 20  # byte offsets in tmp/locks; two keys share one only by a 1-in-a-million chance
@@ -94,11 +96,12 @@ class Outcome:
 class Flight:
     """One fetch of a key in this worker; requests for the key that arrive meanwhile wait on `ready`."""
 
-    __slots__ = ("ready", "waiting", "hold", "claimed")
+    __slots__ = ("loop", "ready", "waiters", "hold", "claimed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.ready: asyncio.Future[Outcome] = loop.create_future()
-        self.waiting = 0
+        self.loop = loop
+        self.ready: asyncio.Future[Outcome] = loop.create_future()  # done once resolved; nobody awaits it
+        self.waiters: list[asyncio.Future[Outcome]] = []
         self.hold: StoredEntry | None = None  # the flight's own reference on a growing entry
         self.claimed = False
 
@@ -108,14 +111,24 @@ class Flight:
         self.claimed = True
         return first
 
+    def wait(self) -> asyncio.Future[Outcome]:
+        """One request's share of the outcome: cancelling it (its client left) touches no other waiter."""
+        waiter = self.loop.create_future()
+        self.waiters.append(waiter)
+        return waiter
+
     def resolve(self, outcome: Outcome) -> None:
-        """Hand `outcome` to every waiter, taking a reference on its entry for each (they release it)."""
+        """Hand `outcome` to every waiter still there, taking a reference on its entry for each (they release it)."""
         if self.ready.done():
             return
-        if outcome.entry is not None:
-            for _ in range(self.waiting):
-                outcome.entry.acquire()
         self.ready.set_result(outcome)
+        entry = outcome.entry
+        for waiter in self.waiters:
+            if not waiter.done():
+                if entry is not None:
+                    entry.acquire()
+                waiter.set_result(outcome)
+        self.waiters.clear()
 
 
 def _header_dict(headers: list[tuple[str, str]]) -> dict[str, str]:
@@ -142,7 +155,7 @@ class Puller:
         self.executor = executor
         self.stats = stats
         self.health = health
-        self.events = events
+        self.reports = Reporter(loop, events)
         self.default_ttl = config.cache.default_ttl
         self.inline_max = config.file_cache.inline_max
         self.follow_timeout = config.proxy.connect_timeout + config.proxy.read_timeout
@@ -160,16 +173,8 @@ class Puller:
 
     # -- node-wide bookkeeping ---------------------------------------------------------------------
 
-    def _event(self, message: bytes) -> None:
-        """Tell the cache manager of a stored or used object (datagram; dropped when its queue is full)."""
-        if self.events is not None:
-            try:
-                self.events.send(message)
-            except OSError:
-                pass
-
     def _stored(self, name: str, size: int, key: str, tags: list[str]) -> None:
-        self._event(b"S %s %d\n%s" % (name.encode("ascii"), size, json.dumps([key, tags]).encode()))
+        self.reports.add(reports.stored(name, size, key, tags))
 
     def _healthy(self, index: int) -> bool:
         if self.health is not None and not self.health.healthy(index):
@@ -221,8 +226,7 @@ class Puller:
         self.stats[CACHE_MISSES] += 1
         flight = self._flight(fetch, entry)
         if not flight.ready.done():
-            flight.waiting += 1
-            outcome = await asyncio.shield(flight.ready)
+            outcome = await flight.wait()
         else:
             outcome = flight.ready.result()
             if outcome.entry is not None:
@@ -235,9 +239,8 @@ class Puller:
                 outcome.entry.release()
             # A private answer was for the request that caused it: this one is asked of the origin itself.
             own = Flight(self.loop)
-            own.waiting = 1
             self._spawn(self._run(own, fetch, None, private=True))
-            outcome = await asyncio.shield(own.ready)
+            outcome = await own.wait()
         if outcome.plan is not None:
             return outcome.plan
         plan = self.site.stored(req, outcome.entry, self.loop.time(), outcome.cache_status)
@@ -266,7 +269,7 @@ class Puller:
     async def _from_disk(self, fetch: Fetch) -> StoredEntry | None:
         """The stored object for fetch.key, checked against the disk (it may be new, refreshed, purged)."""
         old = self.cache.peek(fetch.name)
-        if old is None and not os.path.exists(self.store.paths(digest(fetch.key))[0]):
+        if old is None and not os.path.exists(self.store.paths(fetch.digest)[0]):
             return None  # a plain miss: one stat here costs less than a trip to the I/O pool
         found = await self.loop.run_in_executor(self.executor, self._open_stored, fetch.key, fetch.name, old)
         now = self.loop.time()
@@ -277,7 +280,7 @@ class Puller:
         if found is old:
             old.checked = now
         self.cache.store(fetch.name, found, now)
-        self._event(b"U " + digest(fetch.key).encode("ascii"))
+        self.reports.add(reports.used(fetch.digest))
         return found
 
     def _open_stored(self, key: bytes, name: str, old: StoredEntry | None) -> StoredEntry | None:
@@ -315,7 +318,7 @@ class Puller:
 
     async def _run(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, private: bool = False) -> None:
         """Fetch `fetch.key` once for the node: as the fetcher holding its lock, or following another worker."""
-        name = digest(fetch.key)
+        name = fetch.digest
         slot = KeyLocks.slot(name)
         original = stale  # _flight took a reference on it
         try:
@@ -359,7 +362,7 @@ class Puller:
     def _changed_on_disk(self, fetch: Fetch, stale: StoredEntry | None) -> bool:
         """One stat: has an object for the key been stored since `stale` (or at all)?"""
         try:
-            changed = os.stat(self.store.paths(digest(fetch.key))[0]).st_ctime_ns
+            changed = os.stat(self.store.paths(fetch.digest)[0]).st_ctime_ns
         except OSError:
             return False
         return stale is None or changed != stale.changed
@@ -407,8 +410,9 @@ class Puller:
         status = fetched.status
         # Gateway errors say the origin itself is in trouble; a 500 is one resource's bug, not the origin's health.
         self._origin_result(fetched.index, status not in (502, 503, 504))
-        headers = [(k, v) for k, v in fetched.headers if k not in DROPPED_FIELDS]
-        raw = _header_dict(fetched.headers)
+        text = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in fetched.headers]
+        headers = [pair for pair in text if pair[0] not in DROPPED_FIELDS]
+        raw = _header_dict(text)
         if stale is not None and status == 304:
             await self._refreshed(flight, fetch, stale, headers, raw, request_time, wall)
             return
@@ -432,16 +436,15 @@ class Puller:
                     initial_age=fresh.initial_age, stale_while_revalidate=fresh.stale_while_revalidate,
                     stale_if_error=fresh.stale_if_error, no_cache=fresh.no_cache,
                     must_revalidate=fresh.must_revalidate, tags=raw.get("surrogate-key", "").split())
-        writer = self.store.writer(key)
+        writer = self.store.writer(key, None if varies else fetch.digest)
         entry = None
         try:
-            rfd = os.dup(writer.fd)  # readers use pread/sendfile at explicit offsets: one open file serves both
-            try:
-                entry = StoredEntry(fetch.name + "\0identity" if varies else fetch.name, writer.tmp, rfd,
-                                    os.fstat(rfd), meta, now, wall)
-            except BaseException:
-                os.close(rfd)
-                raise
+            # Readers use pread/sendfile at explicit offsets: the writer's own open file serves them too,
+            # and the entry closes it after the last of them.
+            entry = StoredEntry(fetch.name + "\0identity" if varies else fetch.name, writer.tmp, writer.fd,
+                                os.fstat(writer.fd), meta, now, wall,
+                                stored_headers=[pair for pair in fetched.headers if pair[0] not in DROPPED_BYTES])
+            writer.detach()
             entry.acquire()
             flight.hold = entry
             cache_status = (STALE_REFETCHED if stale is not None else MISS_STORED) if storable else MISS
@@ -452,9 +455,12 @@ class Puller:
             if length is not None:
                 entry.growth = Growth(length)
                 flight.resolve(Outcome(entry, cache_status, shared=storable))
+            small: list[bytes] | None = [] if length is not None and length <= self.inline_max else None
             try:
-                async for chunk in fetched.chunks():
+                while chunk := await fetched.read():
                     writer.write(chunk)
+                    if small is not None:
+                        small.append(chunk)
                     if entry.growth is not None:
                         entry.growth.grew(writer.written)
             except OriginError:
@@ -485,12 +491,8 @@ class Puller:
             entry.retire()  # served to its own requests from the open fd, then closed
             return
         entry.fs_path, entry.changed = published
-        if 0 < entry.size <= self.inline_max:  # like a small local file: sent in one write with its head
-            try:
-                body = os.pread(entry.fd, entry.size, 0)
-                entry.body = body if len(body) == entry.size else None
-            except OSError:
-                pass
+        if small is not None and 0 < entry.size <= self.inline_max:  # like a small local file: one write with its head
+            entry.body = b"".join(small)
         now = self.loop.time()
         entry.checked = now
         self.cache.store(entry.path, entry, now)
@@ -518,7 +520,7 @@ class Puller:
                        lifetime=fresh.lifetime, initial_age=fresh.initial_age,
                        stale_while_revalidate=fresh.stale_while_revalidate, stale_if_error=fresh.stale_if_error,
                        no_cache=fresh.no_cache, must_revalidate=fresh.must_revalidate)
-        changed = await _rewrite_meta(*self.store.paths(digest(fetch.key)), meta)  # off the loop
+        changed = await _rewrite_meta(*self.store.paths(fetch.digest), meta)  # off the loop
         now = self.loop.time()
         # Refreshed in place: transfers under way hold their own plans, which refresh() drops from the entry.
         stale.stored_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in merged]
@@ -639,6 +641,7 @@ class Puller:
             task.cancel()
         await self.pool.close()
         self.locks.close()
+        self.reports.flush()
 
 
 def _coding(req: Request) -> str:

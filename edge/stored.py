@@ -13,6 +13,7 @@ from .negotiation import choose_encoding
 #: Origin response fields never stored or passed on: this node writes its own framing, Date, Server, Age.
 DROPPED_FIELDS = frozenset({"content-length", "date", "server", "age", "surrogate-key", "accept-ranges",
                             "content-range"})
+DROPPED_BYTES = frozenset(name.encode("ascii") for name in DROPPED_FIELDS)
 #: Fields a 304 repeats from the stored response (RFC 9110 §15.4.5).
 NOT_MODIFIED_FIELDS = frozenset({b"etag", b"cache-control", b"expires", b"vary", b"last-modified",
                                  b"content-location"})
@@ -69,8 +70,10 @@ class StoredEntry(FileEntry):
                  "age_base", "loaded_at", "age_second", "vary", "tags", "meta", "changed")
 
     def __init__(self, name: str, fs_path: str, fd: int, st: os.stat_result, meta: Meta, now: float,
-                 wall: float, changed: int = 0) -> None:
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta.headers]
+                 wall: float, changed: int = 0, stored_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        # stored_headers: meta.headers as bytes, when the caller has them already
+        headers = stored_headers if stored_headers is not None else [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in meta.headers]
         ctype = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), "application/octet-stream")
         super().__init__(name, fs_path, fd, st, ctype, None)
         self.size = meta.length

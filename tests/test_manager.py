@@ -10,6 +10,7 @@ from pathlib import Path
 
 from conftest import EdgeProcess
 
+from edge import reports
 from edge.cachekey import digest
 from edge.config import Config, Origin
 from edge.diskcache import DiskCache, Meta
@@ -38,10 +39,10 @@ def _manager(tmp_path: Path, max_size: int) -> tuple[Manager, socket.socket, Dis
 def test_reports_build_the_index_and_eviction_keeps_the_size(tmp_path: Path):
     manager, worker_end, store = _manager(tmp_path, max_size=250)
     # A worker's DiskCache reports instead of indexing: what it stores reaches the manager.
-    worker_store = DiskCache(store.root, store.max_size, report=lambda n, s, *_: worker_end.send(b"S %s %d" % (
-        n.encode(), s)))
+    worker_store = DiskCache(store.root, store.max_size, report=lambda n, s, k, t: worker_end.send(
+        reports.pack([reports.stored(n, s, k, t)])))
     names = [_store_object(worker_store, f"/o{i}".encode(), 100) for i in range(2)]
-    worker_end.send(b"U " + names[0].encode())  # o0 is used again before o2 arrives
+    worker_end.send(reports.pack([reports.used(names[0])]))  # o0 is used again before o2 arrives
     names.append(_store_object(worker_store, b"/o2", 100))
     assert worker_store.index == {}  # the worker keeps no index of its own
     manager.on_event()
@@ -56,9 +57,12 @@ def test_reports_build_the_index_and_eviction_keeps_the_size(tmp_path: Path):
 def test_malformed_reports_cost_nothing(tmp_path: Path):
     manager, worker_end, store = _manager(tmp_path, max_size=1000)
     for junk in (b"", b"S", b"S abc", b"S abc notanumber", b"Q x y", b"\xff\xfe", b"U"):
-        worker_end.send(junk)
+        worker_end.send(junk)  # unframed
+        worker_end.send(reports.pack([junk]))  # framed, but not a record
+    worker_end.send(reports.pack([b"S " + b"a" * 32 + b" 10 99\n/short", b"S ../../../x 10 0\n", b"U ../x"])
+                    + b"\x00\x00\x10\x00S")  # a key and a frame cut short, names that are not digests
     name = _store_object(DiskCache(store.root, store.max_size, report=lambda n, s, *_: None), b"/ok", 10)
-    worker_end.send(b"S %s 10" % name.encode())
+    worker_end.send(reports.pack([b"Q x", reports.stored(name, 10, "/ok", [])]))
     manager.on_event()
     assert dict(store.index) == {name: 10}
 
