@@ -114,7 +114,7 @@ class Writer:
         self.store = store
         self.key = key
         self.name = name or digest(key)  # name: digest(key), when the caller has it
-        self.tmp = os.path.join(store.tmp_dir, f"{self.name}.{os.getpid()}.{time.monotonic_ns()}")
+        self.tmp = f"{store.tmp_dir}/{self.name}.{store.pid}.{time.monotonic_ns()}"
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.owned = True  # False once detach() handed the open file to a reader
         self.written = 0
@@ -181,6 +181,7 @@ class DiskCache:
         self.max_size = max_size
         self.objects_dir = os.path.join(root, "objects")
         self.tmp_dir = os.path.join(root, "tmp")
+        self.pid = os.getpid()  # in temp names (a DiskCache is made in the process that writes with it)
         os.makedirs(self.tmp_dir, exist_ok=True)
         for i in range(256):  # every objects/ab/ made once here, not checked on every store
             os.makedirs(os.path.join(self.objects_dir, f"{i:02x}"), exist_ok=True)

@@ -160,7 +160,6 @@ class _Conn(asyncio.Protocol):
         self.reusable = False
         self.idle_since = 0.0
         self.last_data = 0.0
-        self.timer: asyncio.TimerHandle | None = None
         self.interim = False
         self.framed = False  # Content-Length or chunked: the end is known without the connection closing
         self.paused = False
@@ -188,7 +187,7 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
         self.closed = True
         self.reusable = False
-        self._stop_timer()
+        self._unwatch()
         response = self.response
         if response is None or response.complete:
             return
@@ -237,7 +236,7 @@ class _Conn(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
-        self._stop_timer()
+        self._unwatch()
         self.reusable = self.parser.should_keep_alive()
         self.response._end()
 
@@ -252,35 +251,33 @@ class _Conn(asyncio.Protocol):
         self.interim = False
         self.framed = False
         self.last_data = self.loop.time()
-        self.timer = self.loop.call_later(self.pool.read_timeout, self._check_stall)
+        self.pool.watch(self)
         self.transport.write(request)
         return response
 
-    def _check_stall(self) -> None:
-        """The read timeout: no byte from the origin for read_timeout seconds fails the response."""
-        self.timer = None
+    def stalled(self, now: float) -> bool:
+        """The read timeout (asked by the pool's sweep): no byte for read_timeout seconds fails the response.
+
+        True once the connection needs no more watching."""
         response = self.response
         if response is None or response.complete or response.error is not None:
-            return
-        idle = self.loop.time() - self.last_data
-        if idle < self.pool.read_timeout:
-            self.timer = self.loop.call_later(self.pool.read_timeout - idle, self._check_stall)
-            return
+            return True
+        if now - self.last_data < self.pool.read_timeout:
+            return False
         response._fail(OriginError(f"{self.pool.upstream.url}: no answer for {self.pool.read_timeout:g} s",
                                    timeout=True))
         self.transport.abort()
+        return True
 
-    def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def _unwatch(self) -> None:
+        self.pool.busy.discard(self)
 
     def finished(self, response: Fetched) -> None:
         """The reader let go of `response`: keep the connection if it ended cleanly, else drop it."""
         if self.response is not response:
             return
         self.response = None
-        self._stop_timer()
+        self._unwatch()
         reusable = response.complete and self.reusable and not self.closed
         if not reusable and not self.closed:
             self.closed = True
@@ -308,6 +305,23 @@ class _HostPool:
         self.idle: list[_Conn] = []
         self.count = 0  # open or opening connections
         self.waiters: deque[asyncio.Future] = deque()
+        # Connections waiting for an answer, swept for stalls a few times per read timeout: one timer
+        # for the pool, not one per request (a timer per request was a measurable part of a cache miss).
+        self.busy: set[_Conn] = set()
+        self.sweep_every = min(1.0, read_timeout / 4)
+        self.sweeper: asyncio.TimerHandle | None = None
+
+    def watch(self, conn: _Conn) -> None:
+        """Check `conn` for a stalled answer until it ends."""
+        self.busy.add(conn)
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(self.sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in [c for c in self.busy if c.stalled(now)]:
+            self.busy.discard(conn)
+        self.sweeper = self.loop.call_later(self.sweep_every, self._sweep) if self.busy else None
 
     async def acquire(self) -> tuple[_Conn, bool]:
         """A connection to send on: (an idle one, True) or (a new one, False)."""
@@ -376,6 +390,9 @@ class _HostPool:
         for conn in self.idle:
             self._discard(conn)
         self.idle.clear()
+        if self.sweeper is not None and not self.busy:
+            self.sweeper.cancel()
+            self.sweeper = None
 
 
 class OriginPool:
