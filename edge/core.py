@@ -15,7 +15,7 @@ from .httpdate import format_http_date
 from .negotiation import choose_encoding
 from .paths import BadTarget, encode_path, has_dot_segment, location_for, normalize_path, split_target
 from .ranges import UNSATISFIABLE, content_range, parse_range
-from .stored import NOT_MODIFIED_FIELDS, StoredEntry, normalise_coding
+from .stored import NOT_MODIFIED_FIELDS, STREAMED, StoredEntry, normalise_coding
 
 REASONS = {
     200: "OK", 206: "Partial Content", 301: "Moved Permanently", 304: "Not Modified",
@@ -372,7 +372,7 @@ class Site:
 
     def _stored_headers(self, entry: StoredEntry, length: int, extra: list[Header]) -> list[Header]:
         headers = [(b"server", self.server), *entry.stored_headers]
-        if entry.status != 204:  # RFC 9110 §8.6: never in a 204
+        if entry.status != 204 and length < STREAMED:  # RFC 9110 §8.6: never in a 204
             headers.append((b"content-length", b"%d" % length))
         if entry.status == 200:
             headers.append((b"accept-ranges", b"bytes"))

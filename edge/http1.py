@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
+from .stored import STREAMED
 from .filecache import FileEntry, NotFound
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
 
@@ -40,6 +41,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CONN_KEEP = b""
 CONN_CLOSE = b"Connection: close\r\n"
 CONN_KEEP_10 = b"Connection: keep-alive\r\n"
+CHUNKED = b"Transfer-Encoding: chunked\r\n"  # a body whose length is known only at its end (STREAMED)
+LAST_CHUNK = b"0\r\n\r\n"
 
 # Connection states, for the timeout sweep.
 IDLE, HEAD, BUSY = 0, 1, 2
@@ -262,8 +265,8 @@ class H1Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:  # noqa: D102
         self.write_paused = False
-        if self.tls and self.xfer is not None:
-            if self._drive_tls() and not self.transport.is_closing():
+        if self.xfer is not None and (self.tls or self.xfer.chunked):
+            if self._drive_buffered() and not self.transport.is_closing():
                 self._pump()
             return
         if not self.busy and not self.transport.is_closing():
@@ -496,11 +499,17 @@ class H1Connection(asyncio.Protocol):
         """Write one response: header block, then inline bytes or file ranges."""
         w = self.w
         keep_alive = pending.keep_alive and not self.closing
+        streamed = plan.length >= STREAMED
+        if streamed and pending.version10:
+            keep_alive = False  # HTTP/1.0 has no chunked coding: the body ends when the connection does
         if not keep_alive:
             conn = CONN_CLOSE
             self.closing = True
         else:
             conn = CONN_KEEP_10 if pending.version10 else CONN_KEEP
+        chunked = streamed and not pending.version10
+        if chunked:
+            conn += CHUNKED
         heads = plan.cache
         if heads is None:
             heads = plan.cache = {}
@@ -526,11 +535,21 @@ class H1Connection(asyncio.Protocol):
         entry = plan.entry
         entry.acquire()
         head = status_line + w.date_line + head
-        stats[BYTES_OUT] += len(head) + plan.length
+        if chunked:
+            # Still arriving from an origin, its length unknown: chunks as the file grows, and a cut-off
+            # origin leaves the last chunk unsent, so the client sees the body as incomplete.
+            stats[BYTES_OUT] += len(head)
+            self.transport.write(head)
+            self.xfer = _Transfer(entry, list(parts))
+            self.xfer.chunked = True
+            self.busy = True
+            self._drive_buffered()
+            return
+        stats[BYTES_OUT] += len(head) + (0 if streamed else plan.length)
         self.xfer = _Transfer(entry, [head, *parts])
         if self.tls:
             self.busy = True
-            self._drive_tls()
+            self._drive_buffered()
             return
         if plan.length >= CORK_MIN:
             # Big bodies: cork so only full segments leave while sendfile runs (as nginx's
@@ -540,8 +559,8 @@ class H1Connection(asyncio.Protocol):
         self.busy = True
         self._advance(self.fd)
 
-    def _drive_tls(self) -> bool:
-        """Over TLS: pread the file in chunks and write them until the transport's buffer is full.
+    def _drive_buffered(self) -> bool:
+        """Over TLS, or chunked: pread the file in pieces and write them until the transport's buffer is full.
 
         True when the whole response has been written.
         """
@@ -557,9 +576,15 @@ class H1Connection(asyncio.Protocol):
                     xfer.starved = False
                     xfer.growth.wait(self._grown)
                     return False
+                if xfer.chunked:
+                    transport.write(LAST_CHUNK)
                 self._end_transfer()
                 return True
-            transport.write(chunk)
+            if xfer.chunked:
+                self.w.stats[BYTES_OUT] += len(chunk)
+                transport.write(b"".join((b"%x\r\n" % len(chunk), chunk, b"\r\n")))
+            else:
+                transport.write(chunk)
         self.last_progress = self.w.loop.time()
         return False
 
@@ -592,8 +617,8 @@ class H1Connection(asyncio.Protocol):
         if self.xfer is None:
             return
         self.last_progress = self.w.loop.time()
-        if self.tls:
-            if not self.write_paused and self._drive_tls() and not self.transport.is_closing():
+        if self.tls or self.xfer.chunked:
+            if not self.write_paused and self._drive_buffered() and not self.transport.is_closing():
                 self._pump()
             return
         if self.dup >= 0:
@@ -671,7 +696,7 @@ class H1Connection(asyncio.Protocol):
 class _Transfer:
     """The parts of one response still to write: header bytes and (offset, length) file ranges."""
 
-    __slots__ = ("entry", "parts", "index", "done", "failed", "truncated", "growth", "starved")
+    __slots__ = ("entry", "parts", "index", "done", "failed", "truncated", "growth", "starved", "chunked")
 
     def __init__(self, entry: FileEntry, parts: list) -> None:
         self.entry = entry
@@ -682,6 +707,7 @@ class _Transfer:
         self.done = 0  # bytes of parts[index] already written
         self.failed = False
         self.truncated = False
+        self.chunked = False  # each piece of the body is framed as a chunk (its length is STREAMED)
 
     def read(self, most: int) -> bytes | None:
         """The next piece of the response as bytes (file ranges by pread); None at the end or on failure."""
@@ -700,6 +726,10 @@ class _Transfer:
                 return None
             most = min(most, growth.available - offset - self.done)
             if most <= 0:
+                if growth.done:  # a STREAMED body ended here
+                    self.index += 1
+                    self.done = 0
+                    return self.read(TLS_CHUNK)
                 self.starved = True
                 return None
         try:
@@ -719,7 +749,7 @@ class _Transfer:
         """Bytes of the response not yet written."""
         left = -self.done
         for part in self.parts[self.index:]:
-            left += len(part) if type(part) is bytes else part[1]
+            left += len(part) if type(part) is bytes else part[1] if part[1] < STREAMED else 0
         return max(left, 0)
 
     def drive(self, sock: int) -> bool:
@@ -742,6 +772,10 @@ class _Transfer:
                             return False
                         room = growth.available - offset - self.done
                         if room <= 0:
+                            if growth.done:  # a STREAMED body ended here (HTTP/1.0: the close ends it)
+                                self.index += 1
+                                self.done = 0
+                                continue
                             self.starved = True
                             return False
                         if room < todo:

@@ -20,6 +20,7 @@ from h2.stream import StreamInputs
 from hyperframe.frame import GoAwayFrame, HeadersFrame, PushPromiseFrame
 
 from .core import SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
+from .stored import STREAMED
 from .filecache import FileEntry, NotFound
 from .hints import PageHints
 from .hpackblock import encode_block
@@ -462,7 +463,7 @@ class H2Connection(asyncio.Protocol):
         w.stats[H2_STATUS_FIELD[plan.status]] += 1
         if w.log is not None:
             w.log.write(self.peer, req.method or b"-", req.target or b"-", b"HTTP/2.0", plan.status,
-                        0 if bodiless else plan.length, b"-", b"-")
+                        0 if bodiless or plan.length >= STREAMED else plan.length, b"-", b"-")
         if bodiless:
             self._finished(sid)
         elif small and len(parts[0]) <= min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size):
@@ -575,15 +576,17 @@ class H2Connection(asyncio.Protocol):
                     self._reset(sid, INTERNAL, self.w.loop.time())
                     return pos
                 want = min(want, growth.available - offset - done)
-                if want <= 0:
+                if want <= 0 and growth.done:
+                    length = done  # a STREAMED body ended here: an empty DATA frame ends the stream
+                elif want <= 0:
                     stream.starved = True
                     growth.wait(lambda: self._grown(stream))
                     return pos
             try:
-                n = os.preadv(stream.entry.fd, [view[pos + 9:pos + 9 + want]], offset + done)
+                n = os.preadv(stream.entry.fd, [view[pos + 9:pos + 9 + want]], offset + done) if want > 0 else 0
             except OSError:
                 n = 0
-            if n <= 0:  # the file shrank under us: never let a short body pass as complete
+            if n <= 0 and length != done:  # the file shrank under us: never let a short body pass as complete
                 self.w.cache.purge(stream.entry.path)
                 self._reset(sid, INTERNAL, self.w.loop.time())
                 return pos

@@ -33,7 +33,7 @@ from .httpdate import parse_http_date
 from .origin import Fetched, OriginError, OriginPool, Upstream
 from .reports import Reporter
 from .stats import CACHE_MISSES, CACHE_STALE, CIRCUITS_OPEN, ORIGIN_ERRORS, ORIGIN_REQUESTS
-from .stored import DROPPED_BYTES, DROPPED_FIELDS, Growth, StoredEntry, normalise_coding
+from .stored import DROPPED_BYTES, DROPPED_FIELDS, STREAMED, Growth, StoredEntry, normalise_coding
 
 _rewrite_meta = aiofiles.os.wrap(rewrite_meta)  # a 304's metadata update, run on aiofiles' thread pool
 LOCK_SLOTS = 1 << 20  # byte offsets in tmp/locks; two keys share one only by a 1-in-a-million chance
@@ -429,6 +429,8 @@ class Puller:
         storable = fresh.storable and "set-cookie" not in raw and vary <= {VARY_MARKER}
         length_field = raw.get("content-length")
         length = int(length_field) if length_field is not None and length_field.isdigit() else None
+        if length is None and status == 204:
+            length = 0  # no body, whatever the framing
         varies = VARY_MARKER in vary and fetch.coding is None
         key = fetch.key + b"\0identity" if varies else fetch.key
         meta = Meta(key=key.decode("latin-1"), status=status, headers=headers, length=length or 0,
@@ -452,9 +454,12 @@ class Puller:
                 # Other workers follow this fetch by its head: the temp file and metadata, "pass" when the
                 # answer is not to be shared, or a length of -1 while its end is unknown.
                 self._publish_head(head, writer, meta, shared=storable, known=length is not None)
-            if length is not None:
-                entry.growth = Growth(length)
-                flight.resolve(Outcome(entry, cache_status, shared=storable))
+            # Every waiter is answered now and reads the body from the file as it grows; one whose
+            # length is known only at its end goes out chunked (STREAMED) until it is stored.
+            entry.growth = Growth(STREAMED if length is None else length)
+            if length is None:
+                entry.size = STREAMED
+            flight.resolve(Outcome(entry, cache_status, shared=storable))
             small: list[bytes] | None = [] if length is not None and length <= self.inline_max else None
             try:
                 while chunk := await fetched.read():
@@ -469,7 +474,7 @@ class Puller:
                 raise
             if length is None:
                 entry.size = meta.length = writer.written
-                flight.resolve(Outcome(entry, cache_status, shared=storable))
+                entry.growth.finish(writer.written)
             entry.growth = None
             entry.plans.clear()
             # Publishing is a few metadata syscalls: done here, it costs less than a trip to the I/O pool

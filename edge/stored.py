@@ -18,6 +18,9 @@ DROPPED_BYTES = frozenset(name.encode("ascii") for name in DROPPED_FIELDS)
 NOT_MODIFIED_FIELDS = frozenset({b"etag", b"cache-control", b"expires", b"vary", b"last-modified",
                                  b"content-location"})
 NEVER = float("-inf")
+#: The length of a body known only at its end (an origin's chunked or close-delimited answer) while it
+#: streams: no Content-Length goes out, HTTP/1.1 clients get it chunked (edge/http1.py).
+STREAMED = 1 << 62
 
 
 class Growth:
@@ -42,6 +45,14 @@ class Growth:
             self.available = available
             if available >= self.length:
                 self.done = True
+            self._wake()
+
+    def finish(self, length: int) -> None:
+        """A body of unknown length (STREAMED) ended at `length` bytes, all of them in the file."""
+        self.length = length
+        self.grew(length)
+        if not self.done:  # an empty body: nothing grew
+            self.done = True
             self._wake()
 
     def fail(self) -> None:

@@ -21,6 +21,7 @@ from .accesslog import AccessLog
 from .cachekey import KeyRule
 from .config import Config
 from .core import Plan, Site
+from .stored import STREAMED
 from .filecache import FileCache, Resolver
 from .http1 import _FIELDS as H1_FIELDS
 from .http1 import FORWARD, H1Connection, Pending
@@ -132,7 +133,7 @@ class Worker:
     def access(self, peer: object, pending: Pending, plan: Plan) -> None:
         """Record one answered request in the access log."""
         req = pending
-        sent = 0 if req.method == b"HEAD" or plan.status == 304 else plan.length
+        sent = 0 if req.method == b"HEAD" or plan.status == 304 or plan.length >= STREAMED else plan.length
         self.log.write(peer, req.method or b"-", req.target or b"-", b"HTTP/1.0" if pending.version10 else b"HTTP/1.1",
                        plan.status, sent,
                        pending.referer, pending.ua)

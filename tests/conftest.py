@@ -231,11 +231,31 @@ class Client:
             headers[key] = headers[key] + ", " + value.strip() if key in headers else value.strip()
         if head or status == 304:
             return status, headers, b""
+        if headers.get("transfer-encoding") == "chunked":
+            return status, headers, self._chunks()
         length = int(headers["content-length"])
         while len(self.buf) < length:
             self._fill()
         body, self.buf = self.buf[:length], self.buf[length:]
         return status, headers, body
+
+    def _chunks(self) -> bytes:
+        """A chunked body (RFC 9112 §7.1), to its last chunk (ConnectionError if the connection ends first)."""
+        body = b""
+        while True:
+            while b"\r\n" not in self.buf:
+                self._fill()
+            line, _, self.buf = self.buf.partition(b"\r\n")
+            size = int(line.split(b";")[0], 16)
+            while len(self.buf) < size + 2:
+                self._fill()
+            if size == 0:
+                assert self.buf[:2] == b"\r\n", "no trailer fields are sent"
+                self.buf = self.buf[2:]
+                return body
+            body += self.buf[:size]
+            assert self.buf[size:size + 2] == b"\r\n", "a chunk must end with CRLF"
+            self.buf = self.buf[size + 2:]
 
     def closed(self, timeout: float = 5.0) -> bool:
         """True when the server closes the connection (EOF or reset) within `timeout`, with nothing more sent."""

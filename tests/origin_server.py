@@ -149,13 +149,16 @@ def make_app(port_of: list[int]) -> web.Application:
     async def gated(request: web.Request) -> web.StreamResponse:
         """The first half of pattern(NAME, size) at once; the rest only after /_release/NAME.
 
-        With cut=1 the origin dies instead of sending the second half (the body stays short of its length).
+        With cut=1 the origin dies instead of sending the second half (the body stays short of its length);
+        with chunked=1 it sends no Content-Length (HTTP/1.1 chunked: the length is known only at the end).
         """
         name = request.match_info["name"]
         size = int(request.query.get("size", "131072"))
         body = pattern(name, size)
-        response = web.StreamResponse(headers={"Content-Length": str(size), "Cache-Control": "max-age=60",
-                                               "Content-Type": "application/octet-stream"})
+        headers = {"Cache-Control": "max-age=60", "Content-Type": "application/octet-stream"}
+        if not request.query.get("chunked"):
+            headers["Content-Length"] = str(size)
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         await response.write(body[:size // 2])
         state["waiting"].add(name)

@@ -850,6 +850,122 @@ def test_http2_streams_a_growing_body_and_resets_a_cut_one(pull, origins, cache_
     settled(server, cache_dir)
 
 
+def dechunk(data: bytes) -> tuple[bytes, bool]:
+    """A chunked body (RFC 9112 §7.1) as far as it goes: (the data, whether its last chunk arrived)."""
+    body, at = b"", 0
+    while True:
+        eol = data.find(b"\r\n", at)
+        if eol < 0:
+            return body, False
+        size = int(data[at:eol].split(b";")[0], 16)
+        if size == 0:
+            return body, data[eol + 2:eol + 4] == b"\r\n"
+        piece = data[eol + 2:eol + 2 + size]
+        body += piece
+        if len(piece) < size or data[eol + 2 + size:eol + 4 + size] != b"\r\n":
+            return body, False
+        at = eol + 4 + size
+
+
+def read_chunked(sock, data: bytes, timeout: float = 20.0) -> tuple[bytes, bool]:
+    """Go on reading a chunked body begun with `data` to its last chunk or the connection's end: (body, complete)."""
+    sock.settimeout(timeout)
+    while True:
+        body, complete = dechunk(data)
+        if complete:
+            return body, True
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return body, False
+        data += chunk
+
+
+def test_a_body_of_unknown_length_streams_chunked_then_is_stored_with_its_length(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    size = 256 * 1024
+    target = f"/gate/u1?size={size}&chunked=1"
+    sock = server.connect(timeout=10)
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    headers, early = read_head_and_some(sock)
+    # The client has bytes while the origin still holds back the second half: streamed, not stored first.
+    assert origin.stats()["waiting"] == ["u1"]
+    assert headers["transfer-encoding"] == "chunked" and "content-length" not in headers
+    assert headers["cache-status"] == MISS_STORED
+    origin.ctl("/_release/u1")
+    body, complete = read_chunked(sock, early)
+    assert complete and body == pattern("u1", size)
+    # The connection stays open for the next request: now a hit with its length known.
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    headers, body = read_head_and_some(sock)
+    assert HIT.match(headers["cache-status"]) and headers["content-length"] == str(size)
+    assert read_rest(sock, body, size) == pattern("u1", size)
+    sock.close()
+    assert origin.count(target) == 1
+    assert stored_soon(cache_dir, target)["length"] == size
+    settled(server, cache_dir)
+
+
+def test_a_cut_body_of_unknown_length_never_gets_its_last_chunk(pull, origins, cache_dir, tmp_path):
+    [origin] = origins(1)
+    server = pull([origin])
+    size = 256 * 1024
+    target = f"/gate/u2?size={size}&chunked=1&cut=1"
+    sock = server.connect(timeout=10)
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    headers, early = read_head_and_some(sock)
+    assert headers["transfer-encoding"] == "chunked"
+    origin.ctl("/_release/u2")  # the origin hangs up instead of sending the second half
+    body, complete = read_chunked(sock, early)
+    sock.close()
+    assert not complete, "a cut body must not end with the last chunk"
+    assert len(body) < size and pattern("u2", size).startswith(body)
+    assert stored(cache_dir, target) is None
+    settled(server, cache_dir)
+    if CURL is not None:  # a real client calls it a partial transfer too
+        rc, headers = curl(server.url + "/gate/u3?size=262144&chunked=1&cut=1", tmp_path / "u3.body")
+        assert rc == 18 or rc == 56, f"curl exit {rc}: the cut should be reported"
+
+
+def test_a_body_of_unknown_length_goes_close_delimited_to_http10(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    size = 100_000
+    target = f"/stream/u4?size={size}&chunked=1&chunk=20000&delay=0.02"
+    sock = server.connect(timeout=10)
+    sock.sendall(f"GET {target} HTTP/1.0\r\n\r\n".encode())
+    head, _, body = read_until_closed(sock, 20).partition(b"\r\n\r\n")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    assert b"Content-Length" not in head and b"Transfer-Encoding" not in head
+    assert body == pattern("u4", size)
+    assert stored_soon(cache_dir, target)["length"] == size
+
+
+def test_http2_streams_a_body_of_unknown_length(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    size = 256 * 1024
+    client = H2Client.connect(server)
+    try:
+        sid = client.request(f"/gate/u5?size={size}&chunked=1")
+        stream = client.streams[sid]
+        assert client.wait(lambda: len(stream.body) > 0, 10), client.log()
+        assert origin.stats()["waiting"] == ["u5"] and not stream.done
+        assert "content-length" not in stream.headers
+        origin.ctl("/_release/u5")
+        client.response(sid)
+        assert stream.ended and stream.reset is None and bytes(stream.body) == pattern("u5", size)
+        assert client.h2_error is None and not client.violations
+    finally:
+        client.close()
+    assert stored_soon(cache_dir, f"/gate/u5?size={size}&chunked=1")["length"] == size
+    settled(server, cache_dir)
+
+
 def test_a_request_joining_a_fetch_in_the_same_worker_says_collapsed(pull, origins, cache_dir):
     [origin] = origins(1)
     server = pull([origin])  # one worker: the second request joins the first one's flight
