@@ -346,6 +346,8 @@ class Site:
                     headers = [(b"server", self.server)]
                     headers.extend(h for h in entry.stored_headers if h[0] in NOT_MODIFIED_FIELDS)
                     headers.extend(extra)
+                    if self.rules:
+                        headers = self._with_rules(headers, entry)
                     plan = plans[304] = Plan(304, headers, (), 0, entry)
                 return plan
             if status:
@@ -377,7 +379,16 @@ class Site:
         if entry.status == 200:
             headers.append((b"accept-ranges", b"bytes"))
         headers.extend(extra)
-        return headers
+        return self._with_rules(headers, entry) if self.rules else headers
+
+    def _with_rules(self, headers: list[Header], entry: StoredEntry) -> list[Header]:
+        """An origin object's fields with the [[headers]] rules of its URL path: a rule's field replaces the
+        origin's field of that name (the operator's word wins, as a Varnish deliver rule's would)."""
+        ruled = self._rule_headers(entry.url_path())
+        if not ruled:
+            return headers
+        names = {name for name, _ in ruled}
+        return [h for h in headers if h[0] not in names] + ruled
 
     def _rule_headers(self, path: str) -> list[Header]:
         out: list[Header] = []

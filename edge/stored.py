@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from urllib.parse import unquote
 
 from .diskcache import Meta
 from .filecache import FileEntry
@@ -114,6 +115,10 @@ class StoredEntry(FileEntry):
         self.revalidate_until = NEVER if never_stale else now + left + meta.stale_while_revalidate
         self.error_until = NEVER if never_stale else now + left + meta.stale_if_error
         self.plans.clear()
+
+    def url_path(self) -> str:
+        """The decoded URL path this object was stored for (what [[headers]] rules match)."""
+        return unquote(self.key.split(b"\0", 1)[0].split(b"?", 1)[0].decode("latin-1"))
 
     def age(self, now: float) -> int:
         """The Age to send now, in whole seconds."""

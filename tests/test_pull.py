@@ -1071,6 +1071,27 @@ def test_vary_accept_encoding_is_stored_per_coding(pull, origins, cache_dir):
     settled(server, cache_dir)
 
 
+def test_header_rules_apply_to_origin_objects_and_win_over_the_origins_fields(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin], config='[[headers]]\nmatch = "/gen/ruled*"\n'
+                                  'set = { "X-Frame-Options" = "DENY", "Cache-Control" = "public, max-age=5" }\n')
+    target = gen("ruled", cc="max-age=60", etag="1")
+    for want in (MISS_STORED, "hit"):
+        status, headers, _ = get(server, target)
+        assert status == 200 and headers["x-frame-options"] == "DENY"
+        assert headers["cache-control"] == "public, max-age=5", "the rule's field replaces the origin's"
+        assert want == MISS_STORED and headers["cache-status"] == want or HIT.match(headers["cache-status"])
+    # What the origin said still rules freshness: stored for its 60 s, not the 5 s sent to clients.
+    assert int(HIT.match(headers["cache-status"]).group(1)) > 50
+    status, headers, _ = get(server, target, headers={"If-None-Match": '"ruled-v0"'})
+    assert status == 304 and headers["x-frame-options"] == "DENY" and headers["cache-control"] == "public, max-age=5"
+    stream = h2_get(server, target)
+    assert stream.headers["x-frame-options"] == "DENY" and stream.headers["cache-control"] == "public, max-age=5"
+    status, headers, _ = get(server, gen("other", cc="max-age=60"))
+    assert status == 200 and headers["cache-control"] == "max-age=60" and "x-frame-options" not in headers
+    assert origin.count(target) == 1
+
+
 def test_ranges_and_conditionals_on_a_cached_object(pull, origins, cache_dir):
     [origin] = origins(1)
     server = pull([origin])
