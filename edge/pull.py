@@ -31,6 +31,7 @@ from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable
 from .httpdate import parse_http_date
 from .origin import Fetched, OriginError, OriginPool, Upstream
+from .purge import Purge
 from .reports import Reporter
 from .stats import CACHE_MISSES, CACHE_STALE, CIRCUITS_OPEN, ORIGIN_ERRORS, ORIGIN_REQUESTS
 from .stored import DROPPED_BYTES, DROPPED_FIELDS, STREAMED, Growth, StoredEntry, normalise_coding
@@ -96,10 +97,11 @@ class Outcome:
 class Flight:
     """One fetch of a key in this worker; requests for the key that arrive meanwhile wait on `ready`."""
 
-    __slots__ = ("loop", "ready", "waiters", "hold", "claimed")
+    __slots__ = ("loop", "ready", "waiters", "hold", "claimed", "started")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.started = loop.time()
         self.ready: asyncio.Future[Outcome] = loop.create_future()  # done once resolved; nobody awaits it
         self.waiters: list[asyncio.Future[Outcome]] = []
         self.hold: StoredEntry | None = None  # the flight's own reference on a growing entry
@@ -168,6 +170,9 @@ class Puller:
                                forward_headers=config.proxy.forward_headers, via=f"1.1 {config.server_name}")
         self.breakers = [CircuitBreaker(config.health.failures, config.health.cooldown) for _ in upstreams]
         self.flights: dict[str, Flight] = {}
+        #: Purges this worker acknowledged while fetches were under way, oldest first (loop time, purge):
+        #: a fetch that began before one of them must not store what it names.
+        self.recent_purges: list[tuple[float, Purge]] = []
         self.locks = KeyLocks(os.path.join(self.store.tmp_dir, "locks"))
         self.tasks: set[asyncio.Task] = set()
 
@@ -189,6 +194,18 @@ class Puller:
         bit = 1 << index
         mask = self.stats[CIRCUITS_OPEN]
         self.stats[CIRCUITS_OPEN] = mask & ~bit if breaker.state == CLOSED else mask | bit
+
+    def purged(self, purge: Purge) -> None:
+        """A purge was acknowledged: fetches under way now store nothing it names (they still answer)."""
+        if not self.flights:
+            self.recent_purges.clear()
+            return
+        oldest = min(flight.started for flight in self.flights.values())
+        self.recent_purges = [(t, p) for t, p in self.recent_purges if t >= oldest]
+        self.recent_purges.append((self.loop.time(), purge))
+
+    def _purged_since(self, started: float, key: str, tags: list[str]) -> bool:
+        return any(t >= started and p.matches_key(key, tags) for t, p in self.recent_purges)
 
     # -- serving -----------------------------------------------------------------------------------
 
@@ -479,6 +496,8 @@ class Puller:
             entry.plans.clear()
             # Publishing is a few metadata syscalls: done here, it costs less than a trip to the I/O pool
             # (measured on the miss path); only a 304's metadata rewrite goes off the loop.
+            if storable and self.recent_purges and self._purged_since(flight.started, meta.key, meta.tags):
+                storable = False  # purged while it was being fetched: served to its requests, not kept
             published = self._commit(writer, meta, fetch.key if varies else None) if storable else None
         except BaseException as e:
             # A cut-off origin, a full disk, a bug: the readers are cut off and nothing partial is kept.

@@ -9,6 +9,7 @@ from urllib.parse import unquote
 from .diskcache import Meta
 from .filecache import FileEntry
 from .httpdate import parse_http_date
+from .purge import key_path
 from .negotiation import choose_encoding
 
 #: Origin response fields never stored or passed on: this node writes its own framing, Date, Server, Age.
@@ -118,7 +119,7 @@ class StoredEntry(FileEntry):
 
     def url_path(self) -> str:
         """The decoded URL path this object was stored for (what [[headers]] rules match)."""
-        return unquote(self.key.split(b"\0", 1)[0].split(b"?", 1)[0].decode("latin-1"))
+        return unquote(key_path(self.key.decode("latin-1")))
 
     def age(self, now: float) -> int:
         """The Age to send now, in whole seconds."""

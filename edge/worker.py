@@ -194,9 +194,11 @@ class Worker:
         """A command from the admin endpoint (control channel): purge, or ping."""
         op = command.get("op")
         if op == "purge":
+            purge = Purge.from_json(command)
             if self.puller is not None:
                 self.puller.reports.flush()  # the manager reads them before it purges the disk a second time
-            return {"dropped": purge_cache(self.cache, Purge.from_json(command))}
+                self.puller.purged(purge)
+            return {"dropped": purge_cache(self.cache, purge)}
         if op == "ping":
             return {}
         raise ValueError(f"unknown command {op!r}")

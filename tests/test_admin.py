@@ -28,6 +28,8 @@ from test_pull import (
     gen,
     get,
     object_files,
+    read_head_and_some,
+    read_rest,
     spread_connections,
     stored_soon,
 )
@@ -569,6 +571,28 @@ def test_purge_refreshes_origin_objects_on_every_worker(pulling, origin, cache, 
             assert origin.count(target) == 1, name
     _, headers, _ = get(server, ORIGIN_OBJECTS["keep" if "keep" not in purged else "pone"])
     assert headers["x-version"] == ("0" if "keep" not in purged else "1")
+
+
+@pytest.mark.parametrize("body", [{"paths": ["/gate/inflight"]}, {"prefix": "/gate/"}, {"all": True}],
+                         ids=["path", "prefix", "all"])
+def test_a_fetch_under_way_during_a_purge_answers_but_stores_nothing(pulling, origin, cache, body):
+    # The purge is acknowledged while the origin still holds back half of the body: the client that asked
+    # before it gets the whole body, but the object must not land in the cache after the purge said 200.
+    server = pulling(origin, "--workers", "2", "--cpu-affinity", "off")
+    size = 256 * 1024
+    target = f"/gate/inflight?size={size}"
+    sock = server.connect(timeout=10)
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    headers, early = read_head_and_some(sock)
+    assert headers["cache-status"] == "edge; fwd=miss; stored" and origin.stats()["waiting"] == ["inflight"]
+    purge(server, body)
+    origin.ctl("/_release/inflight")
+    assert read_rest(sock, early, size) == pattern("inflight", size)
+    sock.close()
+    assert wait_for(lambda: not any((cache / "tmp").glob("*.*")), 10), "the fetch's temp file was not cleared"
+    status, headers, got = get(server, target)
+    assert status == 200 and headers["cache-status"] == "edge; fwd=miss; stored", "the purged fetch was stored"
+    assert got == pattern("inflight", size) and origin.count(target) == 2
 
 
 def test_purge_by_tag_of_a_vary_object_drops_every_coding(pulling, origin, cache):
