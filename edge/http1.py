@@ -392,7 +392,6 @@ class H1Connection(asyncio.Protocol):
     def _pump(self) -> None:
         """Answer queued requests in order until one must wait (miss, slow socket)."""
         w = self.w
-        site = w.site
         queue = self.queue
         while queue and not self.busy and not self.write_paused:
             pending = queue[0]
@@ -400,7 +399,7 @@ class H1Connection(asyncio.Protocol):
             if plan is None:
                 if w.early_hints and pending.method == b"GET" and not pending.version10:
                     self._early_hints(pending)
-                plan = site.resolve(pending, w.loop.time())
+                plan = w.resolve(pending, w.loop.time())
                 if type(plan) is not Plan:
                     if type(plan) is Miss:
                         self._load(pending, plan)

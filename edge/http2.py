@@ -351,7 +351,7 @@ class H2Connection(asyncio.Protocol):
 
     def _answer(self, sid: int, req: Request, push: tuple[PageHints, bytes] | None = None) -> None:
         w = self.w
-        plan = w.site.resolve(req, w.loop.time())
+        plan = w.resolve(req, w.loop.time())
         if type(plan) is not Plan:
             if type(plan) is Miss:
                 self._load(sid, req, plan, w.cache.stale(plan.path), push, w.loop.time())

@@ -20,7 +20,7 @@ from . import control
 from .accesslog import AccessLog
 from .cachekey import KeyRule
 from .config import Config
-from .core import Plan, Site
+from .core import Fetch, Miss, Plan, Request, Site
 from .stored import STREAMED
 from .filecache import FileCache, Resolver
 from .http1 import _FIELDS as H1_FIELDS
@@ -129,6 +129,15 @@ class Worker:
         stats[CACHE_HITS] = self.site.store_hits
         for i in PUBLISHED:
             shared[i] = stats[i]
+
+    def resolve(self, req: Request, now: float) -> Plan | Miss | Fetch:
+        """core's answer to a request, a 404 due for its recheck rechecked on the spot (FileCache.still_missing)."""
+        plan = self.site.resolve(req, now)
+        if type(plan) is Miss:
+            missing = self.cache.still_missing(plan.path, now)
+            if missing is not None:
+                return self.site.respond(req, missing, plan.query, plan.path, now)
+        return plan
 
     def access(self, peer: object, pending: Pending, plan: Plan) -> None:
         """Record one answered request in the access log."""

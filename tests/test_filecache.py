@@ -159,3 +159,20 @@ def test_files_another_user_owns_are_served_without_o_noatime():
             answer = f.read()
         os.waitpid(pid, 0)
         assert answer == "FileEntry 11"
+
+
+def test_a_404_due_for_its_recheck_is_rechecked_with_a_stat(tree):
+    resolver = Resolver(str(tree))
+    cache = FileCache(resolver, max_entries=10, valid=1.0)
+    gone = cache.store("/nothing.txt", resolver.load("/nothing.txt"), now=0.0)
+    assert isinstance(gone, NotFound) and gone.status == 404
+    assert cache.lookup("/nothing.txt", 5.0) is None  # due for its recheck
+    assert cache.still_missing("/nothing.txt", 5.0) is gone and gone.checked == 5.0
+    assert cache.lookup("/nothing.txt", 5.5) is gone  # fresh again, no trip to the resolver
+    (tree / "nothing.txt").write_text("here now")
+    assert cache.still_missing("/nothing.txt", 10.0) is None  # it exists: loaded as usual
+    assert cache.still_missing("/never-seen.txt", 10.0) is None  # not a cached 404
+    cache.store("/dir", Redirect("/dir/"), now=0.0)
+    assert cache.still_missing("/dir", 10.0) is None  # only 404s
+    cache.store("/secret", NotFound(403), now=0.0)
+    assert cache.still_missing("/secret", 10.0) is None
