@@ -6,7 +6,9 @@ Layout under the cache directory (shared by every worker of a node):
                              extended attribute user.edge.meta
   objects/ab/<digest>.meta   the metadata instead, where the filesystem has no user xattrs (tmpfs
                              before Linux 6.6) or it is too big for one
-  tmp/                       bodies being written; never read by path, cleared at start
+  tmp/                       bodies being written, cleared at start; a fetch other workers may follow
+                             writes tmp/<digest>.fetch (one per key: the fetching worker holds the key's
+                             lock) with its response head in the extended attribute user.edge.head
 The metadata is set on the body before the body is renamed into place, so a reader sees nothing or
 a complete object with its metadata, and a stored object costs one inode, not two (allocating an
 inode was the largest single cost of a cache miss, measured on ext4). With a sidecar file the body
@@ -58,6 +60,7 @@ class Meta:
 
 
 XATTR = "user.edge.meta"
+HEAD_XATTR = "user.edge.head"  # on a temp body other workers follow: b"<shared> <known length>\n" + metadata
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -110,14 +113,34 @@ def rewrite_meta(body: str, meta_path: str, meta: Meta) -> int:
 class Writer:
     """A body being fetched: written to tmp/, published by commit() only if complete."""
 
-    def __init__(self, store: DiskCache, key: bytes, name: str | None = None) -> None:
+    def __init__(self, store: DiskCache, key: bytes, name: str | None = None, followed: str | None = None) -> None:
         self.store = store
         self.key = key
         self.name = name or digest(key)  # name: digest(key), when the caller has it
-        self.tmp = f"{store.tmp_dir}/{self.name}.{store.pid}.{time.monotonic_ns()}"
-        self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        # followed: the digest of the key whose lock the caller holds; its body goes to tmp/<followed>.fetch,
+        # where other workers find it (a leftover of a worker that died there is replaced).
+        self.tmp = (store.follow_path(followed) if followed is not None
+                    else f"{store.tmp_dir}/{self.name}.{store.pid}.{time.monotonic_ns()}")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            self.fd = os.open(self.tmp, flags, 0o644)
+        except FileExistsError:
+            if followed is None:
+                raise
+            os.unlink(self.tmp)
+            self.fd = os.open(self.tmp, flags, 0o644)
         self.owned = True  # False once detach() handed the open file to a reader
+        self.headed = False
         self.written = 0
+
+    def publish_head(self, data: bytes) -> bool:
+        """Let other workers follow this body as it grows (see HEAD_XATTR); False where there are no xattrs."""
+        try:
+            os.setxattr(self.fd, HEAD_XATTR, data)
+        except OSError:
+            return False
+        self.headed = True
+        return True
 
     def detach(self) -> int:
         """Hand the open file to another owner, who closes it (this writer still writes and commits)."""
@@ -141,6 +164,8 @@ class Writer:
             return False
         data = meta.dumps()
         body, meta_path = self.store.paths(self.name)
+        if self.headed:
+            os.removexattr(self.fd, HEAD_XATTR)  # a stored object has no followers
         try:
             os.setxattr(self.fd, XATTR, data)
             sidecar = None
@@ -189,6 +214,10 @@ class DiskCache:
         self.size = 0
         self.evictions = 0
 
+    def follow_path(self, name: str) -> str:
+        """Where the body of the fetch holding the lock of digest `name` is being written."""
+        return f"{self.tmp_dir}/{name}.fetch"
+
     def paths(self, name: str) -> tuple[str, str]:
         """(body path, metadata path) of a digest."""
         base = f"{self.objects_dir}/{name[:2]}/{name}"
@@ -235,9 +264,9 @@ class DiskCache:
         self.evict()
         return len(self.index)
 
-    def writer(self, key: bytes, name: str | None = None) -> Writer:
-        """Start storing the object for `key` (whose digest is `name`, if known)."""
-        return Writer(self, key, name)
+    def writer(self, key: bytes, name: str | None = None, followed: str | None = None) -> Writer:
+        """Start storing the object for `key` (whose digest is `name`, if known); `followed`: see Writer."""
+        return Writer(self, key, name, followed)
 
     def meta(self, key: bytes) -> Meta | None:
         """The stored metadata for `key`, or None (absent or unreadable: treated as a miss)."""

@@ -4,7 +4,9 @@ A request core could not answer from memory arrives as a core.Fetch. The puller 
 metadata from the disk cache (off the loop), serves it if fresh, serves it stale while refreshing it
 (stale-while-revalidate), or fetches it. One fetch per key runs at a time on the whole node: within
 a worker by a dict of flights, across workers by a byte-range lock on tmp/locks; the fetching worker
-publishes the response head in tmp/<digest>.head so the others follow its temp file as it grows.
+writes the body to tmp/<digest>.fetch with the response head in an extended attribute, so the others
+follow that file as it grows (no file of its own for the head: an inode made and removed per miss
+cost more than the rest of publishing it).
 Every client reads the body from that file (sendfile), never from the network buffer.
 """
 
@@ -13,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import json
 import os
 import socket
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import aiofiles.os
 
@@ -25,7 +26,7 @@ from . import reports
 from .cachekey import KeyRule, digest
 from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
-from .diskcache import DiskCache, Meta, Writer, read_meta, rewrite_meta
+from .diskcache import HEAD_XATTR, DiskCache, Meta, Writer, read_meta, rewrite_meta
 from .filecache import OPEN_FLAGS, FileCache
 from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable
@@ -412,16 +413,14 @@ class Puller:
             self.stats[ORIGIN_ERRORS] += 1
             self._failed(flight, stale, 504 if e.timeout else 502, "timeout" if e.timeout else "unreachable")
             return
-        head = os.path.join(self.store.tmp_dir, name + ".head") if publish and not self.solo else None
+        followed = name if publish and not self.solo else None
         try:
-            await self._answer(flight, fetch, stale, fetched, request_time, head)
+            await self._answer(flight, fetch, stale, fetched, request_time, followed)
         finally:
             fetched.close()  # the connection goes back to its pool, or is dropped, whatever happened
-            if head is not None:
-                _unlink(head)
 
     async def _answer(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, fetched: Fetched,
-                      request_time: float, head: str | None) -> None:
+                      request_time: float, followed: str | None) -> None:
         """Judge the origin's answer (304, error, storable or not) and pass its body on."""
         now, wall = self.loop.time(), time.time()
         status = fetched.status
@@ -455,7 +454,7 @@ class Puller:
                     initial_age=fresh.initial_age, stale_while_revalidate=fresh.stale_while_revalidate,
                     stale_if_error=fresh.stale_if_error, no_cache=fresh.no_cache,
                     must_revalidate=fresh.must_revalidate, tags=raw.get("surrogate-key", "").split())
-        writer = self.store.writer(key, None if varies else fetch.digest)
+        writer = self.store.writer(key, None if varies else fetch.digest, followed)
         entry = None
         try:
             # Readers use pread/sendfile at explicit offsets: the writer's own open file serves them too,
@@ -467,10 +466,10 @@ class Puller:
             entry.acquire()
             flight.hold = entry
             cache_status = (STALE_REFETCHED if stale is not None else MISS_STORED) if storable else MISS
-            if head is not None:
-                # Other workers follow this fetch by its head: the temp file and metadata, "pass" when the
-                # answer is not to be shared, or a length of -1 while its end is unknown.
-                self._publish_head(head, writer, meta, shared=storable, known=length is not None)
+            if followed is not None:
+                # Other workers follow this fetch by its head: the metadata, whether the answer may be
+                # shared and whether its length is known.
+                writer.publish_head(b"%d %d\n" % (storable, length is not None) + meta.dumps())
             # Every waiter is answered now and reads the body from the file as it grows; one whose
             # length is known only at its end goes out chunked (STREAMED) until it is stored.
             entry.growth = Growth(STREAMED if length is None else length)
@@ -576,31 +575,20 @@ class Puller:
         except OSError:
             return None  # purged or evicted at once: serve it from the open fd, do not keep it
 
-    def _publish_head(self, head: str, writer: Writer, meta: Meta, shared: bool, known: bool) -> None:
-        """Let other workers follow this fetch: the temp file's name and the response's metadata."""
-        tmp = f"{head}.{os.getpid()}"
-        data = {"tmp": writer.tmp, "meta": asdict(meta), "pass": not shared, "known": known}
-        try:
-            with open(tmp, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, head)
-        except OSError:
-            _unlink(tmp)
-
     async def _follow(self, fetch: Fetch, name: str, slot: int) -> Outcome | None:
         """Another worker holds the key's lock: serve its temp file as it grows; None once its lock is free."""
-        head = os.path.join(self.store.tmp_dir, name + ".head")
+        path = self.store.follow_path(name)
         delay = FOLLOW_POLL_MIN
         deadline = self.loop.time() + self.follow_timeout
         grown = -1
         while self.loop.time() < deadline:
-            found = self._open_head(head, fetch)
+            found = self._open_head(path, fetch)
             if found == "pass":
                 return Outcome(shared=False)  # not for sharing: each request asks the origin itself
             if isinstance(found, StoredEntry):
                 self._spawn(self._tail(found))
                 return Outcome(found, COLLAPSED)
-            if isinstance(found, int) and found > grown:  # a body of unknown length still arriving
+            if isinstance(found, int) and found > grown:  # a body still arriving that cannot be followed
                 grown = found
                 deadline = self.loop.time() + self.follow_timeout
             if self.locks.try_lock(slot):
@@ -610,23 +598,35 @@ class Puller:
             delay = min(delay * 2, FOLLOW_POLL_MAX)
         return Outcome(plan=self._error(504, "timeout"))
 
-    def _open_head(self, head: str, fetch: Fetch) -> StoredEntry | str | int | None:
-        """Another worker's fetch, from its head: an entry to follow, "pass", the bytes so far of a body of
-        unknown length (wait for it to be stored), or None (no head yet, or another key's)."""
+    def _open_head(self, path: str, fetch: Fetch) -> StoredEntry | str | int | None:
+        """Another worker's fetch, from its temp file and head: an entry to follow, "pass", the bytes so far
+        of a body that cannot be followed (its length unknown, no head on this filesystem: wait for it to
+        be stored), or None (no fetch there, or another key's)."""
         try:
-            with open(head) as f:
-                data = json.load(f)
-            meta = Meta.loads(json.dumps(data["meta"]))
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # not there yet, or already stored or gone (the lock tells which)
+        entry = None
+        try:
+            try:
+                data = os.getxattr(fd, HEAD_XATTR)
+            except OSError:
+                return os.fstat(fd).st_size  # no head yet, or no xattrs here: is it still growing?
+            flags, _, raw = data.partition(b"\n")
+            shared, known = flags.split()
+            meta = Meta.loads(raw)
             if meta.key != fetch.key.decode("latin-1"):
-                return None  # another key in the same lock slot, or a Vary case: fetched by ourselves later
-            if data["pass"]:
+                return None  # a Vary case: fetched by ourselves once this fetch is stored
+            if shared == b"0":
                 return "pass"
-            if not data["known"]:
-                return os.stat(data["tmp"]).st_size
-            fd = os.open(data["tmp"], os.O_RDONLY | os.O_CLOEXEC)
+            if known == b"0":
+                return os.fstat(fd).st_size
+            entry = StoredEntry(fetch.name, path, fd, os.fstat(fd), meta, self.loop.time(), time.time())
         except (OSError, ValueError, TypeError, KeyError):
-            return None  # not there yet, or already gone (the lock tells which)
-        entry = StoredEntry(fetch.name, data["tmp"], fd, os.fstat(fd), meta, self.loop.time(), time.time())
+            return None
+        finally:
+            if entry is None:
+                os.close(fd)
         entry.growth = Growth(meta.length)
         if meta.length == 0:
             entry.growth.done = True

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from edge.cachekey import digest
-from edge.diskcache import XATTR, DiskCache, Meta, rewrite_meta
+from edge.diskcache import HEAD_XATTR, XATTR, DiskCache, Meta, rewrite_meta
 
 
 def meta_for(key: bytes, body: bytes, **extra) -> Meta:
@@ -130,3 +130,21 @@ def test_without_xattrs_the_metadata_goes_to_a_sidecar_file(tmp_path: Path, monk
     assert cache.meta(b"/y").status == 200
     assert changed == os.stat(body).st_ctime_ns != before, "readers notice the rewrite by the body's ctime"
     assert DiskCache(str(tmp_path), 1 << 20).rebuild() == 1
+
+
+def test_a_followed_fetch_writes_where_other_workers_look_and_leaves_no_head_on_the_object(tmp_path: Path):
+    cache = DiskCache(str(tmp_path / "c"), 1 << 20)
+    key = b"/followed"
+    name = digest(key)
+    where = Path(cache.follow_path(name))
+    where.write_bytes(b"a leftover of a worker that died mid-fetch")
+    writer = cache.writer(key, name, followed=name)
+    assert writer.tmp == str(where) and where.stat().st_size == 0  # the leftover was replaced
+    meta = meta_for(key, b"hello")
+    assert writer.publish_head(b"1 1\n" + meta.dumps())
+    assert os.getxattr(where, HEAD_XATTR).startswith(b"1 1\n{")
+    writer.write(b"hello")
+    assert writer.commit(meta)
+    body, _ = cache.paths(name)
+    assert not where.exists() and Path(body).read_bytes() == b"hello"
+    assert HEAD_XATTR not in os.listxattr(body) and XATTR in os.listxattr(body)
