@@ -392,6 +392,7 @@ class H1Connection(asyncio.Protocol):
     def _pump(self) -> None:
         """Answer queued requests in order until one must wait (miss, slow socket)."""
         w = self.w
+        site = w.site
         queue = self.queue
         while queue and not self.busy and not self.write_paused:
             pending = queue[0]
@@ -399,7 +400,10 @@ class H1Connection(asyncio.Protocol):
             if plan is None:
                 if w.early_hints and pending.method == b"GET" and not pending.version10:
                     self._early_hints(pending)
-                plan = w.resolve(pending, w.loop.time())
+                now = w.loop.time()
+                plan = site.resolve(pending, now)
+                if type(plan) is Miss:
+                    plan = w.still_missing(pending, plan, now) or plan
                 if type(plan) is not Plan:
                     if type(plan) is Miss:
                         self._load(pending, plan)

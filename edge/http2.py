@@ -351,7 +351,10 @@ class H2Connection(asyncio.Protocol):
 
     def _answer(self, sid: int, req: Request, push: tuple[PageHints, bytes] | None = None) -> None:
         w = self.w
-        plan = w.resolve(req, w.loop.time())
+        now = w.loop.time()
+        plan = w.site.resolve(req, now)
+        if type(plan) is Miss:
+            plan = w.still_missing(req, plan, now) or plan
         if type(plan) is not Plan:
             if type(plan) is Miss:
                 self._load(sid, req, plan, w.cache.stale(plan.path), push, w.loop.time())

@@ -130,14 +130,13 @@ class Worker:
         for i in PUBLISHED:
             shared[i] = stats[i]
 
-    def resolve(self, req: Request, now: float) -> Plan | Miss | Fetch:
-        """core's answer to a request, a 404 due for its recheck rechecked on the spot (FileCache.still_missing)."""
-        plan = self.site.resolve(req, now)
-        if type(plan) is Miss:
-            missing = self.cache.still_missing(plan.path, now)
-            if missing is not None:
-                return self.site.respond(req, missing, plan.query, plan.path, now)
-        return plan
+    def still_missing(self, req: Request, miss: Miss, now: float) -> Plan | Fetch | None:
+        """The answer to a Miss for a cached 404 due for its recheck when one stat says the path is still
+        missing (FileCache.still_missing); None: load it off the loop."""
+        missing = self.cache.still_missing(miss.path, now)
+        if missing is None:
+            return None
+        return self.site.respond(req, missing, miss.query, miss.path, now)
 
     def access(self, peer: object, pending: Pending, plan: Plan) -> None:
         """Record one answered request in the access log."""
