@@ -26,7 +26,7 @@ class FileEntry:
                  "content_type", "encoding", "variants", "checked", "refs", "dead", "body", "plans", "growth")
 
     def __init__(self, path: str, fs_path: str, fd: int, st: os.stat_result, content_type: str,
-                 encoding: str | None) -> None:
+                 encoding: str | None, validators: tuple[bytes, int | None] | None = None) -> None:
         self.path = path
         self.fs_path = fs_path
         self.fd = fd
@@ -34,10 +34,13 @@ class FileEntry:
         self.mtime_ns = st.st_mtime_ns
         self.ino = st.st_ino
         self.dev = st.st_dev
-        suffix = f"-{encoding}" if encoding else ""
-        self.etag = f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}{suffix}"'.encode("ascii")
-        # RFC 9110 §8.8.2.1: never a Last-Modified later than the Date of the response.
-        self.last_modified = min(st.st_mtime_ns // 1_000_000_000, int(time.time()))
+        if validators is not None:  # (ETag, Last-Modified) given, e.g. an origin's
+            self.etag, self.last_modified = validators
+        else:
+            suffix = f"-{encoding}" if encoding else ""
+            self.etag = f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}{suffix}"'.encode("ascii")
+            # RFC 9110 §8.8.2.1: never a Last-Modified later than the Date of the response.
+            self.last_modified = min(st.st_mtime_ns // 1_000_000_000, int(time.time()))
         self.content_type = content_type
         self.encoding = encoding
         self.variants: dict[str, FileEntry] = {}

@@ -87,15 +87,20 @@ class StoredEntry(FileEntry):
         # stored_headers: meta.headers as bytes, when the caller has them already
         headers = stored_headers if stored_headers is not None else [
             (k.encode("latin-1"), v.encode("latin-1")) for k, v in meta.headers]
-        ctype = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), "application/octet-stream")
-        super().__init__(name, fs_path, fd, st, ctype, None)
+        ctype = etag = lm = None  # the first of each, in one pass
+        for k, v in headers:
+            if k == b"content-type":
+                ctype = ctype or v
+            elif k == b"etag":
+                etag = etag or v
+            elif k == b"last-modified":
+                lm = lm or v
+        super().__init__(name, fs_path, fd, st, ctype.decode("latin-1") if ctype else "application/octet-stream",
+                         None, (etag or b"", parse_http_date(lm) if lm is not None else None))
         self.size = meta.length
         self.key = meta.key.encode("latin-1")
         self.status = meta.status
         self.stored_headers = headers
-        self.etag = next((v for k, v in headers if k == b"etag"), b"")
-        lm = next((v for k, v in headers if k == b"last-modified"), None)
-        self.last_modified = parse_http_date(lm) if lm is not None else None
         self.vary = meta.vary
         self.tags = meta.tags
         self.meta = meta
