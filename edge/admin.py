@@ -58,6 +58,8 @@ class Node:
         """Remove from the disk cache, then have every worker drop its entries; returns the answer body."""
         removed = 0
         if self.store is not None:
+            if self.drain_reports is not None:
+                self.drain_reports()  # reports already sent count in the first pass
             names = self.store.take(purge)
             # Files go before the workers are told (a worker must not find them on disk after its ack),
             # on a thread: purging everything is 100k unlinks, and /healthz must keep answering meanwhile.

@@ -102,6 +102,8 @@ def rewrite_meta(body: str, meta_path: str, meta: Meta) -> int:
     data = meta.dumps()
     try:
         os.setxattr(body, XATTR, data)
+    except FileNotFoundError:
+        raise  # purged or evicted meanwhile: no metadata without its body
     except OSError:
         tmp = f"{meta_path}.{os.getpid()}.tmp"
         write_file(tmp, data)
@@ -132,6 +134,8 @@ class Writer:
         self.owned = True  # False once detach() handed the open file to a reader
         self.headed = False
         self.written = 0
+        # A followed temp file's inode: abort() unlinks the name only while it is still this file.
+        self.ino = os.fstat(self.fd).st_ino if followed is not None else 0
 
     def publish_head(self, data: bytes) -> bool:
         """Let other workers follow this body as it grows (see HEAD_XATTR); False where there are no xattrs."""
@@ -188,6 +192,8 @@ class Writer:
                 os.close(self.fd)
             self.fd = -1
         try:
+            if self.ino and os.stat(self.tmp).st_ino != self.ino:
+                return  # another fetch's file under the same name now: not ours to remove
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass

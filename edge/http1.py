@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
-from .stored import STREAMED
+from .stored import STREAMED, settled
 from .filecache import FileEntry, NotFound
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
 
@@ -538,6 +538,9 @@ class H1Connection(asyncio.Protocol):
         entry = plan.entry
         entry.acquire()
         head = status_line + w.date_line + head
+        self.last_progress = w.loop.time()  # the send timeout counts from here, whichever way the body goes
+        if streamed and entry.growth is None:
+            parts = settled(parts, entry.size)  # planned while the body streamed, sent once it was stored
         if chunked:
             # Still arriving from an origin, its length unknown: chunks as the file grows, and a cut-off
             # origin leaves the last chunk unsent, so the client sees the body as incomplete.
@@ -558,7 +561,6 @@ class H1Connection(asyncio.Protocol):
             # Big bodies: cork so only full segments leave while sendfile runs (as nginx's
             # tcp_nopush); uncorking at the end flushes the tail.
             self.corked = _cork(self.transport, 1)
-        self.last_progress = w.loop.time()
         self.busy = True
         self._advance(self.fd)
 

@@ -20,7 +20,7 @@ from h2.stream import StreamInputs
 from hyperframe.frame import GoAwayFrame, HeadersFrame, PushPromiseFrame
 
 from .core import SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
-from .stored import STREAMED
+from .stored import STREAMED, settled
 from .filecache import FileEntry, NotFound
 from .hints import PageHints
 from .hpackblock import encode_block
@@ -103,6 +103,15 @@ class _Out:
         self.blocked = 0.0  # when the peer's window closed on it (0: not blocked)
         self.growth = entry.growth if entry is not None else None  # body still arriving from an origin
         self.starved = False  # framed all of the body there is so far: wait for growth
+
+    def at_streamed_end(self) -> bool:
+        """A STREAMED body that ended is all framed: only its empty END_STREAM frame is left, which needs no
+        flow-control window (RFC 9113 §6.9.1)."""
+        growth = self.growth
+        if growth is None or not growth.done or self.index != len(self.parts) - 1:
+            return False
+        part = self.parts[self.index]
+        return type(part) is tuple and part[1] >= STREAMED and part[0] + self.done >= growth.available
 
 
 class H2Connection(asyncio.Protocol):
@@ -478,6 +487,8 @@ class H2Connection(asyncio.Protocol):
             entry = plan.entry
             if entry is not None:
                 entry.acquire()
+                if plan.length >= STREAMED and entry.growth is None:
+                    parts = settled(parts, entry.size)  # planned while the body streamed, sent once stored
             self.out[sid] = _Out(sid, parts, entry)
         for psid, preq, pplan in promised:
             self._respond(psid, preq, pplan)
@@ -525,7 +536,7 @@ class H2Connection(asyncio.Protocol):
                     except h2.exceptions.StreamClosedError:
                         self._cancel(sid)
                         continue
-                    if window <= 0:
+                    if window <= 0 and not stream.at_streamed_end():
                         if not stream.blocked:
                             stream.blocked = self.w.loop.time()
                         continue

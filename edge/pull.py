@@ -39,6 +39,7 @@ from .stored import DROPPED_BYTES, DROPPED_FIELDS, STREAMED, Growth, StoredEntry
 
 _rewrite_meta = aiofiles.os.wrap(rewrite_meta)  # a 304's metadata update, run on aiofiles' thread pool
 LOCK_SLOTS = 1 << 20  # byte offsets in tmp/locks; two keys share one only by a 1-in-a-million chance
+PURGE_MEMORY = 10.0  # seconds a worker remembers a purge it acknowledged (see Puller.purged)
 FOLLOW_POLL_MIN = 0.001
 FOLLOW_POLL_MAX = 0.02
 
@@ -53,10 +54,15 @@ VARY_MARKER = "accept-encoding"
 
 
 class KeyLocks:
-    """Node-wide fetch locks: one byte of a shared file per key slot, locked with fcntl (per process)."""
+    """Node-wide fetch locks: one byte of a shared file per key slot, locked with fcntl (per process).
+
+    fcntl locks belong to the process, not to a fetch: two keys of one worker may share a slot, so the
+    worker counts its holders and gives the slot back only when the last one lets go.
+    """
 
     def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.held: dict[int, int] = {}  # slot -> fetches of this process holding it
 
     @staticmethod
     def slot(name: str) -> int:
@@ -65,8 +71,12 @@ class KeyLocks:
 
     def try_lock(self, slot: int) -> bool:
         """Take the slot if no other process holds it."""
+        if slot in self.held:
+            self.held[slot] += 1
+            return True
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+            self.held[slot] = 1
             return True
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EACCES):
@@ -74,7 +84,11 @@ class KeyLocks:
             raise
 
     def unlock(self, slot: int) -> None:
-        """Give the slot back."""
+        """Give the slot back (to other processes once no fetch of this one holds it)."""
+        left = self.held.pop(slot, 1) - 1
+        if left:
+            self.held[slot] = left
+            return
         fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, slot)
 
     def close(self) -> None:
@@ -171,9 +185,9 @@ class Puller:
                                forward_headers=config.proxy.forward_headers, via=f"1.1 {config.server_name}")
         self.breakers = [CircuitBreaker(config.health.failures, config.health.cooldown) for _ in upstreams]
         self.flights: dict[str, Flight] = {}
-        #: Purges this worker acknowledged while fetches were under way, oldest first (loop time, purge):
-        #: a fetch that began before one of them must not store what it names.
-        self.recent_purges: list[tuple[float, Purge]] = []
+        #: Purges this worker acknowledged, oldest first: (loop time, wall time, purge).
+        self.recent_purges: list[tuple[float, float, Purge]] = []
+        self.running: set[Flight] = set()  # every fetch under way, private ones too
         self.locks = KeyLocks(os.path.join(self.store.tmp_dir, "locks"))
         self.tasks: set[asyncio.Task] = set()
 
@@ -197,16 +211,22 @@ class Puller:
         self.stats[CIRCUITS_OPEN] = mask & ~bit if breaker.state == CLOSED else mask | bit
 
     def purged(self, purge: Purge) -> None:
-        """A purge was acknowledged: fetches under way now store nothing it names (they still answer)."""
-        if not self.flights:
-            self.recent_purges.clear()
-            return
-        oldest = min(flight.started for flight in self.flights.values())
-        self.recent_purges = [(t, p) for t, p in self.recent_purges if t >= oldest]
-        self.recent_purges.append((self.loop.time(), purge))
+        """A purge was acknowledged. Remembered for PURGE_MEMORY seconds (and as long as a fetch that began
+        before it runs): fetches under way store nothing it names (they still answer their requests), and
+        an object it names stored before it is not loaded from disk even if its file is still there (the
+        manager removes late-reported objects only after every worker acknowledged)."""
+        now = self.loop.time()
+        oldest = min([now - PURGE_MEMORY, *(flight.started for flight in self.running)])
+        self.recent_purges = [r for r in self.recent_purges if r[0] >= oldest]
+        self.recent_purges.append((now, time.time(), purge))
 
     def _purged_since(self, started: float, key: str, tags: list[str]) -> bool:
-        return any(t >= started and p.matches_key(key, tags) for t, p in self.recent_purges)
+        """Has a purge of `key` been acknowledged since loop time `started`?"""
+        return any(t >= started and p.matches_key(key, tags) for t, _, p in self.recent_purges)
+
+    def _purged_after(self, meta: Meta) -> bool:
+        """Was a purge of this stored object acknowledged after it was stored?"""
+        return any(wall >= meta.stored_at and p.matches_key(meta.key, meta.tags) for _, wall, p in self.recent_purges)
 
     # -- serving -----------------------------------------------------------------------------------
 
@@ -290,6 +310,9 @@ class Puller:
         if old is None and not os.path.exists(self.store.paths(fetch.digest)[0]):
             return None  # a plain miss: one stat here costs less than a trip to the I/O pool
         found = await self.loop.run_in_executor(self.executor, self._open_stored, fetch.key, fetch.name, old)
+        if found is not None and found is not old and self.recent_purges and self._purged_after(found.meta):
+            found.retire()  # purged, its file not yet removed: as good as gone
+            found = None
         now = self.loop.time()
         if found is None:
             if old is not None:
@@ -339,6 +362,7 @@ class Puller:
         name = fetch.digest
         slot = KeyLocks.slot(name)
         original = stale  # _flight took a reference on it
+        self.running.add(flight)
         try:
             if private:  # not under the key's lock: nothing published for other workers
                 await self._fetch(flight, fetch, None, name, publish=False)
@@ -370,6 +394,7 @@ class Puller:
         except Exception:  # noqa: BLE001 - the waiters get a 502 rather than hang
             flight.resolve(Outcome(plan=self._error(502, "error")))
         finally:
+            self.running.discard(flight)
             if self.flights.get(fetch.name) is flight:
                 del self.flights[fetch.name]
             if flight.hold is not None:
@@ -543,18 +568,24 @@ class Puller:
                        lifetime=fresh.lifetime, initial_age=fresh.initial_age,
                        stale_while_revalidate=fresh.stale_while_revalidate, stale_if_error=fresh.stale_if_error,
                        no_cache=fresh.no_cache, must_revalidate=fresh.must_revalidate)
-        changed = await _rewrite_meta(*self.store.paths(fetch.digest), meta)  # off the loop
+        try:
+            changed = await _rewrite_meta(*self.store.paths(fetch.digest), meta)  # off the loop
+        except FileNotFoundError:
+            changed = None  # purged or evicted while the origin answered: served this once, not kept
         now = self.loop.time()
         # Refreshed in place: transfers under way hold their own plans, which refresh() drops from the entry.
         stale.stored_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in merged]
         stale.etag = next((v for k, v in stale.stored_headers if k == b"etag"), b"")
         lm = next((v for k, v in stale.stored_headers if k == b"last-modified"), None)
         stale.last_modified = parse_http_date(lm) if lm is not None else None
-        stale.changed = changed
         stale.refresh(meta, now, time.time())
         stale.checked = now
-        if not stale.dead:  # evicted from this worker's cache meanwhile: served once, loaded afresh next time
-            self.cache.store(stale.path, stale, now)
+        if changed is None:
+            self.cache.purge(stale.path)
+        else:
+            stale.changed = changed
+            if not stale.dead:  # evicted from this worker's cache meanwhile: served once, loaded afresh next time
+                self.cache.store(stale.path, stale, now)
         flight.resolve(Outcome(stale, REVALIDATED))
 
     def _commit(self, writer: Writer, meta: Meta, vary_key: bytes | None) -> tuple[str, int] | None:

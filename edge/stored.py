@@ -25,6 +25,12 @@ NEVER = float("-inf")
 STREAMED = 1 << 62
 
 
+def settled(parts: tuple | list, size: int) -> list:
+    """The parts of a plan made while its body streamed (a STREAMED length), for a transfer that starts
+    only once the body is complete: that length cut to the body's `size`."""
+    return [(p[0], size - p[0]) if type(p) is tuple and p[1] >= STREAMED else p for p in parts]
+
+
 class Growth:
     """A body still being written to its file: bytes there so far, whether it ended, who waits for more."""
 

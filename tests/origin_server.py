@@ -131,7 +131,8 @@ def make_app(port_of: list[int]) -> web.Application:
         return web.Response(body=body, headers=headers)
 
     async def stream(request: web.Request) -> web.StreamResponse:
-        """pattern(NAME, size) in `chunk`-byte writes with `delay` seconds between them (Cache-Control from cc)."""
+        """pattern(NAME, size) in `chunk`-byte writes with `delay` seconds between them (Cache-Control from cc),
+        the first one `first` seconds after the head."""
         q = request.query
         size, chunk, delay = int(q.get("size", str(1 << 20))), int(q.get("chunk", "65536")), float(q.get("delay", "0.05"))
         body = pattern(request.match_info["name"], size)
@@ -140,6 +141,7 @@ def make_app(port_of: list[int]) -> web.Application:
             headers["Content-Length"] = str(size)
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
+        await asyncio.sleep(float(q.get("first", "0")))
         for i in range(0, size, chunk):
             await response.write(body[i:i + chunk])
             await asyncio.sleep(delay)
@@ -175,6 +177,13 @@ def make_app(port_of: list[int]) -> web.Application:
         await response.write_eof()
         return response
 
+    async def seq(request: web.Request) -> web.Response:
+        """A new body on every request: how many times /seq/NAME has been asked for (fresh for 10 minutes)."""
+        name = request.match_info["name"]
+        state["version"]["seq/" + name] += 1
+        return web.Response(text=f"{name} #{state['version']['seq/' + name]}\n",
+                            headers={"Cache-Control": "max-age=600"})
+
     async def anything(request: web.Request) -> web.Response:
         return web.Response(text=f"origin {request.path}\n", headers={"Cache-Control": "max-age=60",
                                                                       "X-Origin": str(port_of[0])})
@@ -207,7 +216,7 @@ def make_app(port_of: list[int]) -> web.Application:
     app = web.Application(middlewares=[record])
     app.add_routes([web.get("/obj/{name}", obj), web.get("/echo", echo), web.get("/healthz", healthz),
                     web.get("/slow", slow), web.get("/cut", cut), web.get("/big", big), web.get("/gen/{name}", gen),
-                    web.get("/vary/{name}", vary), web.get("/stream/{name}", stream), web.get("/gate/{name}", gated),
+                    web.get("/vary/{name}", vary), web.get("/stream/{name}", stream), web.get("/gate/{name}", gated), web.get("/seq/{name}", seq),
                     web.get("/_stats", stats), web.get("/_health/{how:ok|fail}", set_health),
                     web.get("/_fail/{name}/{how:on|off}", set_fail), web.get("/_bump/{name}", bump),
                     web.get("/_release/{name}", release), web.get("/{name:[^/_][^/]*\\.txt}", anything)])

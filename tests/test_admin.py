@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -593,6 +595,41 @@ def test_a_fetch_under_way_during_a_purge_answers_but_stores_nothing(pulling, or
     status, headers, got = get(server, target)
     assert status == 200 and headers["cache-status"] == "edge; fwd=miss; stored", "the purged fetch was stored"
     assert got == pattern("inflight", size) and origin.count(target) == 2
+
+
+def test_a_purge_just_after_a_store_is_not_undone_by_requests_racing_it(pulling, origin, cache):
+    # Objects reach the manager's index in batches: one stored a moment before the purge is removed in
+    # its second pass, and no worker may load it from disk in between (it would serve it for seconds).
+    server = pulling(origin, "--workers", "2")
+    for trial in range(8):
+        target = f"/seq/race{trial}"  # the origin's body changes with every request it gets
+        first = get(server, target)[2]
+        stop = threading.Event()
+        seen: list[tuple[float, bytes]] = []
+
+        def hammer() -> None:
+            client = Client(server.connect(timeout=10))
+            try:
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    client.send(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    seen.append((sent, client.response()[2]))
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=hammer) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.002)
+        purge(server, {"paths": [target]})
+        answered = time.monotonic()
+        time.sleep(0.3)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        late = [round(sent - answered, 4) for sent, body in seen if sent > answered and body == first]
+        assert not late, f"{target}: the purged body {first!r} served after the purge answered: {late[:3]}"
+        assert any(sent > answered for sent, _ in seen)
 
 
 def test_purge_by_tag_of_a_vary_object_drops_every_coding(pulling, origin, cache):

@@ -853,6 +853,32 @@ def test_http2_streams_a_growing_body_and_resets_a_cut_one(pull, origins, cache_
     settled(server, cache_dir)
 
 
+def test_a_body_of_unknown_length_that_starts_late_is_not_taken_for_a_stalled_client(pull, origins, cache_dir):
+    # The origin sends its head at once and its body 2.5 s later: the client waits for the origin, which
+    # the send timeout (1 Hz sweep) must not count against the client.
+    [origin] = origins(1)
+    server = pull([origin])
+    target = "/stream/late?size=5000&chunk=5000&chunked=1&first=2.5&delay=0"
+    status, headers, body = get(server, target)
+    assert status == 200 and headers["transfer-encoding"] == "chunked" and body == pattern("late", 5000)
+
+
+def test_http2_ends_a_body_of_unknown_length_that_fills_the_stream_window_exactly(pull, origins, cache_dir):
+    # The last DATA frame is an empty one with END_STREAM: it needs no window (RFC 9113 §6.9.1).
+    [origin] = origins(1)
+    server = pull([origin])
+    size = 65_535  # the default stream window, which this client never raises
+    client = H2Client.connect(server, auto_window=False)
+    try:
+        client.grant(1 << 20)  # the connection's window only
+        sid = client.request(f"/stream/win?size={size}&chunk={size}&chunked=1&delay=0")
+        assert client.wait(lambda: client.streams.get(sid) is not None and client.streams[sid].done, 10)
+        stream = client.streams[sid]
+        assert stream.ended and stream.reset is None and bytes(stream.body) == pattern("win", size)
+    finally:
+        client.close()
+
+
 def dechunk(data: bytes) -> tuple[bytes, bool]:
     """A chunked body (RFC 9112 §7.1) as far as it goes: (the data, whether its last chunk arrived)."""
     body, at = b"", 0
