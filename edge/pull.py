@@ -710,11 +710,4 @@ def _held(plan: Plan) -> Plan:
     return plan
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 __all__ = ["Puller", "KeyLocks", "store_name"]
