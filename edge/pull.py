@@ -110,14 +110,14 @@ class Outcome:
 
 
 class Flight:
-    """One fetch of a key in this worker; requests for the key that arrive meanwhile wait on `ready`."""
+    """One fetch of a key in this worker; requests for the key that arrive meanwhile wait() for its outcome."""
 
-    __slots__ = ("loop", "ready", "waiters", "hold", "claimed", "started")
+    __slots__ = ("loop", "outcome", "waiters", "hold", "claimed", "started")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.started = loop.time()
-        self.ready: asyncio.Future[Outcome] = loop.create_future()  # done once resolved; nobody awaits it
+        self.outcome: Outcome | None = None  # set once, by resolve()
         self.waiters: list[asyncio.Future[Outcome]] = []
         self.hold: StoredEntry | None = None  # the flight's own reference on a growing entry
         self.claimed = False
@@ -136,9 +136,9 @@ class Flight:
 
     def resolve(self, outcome: Outcome) -> None:
         """Hand `outcome` to every waiter still there, taking a reference on its entry for each (they release it)."""
-        if self.ready.done():
+        if self.outcome is not None:
             return
-        self.ready.set_result(outcome)
+        self.outcome = outcome
         entry = outcome.entry
         for waiter in self.waiters:
             if not waiter.done():
@@ -263,12 +263,11 @@ class Puller:
             entry = None
         self.stats[CACHE_MISSES] += 1
         flight = self._flight(fetch, entry)
-        if not flight.ready.done():
+        outcome = flight.outcome
+        if outcome is None:
             outcome = await flight.wait()
-        else:
-            outcome = flight.ready.result()
-            if outcome.entry is not None:
-                outcome.entry.acquire()
+        elif outcome.entry is not None:
+            outcome.entry.acquire()
         first = flight.claim()
         if outcome.shared and not first and outcome.cache_status == MISS_STORED:
             outcome = Outcome(outcome.entry, COLLAPSED)  # served by another request's fetch
@@ -547,7 +546,7 @@ class Puller:
 
     def _failed(self, flight: Flight, stale: StoredEntry | None, status: int, detail: str) -> None:
         """The origin gave nothing usable: stale-if-error when allowed, else a short 502/504."""
-        if flight.ready.done():
+        if flight.outcome is not None:
             return
         if stale is not None and self.loop.time() < stale.error_until:
             self.stats[CACHE_STALE] += 1
