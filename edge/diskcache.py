@@ -159,14 +159,17 @@ class Writer:
             view = view[n:]
             self.written += n
 
-    def commit(self, meta: Meta) -> bool:
-        """Publish the object if its body has exactly `meta.length` bytes; otherwise discard it."""
+    def commit(self, meta: Meta, data: bytes | None = None) -> bool:
+        """Publish the object if its body has exactly `meta.length` bytes; otherwise discard it.
+
+        `data`: meta.dumps(), when the caller made it already."""
         if self.fd < 0:
             return False
         if self.written != meta.length:
             self.abort()
             return False
-        data = meta.dumps()
+        if data is None:
+            data = meta.dumps()
         body, meta_path = self.store.paths(self.name)
         if self.headed:
             os.removexattr(self.fd, HEAD_XATTR)  # a stored object has no followers

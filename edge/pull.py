@@ -479,6 +479,7 @@ class Puller:
                     stale_if_error=fresh.stale_if_error, no_cache=fresh.no_cache,
                     must_revalidate=fresh.must_revalidate, tags=raw.get("surrogate-key", "").split())
         writer = self.store.writer(key, None if varies else fetch.digest, followed)
+        meta_data: bytes | None = None
         entry = None
         try:
             # Readers use pread/sendfile at explicit offsets: the writer's own open file serves them too,
@@ -493,7 +494,9 @@ class Puller:
             if followed is not None:
                 # Other workers follow this fetch by its head: the metadata, whether the answer may be
                 # shared and whether its length is known.
-                writer.publish_head(b"%d %d\n" % (storable, length is not None) + meta.dumps())
+                if length is not None:
+                    meta_data = meta.dumps()  # final already: the length is known, so commit uses it too
+                writer.publish_head(b"%d %d\n" % (storable, length is not None) + (meta_data or meta.dumps()))
             # Every waiter is answered now and reads the body from the file as it grows; one whose
             # length is known only at its end goes out chunked (STREAMED) until it is stored.
             entry.growth = Growth(STREAMED if length is None else length)
@@ -521,7 +524,7 @@ class Puller:
             # (measured on the miss path); only a 304's metadata rewrite goes off the loop.
             if storable and self.recent_purges and self._purged_since(flight.started, meta.key, meta.tags):
                 storable = False  # purged while it was being fetched: served to its requests, not kept
-            published = self._commit(writer, meta, fetch.key if varies else None) if storable else None
+            published = self._commit(writer, meta, fetch.key if varies else None, meta_data) if storable else None
         except BaseException as e:
             # A cut-off origin, a full disk, a bug: the readers are cut off and nothing partial is kept.
             if entry is not None:
@@ -587,13 +590,14 @@ class Puller:
                 self.cache.store(stale.path, stale, now)
         flight.resolve(Outcome(stale, REVALIDATED))
 
-    def _commit(self, writer: Writer, meta: Meta, vary_key: bytes | None) -> tuple[str, int] | None:
+    def _commit(self, writer: Writer, meta: Meta, vary_key: bytes | None,
+                meta_data: bytes | None = None) -> tuple[str, int] | None:
         """Publish a complete body and its metadata: (body path, metadata mtime), or None.
 
         With `vary_key`, also record that the key varies by Accept-Encoding: an empty object under the
         base key whose metadata says so, so later requests look up their coding's copy.
         """
-        if not writer.commit(meta):
+        if not writer.commit(meta, meta_data):
             return None
         body, _ = self.store.paths(writer.name)
         if vary_key is not None:
