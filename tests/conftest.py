@@ -195,6 +195,27 @@ def edge(www: Path):
 
 
 @pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    """The disk cache directory of the node under test."""
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def pull(edge, cache_dir: Path, tmp_path: Path):
+    """Start edge in front of origins (objects with a .url, or URLs): pull(origins, *flags, config="toml text")."""
+
+    def start(upstreams, *args: str, config: str | None = None) -> EdgeProcess:
+        flags = [f for u in upstreams for f in ("--origin", u if isinstance(u, str) else u.url)]
+        path = None
+        if config is not None:
+            path = tmp_path / f"pull-{len(list(tmp_path.glob('pull-*.toml')))}.toml"
+            path.write_text(config)
+        return edge(*flags, "--cache-dir", str(cache_dir), *args, config=path)
+
+    return start
+
+
+@pytest.fixture
 def server(edge) -> EdgeProcess:
     """One edge process serving the `www` fixture."""
     return edge()

@@ -57,23 +57,15 @@ def origin():
 
 
 @pytest.fixture
-def cache(tmp_path: Path) -> Path:
-    """The disk cache directory of the node under test."""
-    return tmp_path / "cache"
+def cache(cache_dir: Path) -> Path:
+    """The disk cache directory of the node under test (conftest's cache_dir)."""
+    return cache_dir
 
 
 @pytest.fixture
-def pulling(edge, cache: Path, tmp_path: Path):
-    """Start edge in front of `origin`: pulling(origin, *flags, config="toml text")."""
-
-    def start(upstream: Origin, *args: str, config: str | None = None) -> EdgeProcess:
-        path = None
-        if config is not None:
-            path = tmp_path / f"edge-{len(list(tmp_path.glob('edge-*.toml')))}.toml"
-            path.write_text(config)
-        return edge("--origin", upstream.url, "--cache-dir", str(cache), *args, config=path)
-
-    return start
+def pulling(pull):
+    """Start edge in front of one origin: pulling(origin, *flags, config="toml text")."""
+    return lambda upstream, *args, config=None: pull([upstream], *args, config=config)
 
 
 def admin(server: EdgeProcess, method: str, path: str, *, token: str | None = None, headers: dict | None = None,

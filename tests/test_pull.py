@@ -104,26 +104,6 @@ def origins():
         origin.kill()
 
 
-@pytest.fixture
-def cache_dir(tmp_path: Path) -> Path:
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def pull(edge, cache_dir: Path, tmp_path: Path):
-    """Start edge in front of origins (Origin objects or URLs): pull(origins, *flags, config="toml text")."""
-
-    def start(upstreams, *args: str, config: str | None = None) -> EdgeProcess:
-        flags = [f for u in upstreams for f in ("--origin", u if isinstance(u, str) else u.url)]
-        path = None
-        if config is not None:
-            path = tmp_path / f"pull-{len(list(tmp_path.glob('pull-*.toml')))}.toml"
-            path.write_text(config)
-        return edge(*flags, "--cache-dir", str(cache_dir), *args, config=path)
-
-    return start
-
-
 def closed_url() -> str:
     """A loopback URL nothing listens on (connections are refused)."""
     with socket.socket() as s:
