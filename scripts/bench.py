@@ -1743,12 +1743,9 @@ def run_throughput(h: Harness, s: str, rows: list[Row], results, failures, raw,
             except (KeyboardInterrupt, Interrupted):
                 raise
             except Exception as e:  # noqa: BLE001
-                cell.error = str(e)
-                msg = f"{row.key} / {s}: {e}"
-                if proc.poll() is not None:
-                    msg += f" (server exited, code {proc.returncode}; {h.log_tail(proc)})"
-                log("FAILED " + msg)
-                failures.append(msg)
+                cell_failed(cell, failures, f"{row.key} / {s}", e,
+                            f" (server exited, code {proc.returncode}; {h.log_tail(proc)})"
+                            if proc.poll() is not None else "")
                 if proc.poll() is not None:
                     proc, port, prefix = restart(h, s, proc, failures, proto)
                     if proc is None:
@@ -1946,6 +1943,14 @@ def proxy_wrk(h: Harness, row: Row, cell: str, proc, port: int, origin, oport: i
     return r
 
 
+def cell_failed(cell: Cell, failures: list[str], where: str, error: Exception, detail: str = "") -> None:
+    """A cell's run failed: the error goes on the cell, in the log and in the run's list of failures."""
+    cell.error = str(error)
+    msg = f"{where}: {error}{detail}"
+    log("FAILED " + msg)
+    failures.append(msg)
+
+
 def describe_proxy_run(row: Row, r: dict) -> str:
     return (describe_run(row, r) + f", origin requests {r['origin_requests']}, "
             f"origin busy {r['origin_util'] * 100:.0f}%")
@@ -2107,10 +2112,7 @@ def run_coalesce(h: Harness, row: Row, cells: list[str], live, oport: int,
             except (KeyboardInterrupt, Interrupted):
                 raise
             except Exception as e:  # noqa: BLE001
-                cell.error = str(e)
-                msg = f"{row.key} / {c}: {e}"
-                log("FAILED " + msg)
-                failures.append(msg)
+                cell_failed(cell, failures, f"{row.key} / {c}", e)
                 break
             resp = got["responses"]
             ok = [x for x in resp if x["status"] == 200 and x["length"] == COALESCE_SIZE
@@ -2176,10 +2178,7 @@ def run_idle_row(h: Harness, s: str, row: Row, results, failures, raw) -> None:
         except (KeyboardInterrupt, Interrupted):
             raise
         except Exception as e:  # noqa: BLE001
-            cell.error = str(e)
-            msg = f"{row.key} / {s}: {e}"
-            log("FAILED " + msg)
-            failures.append(msg)
+            cell_failed(cell, failures, f"{row.key} / {s}", e)
             return
         finally:
             h.stop(proc)
