@@ -7,7 +7,6 @@ fleet found by DNS.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -308,13 +307,8 @@ def test_sigterm_makes_healthz_503_while_workers_drain(pulling, origin, cache):
     sock = server.connect(timeout=30)
     try:
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, data
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200")
+        headers, body = read_head_and_some(sock)
+        assert headers["cache-status"] == "edge; fwd=miss; stored"
         assert wait_for(lambda: "dr" in origin.stats()["waiting"], 10)
         assert admin(server, "GET", "/healthz").status_code == 200
         server.proc.send_signal(signal.SIGTERM)
@@ -325,15 +319,7 @@ def test_sigterm_makes_healthz_503_while_workers_drain(pulling, origin, cache):
         assert metric(metrics(server), "edge_draining") == 1
         assert server.alive(), "the download keeps its worker (and the node) up"
         origin.ctl("/_release/dr")
-        digest = hashlib.sha256(body)
-        got = len(body)
-        while got < size:
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                break
-            digest.update(chunk)
-            got += len(chunk)
-        assert got == size and digest.digest() == hashlib.sha256(pattern("dr", size)).digest()
+        assert read_rest(sock, body, size) == pattern("dr", size)
     finally:
         sock.close()
     assert server.proc.wait(30) == 0
