@@ -518,6 +518,9 @@ class Puller:
             if length is None:
                 entry.size = meta.length = writer.written
                 entry.growth.finish(writer.written)
+                if writer.headed:  # other workers' followers learn where the body ends (stored or not)
+                    meta_data = meta.dumps()
+                    writer.publish_head(b"%d 1\n" % storable + meta_data)
             entry.growth = None
             entry.plans.clear()
             # Publishing is a few metadata syscalls: done here, it costs less than a trip to the I/O pool
@@ -620,7 +623,7 @@ class Puller:
             if found == "pass":
                 return Outcome(shared=False)  # not for sharing: each request asks the origin itself
             if isinstance(found, StoredEntry):
-                self._spawn(self._tail(found))
+                self._spawn(self._tail(found, name))
                 return Outcome(found, COLLAPSED)
             if isinstance(found, int) and found > grown:  # a body still arriving that cannot be followed
                 grown = found
@@ -633,9 +636,10 @@ class Puller:
         return Outcome(plan=self._error(504, "timeout"))
 
     def _open_head(self, path: str, fetch: Fetch) -> StoredEntry | str | int | None:
-        """Another worker's fetch, from its temp file and head: an entry to follow, "pass", the bytes so far
-        of a body that cannot be followed (its length unknown, no head on this filesystem: wait for it to
-        be stored), or None (no fetch there, or another key's)."""
+        """Another worker's fetch, from its temp file and head: an entry to follow (a body of unknown length
+        streams until _tail learns where it ends), "pass", the bytes so far of a body that cannot be
+        followed (no head on this filesystem: wait for it to be stored), or None (no fetch there, or
+        another key's)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -653,23 +657,24 @@ class Puller:
                 return None  # a Vary case: fetched by ourselves once this fetch is stored
             if shared == b"0":
                 return "pass"
-            if known == b"0":
-                return os.fstat(fd).st_size
             entry = StoredEntry(fetch.name, path, fd, os.fstat(fd), meta, self.loop.time(), time.time())
         except (OSError, ValueError, TypeError, KeyError):
             return None
         finally:
             if entry is None:
                 os.close(fd)
-        entry.growth = Growth(meta.length)
-        if meta.length == 0:
+        if known == b"0":  # its length is known only at its end: streamed (chunked) as it grows, like the fetcher's
+            entry.size = STREAMED
+        entry.growth = Growth(entry.size)
+        if entry.size == 0:
             entry.growth.done = True
         entry.acquire()  # the tail's reference; retire() below closes the fd after the last reader
         entry.retire()
         return entry
 
-    async def _tail(self, entry: StoredEntry) -> None:
-        """Watch another worker's temp file grow; fail the readers if it is abandoned or stalls."""
+    async def _tail(self, entry: StoredEntry, name: str) -> None:
+        """Watch another worker's temp file (the fetch of digest `name`) grow; fail the readers if it is
+        abandoned or stalls."""
         growth = entry.growth
         delay = FOLLOW_POLL_MIN
         last = self.loop.time()
@@ -682,6 +687,12 @@ class Puller:
                     last = now
                     delay = FOLLOW_POLL_MIN
                     continue
+                if growth.length == STREAMED:
+                    final = self._final_length(entry.fd, name)
+                    if final is not None and final == st.st_size:
+                        entry.size = entry.meta.length = final
+                        growth.finish(final)
+                        break
                 if st.st_nlink == 0 or now - last > self.read_timeout:
                     growth.fail()  # the fetcher dropped it (truncated origin) or died
                     break
@@ -692,6 +703,26 @@ class Puller:
         finally:
             entry.growth = None
             entry.release()
+
+    def _final_length(self, fd: int, name: str) -> int | None:
+        """The length of another worker's body of unknown length (open as `fd`), once its end is known: from
+        its head, which the fetcher rewrites with the length at the end, or, the head gone with the commit,
+        from the object stored under digest `name` if that is the same file. None while it still grows."""
+        try:
+            data = os.getxattr(fd, HEAD_XATTR)
+        except OSError:
+            data = None
+        try:
+            if data is not None:
+                flags, _, raw = data.partition(b"\n")
+                return Meta.loads(raw).length if flags.split()[1] == b"1" else None
+            body, meta_path = self.store.paths(name)
+            meta = read_meta(body, meta_path)
+            if meta is not None and os.stat(body).st_ino == os.fstat(fd).st_ino:
+                return meta.length
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            pass
+        return None
 
     async def close(self) -> None:
         """Stop fetching: cancel flights, close the origin connections and the lock file."""

@@ -29,6 +29,7 @@ from test_pull import (
     gen,
     get,
     object_files,
+    read_chunked,
     read_head_and_some,
     read_rest,
     spread_connections,
@@ -573,6 +574,33 @@ def test_a_fetch_under_way_during_a_purge_answers_but_stores_nothing(pulling, or
     status, headers, got = get(server, target)
     assert status == 200 and headers["cache-status"] == "edge; fwd=miss; stored", "the purged fetch was stored"
     assert got == pattern("inflight", size) and origin.count(target) == 2
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "unknown-length"])
+def test_a_purged_fetch_still_ends_whole_for_its_followers_on_another_worker(pulling, origin, cache, chunked):
+    # The fetching worker stores nothing after the purge, so the follower cannot learn the end of a body
+    # of unknown length from the stored object: the fetcher's final head must tell it.
+    server = pulling(origin, "--workers", "2", "--cpu-affinity", "off")
+    size = 256 * 1024
+    target = f"/gate/pf?size={size}" + ("&chunked=1" if chunked else "")
+    fetcher, _, follower, _ = spread_connections(server, 2)  # the first two on one worker, the others on the other
+    readers = []
+    for sock in (fetcher, follower):
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        headers, early = read_head_and_some(sock)
+        readers.append((sock, headers, early))
+    assert [h["cache-status"] for _, h, _ in readers] == ["edge; fwd=miss; stored", "edge; fwd=miss; stored; collapsed"]
+    purge(server, {"paths": ["/gate/pf"]})
+    origin.ctl("/_release/pf")
+    for sock, _, early in readers:
+        whole = read_chunked(sock, early) == (pattern("pf", size), True) if chunked else \
+            read_rest(sock, early, size) == pattern("pf", size)
+        assert whole, "a complete origin body reaches every reader whole, stored or not"
+    assert wait_for(lambda: not any((cache / "tmp").glob("*.*")), 10), "the fetch's temp file was not cleared"
+    status, headers, _ = get(server, target)
+    assert status == 200 and headers["cache-status"] == "edge; fwd=miss; stored", "the purged fetch was stored"
+    for sock, _, _ in readers:
+        sock.close()
 
 
 def test_a_purge_just_after_a_store_is_not_undone_by_requests_racing_it(pulling, origin, cache):

@@ -738,11 +738,12 @@ def read_rest(sock, body: bytes, length: int, timeout: float = 20.0) -> bytes:
     return body
 
 
-def test_first_bytes_reach_clients_on_both_workers_before_the_origin_finishes(pull, origins, cache_dir):
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "unknown-length"])
+def test_first_bytes_reach_clients_on_both_workers_before_the_origin_finishes(pull, origins, cache_dir, chunked):
     [origin] = origins(1)
     server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
     size = 256 * 1024
-    target = f"/gate/g?size={size}"
+    target = f"/gate/g?size={size}" + ("&chunked=1" if chunked else "")
     full = pattern("g", size)
     fetcher, joiner, follower, spare = spread_connections(server, 2)  # two on one worker, two on the other
     spare.close()
@@ -753,36 +754,47 @@ def test_first_bytes_reach_clients_on_both_workers_before_the_origin_finishes(pu
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         headers, early = read_head_and_some(sock)
         assert origin.stats()["waiting"] == ["g"], "the origin is still holding the second half"
-        assert headers["content-length"] == str(size)
-        assert 0 < len(early) <= size // 2 and full.startswith(early)
+        if chunked:
+            assert headers["transfer-encoding"] == "chunked" and "content-length" not in headers
+            so_far, complete = dechunk(early)
+            assert not complete
+        else:
+            assert headers["content-length"] == str(size)
+            so_far = early
+        assert 0 < len(so_far) <= size // 2 and full.startswith(so_far)
         readers.append((sock, headers, early))
     assert readers[0][1]["cache-status"] == MISS_STORED
     assert readers[2][1]["cache-status"] == COLLAPSED  # the other worker follows the first one's temp file
     origin.ctl("/_release/g")
     for sock, _, early in readers:
-        assert read_rest(sock, early, size) == full
+        assert (read_chunked(sock, early) == (full, True)) if chunked else read_rest(sock, early, size) == full
         sock.close()
     assert origin.count(target) == 1
     assert stored_soon(cache_dir, target)["length"] == size
     settled(server, cache_dir)
 
 
-def test_origin_dying_mid_body_cuts_every_reader_on_both_workers(pull, origins, cache_dir):
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "unknown-length"])
+def test_origin_dying_mid_body_cuts_every_reader_on_both_workers(pull, origins, cache_dir, chunked):
     [origin] = origins(1)
     server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
     size = 256 * 1024
-    target = f"/gate/x?size={size}&cut=1"
+    target = f"/gate/x?size={size}&cut=1" + ("&chunked=1" if chunked else "")
     full = pattern("x", size)
     socks = spread_connections(server, 2)
     readers = []
     for sock in socks:
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         headers, early = read_head_and_some(sock)
-        assert headers["content-length"] == str(size)
+        assert headers["transfer-encoding" if chunked else "content-length"] == ("chunked" if chunked else str(size))
         readers.append((sock, early))
     origin.ctl("/_release/x")  # the origin hangs up instead of sending the second half
     for sock, early in readers:
-        got = read_rest(sock, early, size)
+        if chunked:
+            got, complete = read_chunked(sock, early)
+            assert not complete, "a cut body must not end with the last chunk"
+        else:
+            got = read_rest(sock, early, size)
         sock.close()
         assert len(got) < size, "a truncated origin body must not reach the client as a complete one"
         assert full.startswith(got)
