@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .cachekey import digest
@@ -243,12 +243,7 @@ class DiskCache:
             except OSError:
                 pass
         found: list[tuple[float, str, int]] = []
-        for sub in os.listdir(self.objects_dir):
-            folder = os.path.join(self.objects_dir, sub)
-            try:
-                names = os.listdir(folder)
-            except NotADirectoryError:
-                continue
+        for folder, names in self._folders():
             present = set(names)
             for name in names:
                 path = os.path.join(folder, name)
@@ -272,6 +267,33 @@ class DiskCache:
         self.size = sum(size for _, _, size in found)
         self.evict()
         return len(self.index)
+
+    def _folders(self) -> Iterator[tuple[str, list[str]]]:
+        """Each objects/ab/ folder with the names in it."""
+        for sub in os.listdir(self.objects_dir):
+            folder = os.path.join(self.objects_dir, sub)
+            try:
+                yield folder, os.listdir(folder)
+            except NotADirectoryError:
+                continue
+
+    def unindexed(self) -> list[tuple[str, int, str, list[str]]]:
+        """Objects on disk the index does not hold, as (digest, size, key, tags): those whose reports were
+        lost (a worker died before sending them). Reads the index without changing it: safe in a thread."""
+        found = []
+        for folder, names in self._folders():
+            for name in names:
+                if "." in name or name in self.index:
+                    continue  # a sidecar, or known
+                path = os.path.join(folder, name)
+                meta = read_meta(path, path + ".meta")
+                try:
+                    size = os.stat(path).st_size
+                except OSError:
+                    continue
+                if meta is not None and size == meta.length:
+                    found.append((name, size, meta.key, meta.tags))
+        return found
 
     def writer(self, key: bytes, name: str | None = None, followed: str | None = None) -> Writer:
         """Start storing the object for `key` (whose digest is `name`, if known); `followed`: see Writer."""

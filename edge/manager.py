@@ -9,6 +9,7 @@ cache.max_size; health checks publish to the shared HealthTable every worker rea
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -39,6 +40,8 @@ class Manager:
         self.store = store
         self.states = [ActiveHealth(config.health.rise, config.health.fall, health.healthy(i))
                        for i in range(len(config.origins))] if health is not None else []
+        self.reconciling: asyncio.Future | None = None
+        self.reconcile_again = False
 
     def on_event(self) -> None:
         """Drain the workers' datagrams into the LRU index."""
@@ -54,8 +57,39 @@ class Manager:
                         store.admitted(name, size, key, tags)
                     except OSError:
                         pass  # an eviction's unlink failed: the next one tries again
+                elif kind == "R":
+                    self.reconcile()
                 elif name in store.index:
                     store.index.move_to_end(name)
+
+    def reconcile(self) -> None:
+        """Index the objects on disk whose reports were lost: read in a thread, indexed on the loop."""
+        if self.reconciling is not None:
+            self.reconcile_again = True  # lost after the scan began: scan once more when it ends
+            return
+        self.reconciling = asyncio.get_running_loop().run_in_executor(None, self.store.unindexed)
+        self.reconciling.add_done_callback(self._reconciled)
+
+    def _reconciled(self, scan: asyncio.Future) -> None:
+        self.reconciling = None
+        store = self.store
+        try:
+            found = scan.result()
+        except OSError:
+            found = []
+        for name, size, key, tags in found:
+            # Purged or evicted since the scan saw it: not brought back.
+            if name not in store.index and os.path.exists(store.paths(name)[0]):
+                try:
+                    store.admitted(name, size, key, tags)
+                except OSError:
+                    pass
+        if found:
+            print(f"edge: cache manager indexed {len(found)} object(s) whose reports were lost",
+                  file=sys.stderr, flush=True)
+        if self.reconcile_again:
+            self.reconcile_again = False
+            self.reconcile()
 
     async def check_forever(self, session: aiohttp.ClientSession, index: int) -> None:
         """Check one origin every health.interval seconds and publish each result."""

@@ -3,8 +3,9 @@
 A worker sends its reports in batches, one datagram every few milliseconds, not one per cache miss:
 a datagram per stored object woke the manager once per miss, which cost the node more CPU than the
 manager's work itself (measured on the proxy-miss bench row). Each record in a datagram is a 4-byte
-length then the record: b"S <digest> <size> <key length>\\n<key><tags, space-separated>" or
-b"U <digest>".
+length then the record: b"S <digest> <size> <key length>\\n<key><tags, space-separated>",
+b"U <digest>", or RECONCILE: reports were lost (a worker died before sending its batch, or a datagram
+did not fit the manager's queue), so the manager looks on disk for objects it was not told of.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from collections.abc import Iterator, Sequence
 
 DATAGRAM = 64 * 1024  # the most one datagram carries (a record's key is at most 8 KiB)
 FLUSH_DELAY = 0.02  # seconds a report may wait for others to share its datagram
+RECONCILE = b"R"
 _LENGTH = struct.Struct("!I")
+_ROOM = DATAGRAM - _LENGTH.size - len(RECONCILE)  # what a batch may fill, leaving room for a RECONCILE
 _HEX = frozenset(b"0123456789abcdef")
 
 
@@ -55,7 +58,9 @@ def parse(data: bytes) -> Iterator[tuple[str, str, int, str, list[str]]]:
         if len(record) != length:
             return
         try:
-            if record[:2] == b"U ":
+            if record == RECONCILE:
+                yield "R", "", 0, "", []
+            elif record[:2] == b"U ":
                 yield "U", _name(record[2:]), 0, "", []
             elif record[:2] == b"S ":
                 head, _, rest = record.partition(b"\n")
@@ -77,12 +82,13 @@ class Reporter:
         self.pending: list[bytes] = []
         self.size = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.lost = False  # a datagram was not sent: the next one asks the manager to reconcile
 
     def add(self, record: bytes) -> None:
         """Queue one record (dropped when there is no manager, or it is bigger than a datagram)."""
-        if self.sock is None or len(record) + 4 > DATAGRAM:
+        if self.sock is None or len(record) + 4 > _ROOM:
             return
-        if self.size + len(record) + 4 > DATAGRAM:
+        if self.size + len(record) + 4 > _ROOM:
             self.flush()
         self.pending.append(record)
         self.size += len(record) + 4
@@ -96,10 +102,13 @@ class Reporter:
             self.timer = None
         if not self.pending:
             return
+        if self.lost:
+            self.pending.append(RECONCILE)
         data = pack(self.pending)
         self.pending.clear()
         self.size = 0
         try:
             self.sock.send(data)
+            self.lost = False
         except OSError:
-            pass  # the manager's queue is full or it is restarting: the index is rebuilt from disk then
+            self.lost = True  # the manager's queue is full or it is restarting (a new one rebuilds from disk)

@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
-from . import __version__
+from . import __version__, reports
 from .config import Config, ConfigError, load
 from .pinning import (
     Placement,
@@ -125,6 +125,7 @@ class Supervisor:
         self.origin_counts: OriginCounters | None = None
         self.events_r: socket.socket | None = None
         self.events_w: socket.socket | None = None
+        self.reconcile_pending = False  # a RECONCILE for the manager did not fit its queue yet
         self.manager_pid = 0
         self.manager_restart_at: float | None = None
         self.admin_sock: socket.socket | None = None  # bound here, served by the manager (kept across its restarts)
@@ -352,6 +353,8 @@ class Supervisor:
             times.append(self.reload.deadline)
         if self.kill_at is not None:
             times.append(self.kill_at)
+        if self.reconcile_pending:
+            times.append(now + 0.1)
         if not times:
             return None
         return max(0.0, min(times) - now)
@@ -530,6 +533,8 @@ class Supervisor:
                 child.ready_fd = -1
             self._release_slot(child.stats_index)
             how = describe_exit(status)
+            if os.waitstatus_to_exitcode(status) != 0:
+                self._ask_reconcile()  # its last batch of reports may have died with it
             if self.stopping or child.retiring:
                 if os.waitstatus_to_exitcode(status) != 0 and not self.stopping:
                     self.log(f"worker {child.slot} (pid {child.pid}, generation {child.generation}) {how}")
@@ -546,6 +551,16 @@ class Supervisor:
             self._schedule_restart(child, how)
         return failed
 
+    def _ask_reconcile(self) -> None:
+        """Have the cache manager index objects on disk it was not told of (retried by _timers until sent)."""
+        if self.events_w is None:
+            return
+        try:
+            self.events_w.send(reports.pack([reports.RECONCILE]))
+            self.reconcile_pending = False
+        except OSError:
+            self.reconcile_pending = True
+
     def _schedule_restart(self, child: Child, how: str) -> None:
         slot = self.slots[child.slot]
         lived = time.monotonic() - child.started
@@ -557,6 +572,8 @@ class Supervisor:
 
     def _timers(self) -> None:
         now = time.monotonic()
+        if self.reconcile_pending:
+            self._ask_reconcile()
         if self.manager_restart_at is not None and now >= self.manager_restart_at and not self.stopping:
             self.manager_restart_at = None
             try:

@@ -603,6 +603,24 @@ def test_a_purged_fetch_still_ends_whole_for_its_followers_on_another_worker(pul
         sock.close()
 
 
+def test_objects_a_killed_worker_had_not_reported_yet_reach_the_index(pulling, origin, cache):
+    # Workers report stored objects in batches (edge/reports.py): a worker killed right after storing
+    # takes its last batch with it, and the manager must still learn of those objects (to evict and
+    # purge them) without waiting for the node's next start.
+    server = pulling(origin)
+    [(worker, _)] = server.banner.values()
+    targets = [f"/obj/kill{i}" for i in range(30)]
+    client = Client(server.connect(timeout=10))
+    client.send(b"".join(f"GET {t} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for t in targets))
+    answers = [client.response() for _ in targets]
+    os.kill(worker, signal.SIGKILL)  # at once: well within the batch's flush delay
+    client.close()
+    assert [a[1]["cache-status"] for a in answers] == ["edge; fwd=miss; stored"] * len(targets)
+    assert wait_for(lambda: status(server)["cache"]["objects"] == len(targets), 15), status(server)["cache"]
+    purge(server, {"prefix": "/obj/kill"})
+    assert not any(p.is_file() for p in (cache / "objects").rglob("*")), "every object, reported or not, is purged"
+
+
 def test_a_purge_just_after_a_store_is_not_undone_by_requests_racing_it(pulling, origin, cache):
     # Objects reach the manager's index in batches: one stored a moment before the purge is removed in
     # its second pass, and no worker may load it from disk in between (it would serve it for seconds).

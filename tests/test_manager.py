@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from edge.cachekey import digest
 from edge.config import Config, Origin
 from edge.diskcache import DiskCache, Meta
 from edge.health import HealthTable
+from edge.purge import Purge, PurgeIndex
 from edge.manager import Manager
 
 
@@ -129,3 +131,39 @@ def _zombie_or_gone(pid: int) -> bool:
             return f.read().split(")")[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
+
+
+def test_a_reconcile_indexes_the_objects_whose_reports_were_lost(tmp_path: Path):
+    store = DiskCache(str(tmp_path / "cache"), 10_000, keys=PurgeIndex())
+    store.rebuild()
+    ours, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    manager = Manager(Config(origins=(Origin("http://127.0.0.1:9"),)), HealthTable(1), ours, store)
+    told = DiskCache(store.root, store.max_size, report=lambda n, s, k, t: worker_end.send(
+        reports.pack([reports.stored(n, s, k, t)])))
+    known = _store_object(told, b"/known", 10)
+    lost_store = DiskCache(store.root, store.max_size, report=lambda *_: None)  # a worker that died with its batch
+    lost = [_store_object(lost_store, f"/lost{i}".encode(), 20) for i in range(3)]
+    # Not objects: a body whose metadata never landed, and one shorter than its metadata says.
+    Path(store.paths("a" * 32)[0]).write_bytes(b"no metadata")
+    short = _store_object(lost_store, b"/short", 30)
+    with open(store.paths(short)[0], "r+b") as f:
+        f.truncate(5)
+
+    async def scenario() -> None:
+        manager.on_event()
+        assert list(store.index) == [known]
+        worker_end.send(reports.pack([reports.RECONCILE]))
+        manager.on_event()
+        for _ in range(500):
+            if manager.reconciling is None:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the reconcile did not end")
+
+    asyncio.run(scenario())
+    assert set(store.index) == {known, *lost}
+    assert store.size == 10 + 3 * 20
+    assert store.keys.select(Purge(paths=("/lost1",))) == {lost[1]}, "a lost object can be purged once reconciled"
+    ours.close()
+    worker_end.close()

@@ -94,3 +94,32 @@ def test_without_a_manager_reports_go_nowhere():
 @pytest.mark.parametrize("size", [0, 1, 10**12])
 def test_sizes_survive(size: int):
     assert next(reports.parse(reports.pack([reports.stored(NAME, size, "/k", [])])))[2] == size
+
+
+def test_a_datagram_that_could_not_go_makes_the_next_one_ask_for_a_reconcile():
+    theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    theirs.setblocking(False)
+    ours.setblocking(False)
+    filler = b"z" * 4096
+    while True:  # fill the manager's queue: the next batch cannot be sent
+        try:
+            ours.send(filler)
+        except BlockingIOError:
+            break
+
+    async def scenario() -> list[bytes]:
+        reporter = reports.Reporter(asyncio.get_running_loop(), ours)
+        reporter.add(reports.stored(NAME, 1, "/lost", []))
+        reporter.flush()
+        assert reporter.lost
+        while _received(theirs):  # the manager catches up
+            pass
+        reporter.add(reports.stored(NAME, 2, "/next", []))
+        reporter.flush()
+        assert not reporter.lost
+        return _received(theirs)
+
+    [datagram] = asyncio.run(scenario())
+    assert [(r[0], r[3]) for r in reports.parse(datagram)] == [("S", "/next"), ("R", "")]
+    theirs.close()
+    ours.close()
