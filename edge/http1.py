@@ -522,10 +522,14 @@ class H1Connection(asyncio.Protocol):
         status_line = _STATUS_LINES[plan.status]
         stats = w.stats
         stats[STATUS_FIELD[plan.status]] += 1
-        if w.log is not None:
-            w.access(self.peer, pending, plan)
+        entry = plan.entry
         parts = plan.parts
-        if not parts or pending.method == b"HEAD" or plan.status == 304:
+        bodiless = not parts or pending.method == b"HEAD" or plan.status == 304
+        # A body still streaming with its length unknown: its log line waits for the end (_end_transfer).
+        growing = streamed and not bodiless and entry is not None and entry.growth is not None
+        if w.log is not None and not growing:
+            w.access(self.peer, pending, plan, entry.size if streamed and entry is not None else None)
+        if bodiless:
             data = b"".join((status_line, w.date_line, head))
             stats[BYTES_OUT] += len(data)
             self.transport.write(data)
@@ -535,7 +539,6 @@ class H1Connection(asyncio.Protocol):
             stats[BYTES_OUT] += len(data)
             self.transport.write(data)
             return
-        entry = plan.entry
         entry.acquire()
         head = status_line + w.date_line + head
         self.last_progress = w.loop.time()  # the send timeout counts from here, whichever way the body goes
@@ -548,11 +551,17 @@ class H1Connection(asyncio.Protocol):
             self.transport.write(head)
             self.xfer = _Transfer(entry, list(parts))
             self.xfer.chunked = True
+            if growing and w.log is not None:
+                self.xfer.log = (pending, plan)
             self.busy = True
             self._drive_buffered()
             return
-        stats[BYTES_OUT] += len(head) + (0 if streamed else plan.length)
+        stats[BYTES_OUT] += len(head) + (plan.length if not streamed else 0 if growing else entry.size)
         self.xfer = _Transfer(entry, [head, *parts])
+        if growing:
+            self.xfer.streamed = True  # HTTP/1.0: its body's bytes are counted when it ends
+            if w.log is not None:
+                self.xfer.log = (pending, plan)
         if self.tls:
             self.busy = True
             self._drive_buffered()
@@ -650,6 +659,12 @@ class H1Connection(asyncio.Protocol):
             self.corked = False
             _cork(self.transport, 0)
         if xfer is not None:
+            if xfer.streamed or xfer.log is not None:
+                sent = xfer.streamed_sent()
+                if xfer.streamed:
+                    self.w.stats[BYTES_OUT] += sent
+                if xfer.log is not None:
+                    self.w.access(self.peer, *xfer.log, sent)
             xfer.entry.release()
         if self.dup >= 0:
             self.w.loop.remove_writer(self.dup)
@@ -662,7 +677,7 @@ class H1Connection(asyncio.Protocol):
         stats = self.w.stats
         stats[ERRORS] += 1
         if xfer is not None:
-            stats[BYTES_OUT] -= xfer.unsent()
+            stats[BYTES_OUT] -= xfer.unsent()  # a STREAMED body counts only what went (_end_transfer)
             if xfer.truncated:
                 self.w.cache.purge(xfer.entry.path)
         self._end_transfer()
@@ -701,7 +716,8 @@ class H1Connection(asyncio.Protocol):
 class _Transfer:
     """The parts of one response still to write: header bytes and (offset, length) file ranges."""
 
-    __slots__ = ("entry", "parts", "index", "done", "failed", "truncated", "growth", "starved", "chunked")
+    __slots__ = ("entry", "parts", "index", "done", "failed", "truncated", "growth", "starved", "chunked",
+                 "streamed", "log")
 
     def __init__(self, entry: FileEntry, parts: list) -> None:
         self.entry = entry
@@ -713,6 +729,14 @@ class _Transfer:
         self.failed = False
         self.truncated = False
         self.chunked = False  # each piece of the body is framed as a chunk (its length is STREAMED)
+        self.streamed = False  # a STREAMED body sent as is (HTTP/1.0): its bytes are counted at its end
+        self.log: tuple | None = None  # (pending, plan): the access log line waits for the body's length
+
+    def streamed_sent(self) -> int:
+        """Bytes of a STREAMED body (the last part) written so far: all of it once the transfer ended."""
+        if self.index >= len(self.parts):
+            return self.growth.length if self.growth is not None else 0
+        return self.done if self.index == len(self.parts) - 1 else 0
 
     def read(self, most: int) -> bytes | None:
         """The next piece of the response as bytes (file ranges by pread); None at the end or on failure."""

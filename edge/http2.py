@@ -92,7 +92,7 @@ class _CappedFrameBuffer(FrameBuffer):
 class _Out:
     """A response body on its way out: parts (bytes or (offset, length) of `entry`) and progress."""
 
-    __slots__ = ("sid", "parts", "index", "done", "entry", "blocked", "growth", "starved")
+    __slots__ = ("sid", "parts", "index", "done", "entry", "blocked", "growth", "starved", "log")
 
     def __init__(self, sid: int, parts: tuple, entry: FileEntry | None) -> None:
         self.sid = sid
@@ -103,6 +103,7 @@ class _Out:
         self.blocked = 0.0  # when the peer's window closed on it (0: not blocked)
         self.growth = entry.growth if entry is not None else None  # body still arriving from an origin
         self.starved = False  # framed all of the body there is so far: wait for growth
+        self.log: tuple | None = None  # (method, target, status): the access log line waits for the length
 
     def at_streamed_end(self) -> bool:
         """A STREAMED body that ended is all framed: only its empty END_STREAM frame is left, which needs no
@@ -473,9 +474,13 @@ class H2Connection(asyncio.Protocol):
                 flags |= END_STREAM
             self._emit(_FRAME_HEAD.pack(len(block) >> 16, len(block) & 0xFFFF, HEADERS_TYPE, flags, sid), block)
         w.stats[H2_STATUS_FIELD[plan.status]] += 1
-        if w.log is not None:
+        streamed = plan.length >= STREAMED and not bodiless
+        entry = plan.entry
+        # A body still streaming with its length unknown: its log line waits for the end (_log_streamed).
+        growing = streamed and entry is not None and entry.growth is not None
+        if w.log is not None and not growing:
             w.log.write(self.peer, req.method or b"-", req.target or b"-", b"HTTP/2.0", plan.status,
-                        0 if bodiless or plan.length >= STREAMED else plan.length, b"-", b"-")
+                        0 if bodiless else entry.size if streamed else plan.length, b"-", b"-")
         if bodiless:
             self._finished(sid)
         elif small and len(parts[0]) <= min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size):
@@ -484,12 +489,13 @@ class H2Connection(asyncio.Protocol):
             self._emit(_FRAME_HEAD.pack(n >> 16, n & 0xFFFF, DATA_TYPE, self._sent_data(stream, n, True), sid), body)
             self._finished(sid)
         else:
-            entry = plan.entry
             if entry is not None:
                 entry.acquire()
                 if plan.length >= STREAMED and entry.growth is None:
                     parts = settled(parts, entry.size)  # planned while the body streamed, sent once stored
-            self.out[sid] = _Out(sid, parts, entry)
+            out = self.out[sid] = _Out(sid, parts, entry)
+            if growing and w.log is not None:
+                out.log = (req.method or b"-", req.target or b"-", plan.status)
         for psid, preq, pplan in promised:
             self._respond(psid, preq, pplan)
 
@@ -615,6 +621,8 @@ class H2Connection(asyncio.Protocol):
         _FRAME_HEAD.pack_into(view, pos, n >> 16, n & 0xFFFF, DATA_TYPE, flags, sid)
         if last:
             del self.out[sid]
+            if stream.log is not None:
+                self._log_streamed(stream)
             if stream.entry is not None:
                 stream.entry.release()
             self._finished(sid)
@@ -663,10 +671,20 @@ class H2Connection(asyncio.Protocol):
     def _cancel(self, sid: int) -> None:
         """Forget a stream the peer reset (or we did): stop sending, release its file."""
         stream = self.out.pop(sid, None)
+        if stream is not None and stream.log is not None:
+            self._log_streamed(stream)
         if stream is not None and stream.entry is not None:
             stream.entry.release()
         self.open.discard(sid)
         self.with_body.discard(sid)
+
+    def _log_streamed(self, stream: _Out) -> None:
+        """The access log line of a body whose length was unknown when its response began."""
+        if stream.index >= len(stream.parts):
+            sent = stream.growth.length if stream.growth is not None else 0
+        else:
+            sent = stream.done if stream.index == len(stream.parts) - 1 else 0
+        self.w.log.write(self.peer, *stream.log[:2], b"HTTP/2.0", stream.log[2], sent, b"-", b"-")
 
     def _reset(self, sid: int, code: int, now: float) -> None:
         """Reset a stream from our side; these count against the reset budget too (MadeYouReset)."""

@@ -138,10 +138,13 @@ class Worker:
             return None
         return self.site.respond(req, missing, miss.query, miss.path, now)
 
-    def access(self, peer: object, pending: Pending, plan: Plan) -> None:
-        """Record one answered request in the access log."""
+    def access(self, peer: object, pending: Pending, plan: Plan, length: int | None = None) -> None:
+        """Record one answered request in the access log; `length`: the body's, once a STREAMED one ended."""
         req = pending
-        sent = 0 if req.method == b"HEAD" or plan.status == 304 or plan.length >= STREAMED else plan.length
+        if req.method == b"HEAD" or plan.status == 304:
+            sent = 0
+        else:
+            sent = length if length is not None else plan.length if plan.length < STREAMED else 0
         self.log.write(peer, req.method or b"-", req.target or b"-", b"HTTP/1.0" if pending.version10 else b"HTTP/1.1",
                        plan.status, sent,
                        pending.referer, pending.ua)

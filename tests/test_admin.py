@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Client, EdgeProcess, wait_for
+from conftest import Client, EdgeProcess, H2Client, read_until_closed, wait_for
 from origin_server import gen_body, pattern
 from prometheus_client.parser import text_string_to_metric_families
 from test_pull import (
@@ -619,6 +619,40 @@ def test_objects_a_killed_worker_had_not_reported_yet_reach_the_index(pulling, o
     assert wait_for(lambda: status(server)["cache"]["objects"] == len(targets), 15), status(server)["cache"]
     purge(server, {"prefix": "/obj/kill"})
     assert not any(p.is_file() for p in (cache / "objects").rglob("*")), "every object, reported or not, is purged"
+
+
+def test_bodies_of_unknown_length_are_logged_and_counted_with_their_length(pulling, origin, cache, tmp_path):
+    # Their response begins before their length is known: the access log line and bytes_out wait for the end.
+    log = tmp_path / "access.log"
+    server = pulling(origin, "--access-log", str(log))
+    size = 100_000
+    targets = [f"/stream/al{i}?size={size}&chunked=1&chunk=20000&delay=0.02" for i in range(3)]
+    before = status(server)["totals"]["bytes_out"]
+    client = Client(server.connect(timeout=10))
+    client.send(f"GET {targets[0]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    _, headers, body = client.response()
+    client.close()
+    assert headers["transfer-encoding"] == "chunked" and body == pattern("al0", size)
+    sock = server.connect(timeout=10)
+    sock.sendall(f"GET {targets[1]} HTTP/1.0\r\n\r\n".encode())
+    head, _, body = read_until_closed(sock, 20).partition(b"\r\n\r\n")
+    sock.close()
+    assert b"Content-Length" not in head and body == pattern("al1", size)
+    h2 = H2Client.connect(server)
+    try:
+        sid = h2.request(targets[2])
+        assert h2.wait(lambda: sid in h2.streams and h2.streams[sid].done, 20)
+        assert bytes(h2.streams[sid].body) == pattern("al2", size)
+    finally:
+        h2.close()
+    assert wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, 10)
+    logged = {}
+    for line in log.read_text().splitlines():
+        _, request_line, status_and_size = line.split('"')[:3]
+        logged[request_line.split()[1]] = (request_line.split()[2], status_and_size.split())
+    assert logged == {targets[0]: ("HTTP/1.1", ["200", str(size)]), targets[1]: ("HTTP/1.0", ["200", str(size)]),
+                      targets[2]: ("HTTP/2.0", ["200", str(size)])}
+    assert status(server)["totals"]["bytes_out"] - before > 3 * size, "every body's bytes count"
 
 
 def test_a_purge_just_after_a_store_is_not_undone_by_requests_racing_it(pulling, origin, cache):
