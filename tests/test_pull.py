@@ -678,9 +678,10 @@ def test_concurrent_misses_on_two_workers_make_one_origin_request(pull, origins,
 
 
 @pytest.mark.parametrize("shape, fetches", [("chunked=1", 1), ("cc=no-store", 6)], ids=["chunked", "no-store"])
-def test_a_long_body_other_workers_cannot_follow_does_not_time_them_out(pull, origins, cache_dir, shape, fetches):
-    # A body of unknown length, or one not to be shared, takes longer than read_timeout: the other
-    # worker's requests must neither give up nor be served a copy they may not have.
+def test_a_long_body_does_not_time_out_the_other_workers_requests(pull, origins, cache_dir, shape, fetches):
+    # A body of unknown length (which the other worker follows as it grows) or one not to be shared (which
+    # it asks the origin for itself) takes longer than read_timeout: the other worker's requests must
+    # neither give up nor be served a copy they may not have.
     [origin] = origins(1)
     server = pull([origin], "--workers", "2", "--cpu-affinity", "off", config="[proxy]\nread_timeout = 1\n")
     size = 512 * 1024
