@@ -352,7 +352,8 @@ class Site:
                 return plan
             if status:
                 return self.error(status)
-        if req.range is not None and entry.size and entry.growth is None and (
+        # A body still arriving serves ranges too when its length is known: the transfer waits for their bytes.
+        if req.range is not None and entry.size and entry.size < STREAMED and (
                 cond is None or cond.if_range is None
                 or if_range_allows(cond.if_range, entry.etag, entry.last_modified)):
             ranges = parse_range(req.range, entry.size)

@@ -1125,6 +1125,44 @@ def test_ranges_and_conditionals_on_a_cached_object(pull, origins, cache_dir):
     settled(server, cache_dir)
 
 
+def test_ranges_of_a_body_still_arriving_are_answered_as_their_bytes_arrive(pull, origins, cache_dir):
+    # As nginx's range filter does on a miss: a 206 at once, each range's bytes as they come from the origin.
+    [origin] = origins(1)
+    server = pull([origin])
+    size = 200_000
+    target = f"/gate/rr?size={size}"
+    full = pattern("rr", size)
+    fetcher = Client(server.connect(timeout=10))
+    fetcher.send(f"GET {target} HTTP/1.1\r\nHost: x\r\nRange: bytes=100-199\r\n\r\n".encode())
+    status, headers, body = fetcher.response()  # in the first half: whole before the origin sends the rest
+    assert origin.stats()["waiting"] == ["rr"], "the origin still holds back the second half"
+    assert (status, headers["content-range"], headers["cache-status"], body) == (
+        206, f"bytes 100-199/{size}", MISS_STORED, full[100:200])
+    h2 = H2Client.connect(server)
+    try:
+        sid = h2.request(target, headers={"range": "bytes=50-59"})
+        assert h2.wait(lambda: sid in h2.streams and h2.streams[sid].done, 10)
+        assert h2.streams[sid].status == 206 and bytes(h2.streams[sid].body) == full[50:60]
+    finally:
+        h2.close()
+    tail = server.connect(timeout=10)
+    tail.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9,-10\r\n\r\n".encode())
+    headers, early = read_head_and_some(tail)  # the head and the first range now, the last range later
+    assert headers["content-type"].startswith("multipart/byteranges")
+    while full[:10] not in early:
+        more = tail.recv(65536)
+        assert more, "closed before the first range"
+        early += more
+    assert origin.stats()["waiting"] == ["rr"]
+    origin.ctl("/_release/rr")
+    body = read_rest(tail, early, int(headers["content-length"]))
+    tail.close()
+    assert body.count(full[:10]) == 1 and body.count(full[-10:]) == 1 and body.rstrip().endswith(b"--")
+    assert origin.count(target) == 1
+    fetcher.close()
+    settled(server, cache_dir)
+
+
 @needs_curl
 def test_http2_miss_then_hit(pull, origins, cache_dir, tmp_path):
     [origin] = origins(1)

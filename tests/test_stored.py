@@ -11,7 +11,7 @@ from edge.conditional import Conditions
 from edge.core import Fetch, Plan, Request, Site, store_name
 from edge.diskcache import Meta
 from edge.filecache import FileCache, NotFound, Resolver
-from edge.stored import NEVER, Growth, StoredEntry, normalise_coding
+from edge.stored import NEVER, STREAMED, Growth, StoredEntry, normalise_coding
 
 
 def test_growth_wakes_waiters_once_per_change():
@@ -147,8 +147,13 @@ def test_conditionals_and_ranges_on_stored_objects(tmp_path, body):
     partial = site.stored(ranged, entry, 500.0)
     assert partial.status == 206 and partial.parts == ((1, 2),)
     assert dict(partial.headers)[b"content-range"] == b"bytes 1-2/5"
-    # While the body is still arriving, a Range is ignored (the whole body streams).
+    # While the body is still arriving, its ranges are planned the same way (the transfer waits for the
+    # bytes); of a body whose length is known only at its end, a Range is ignored (the whole body streams).
     entry.growth = Growth(5)
+    growing = site.stored(ranged, entry, 500.0)
+    assert growing.status == 206 and growing.parts == ((1, 2),)
+    entry.size = STREAMED
+    entry.growth = Growth(STREAMED)
     assert site.stored(ranged, entry, 500.0).status == 200
 
 
