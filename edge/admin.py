@@ -58,6 +58,7 @@ class Node:
         """Remove from the disk cache, then have every worker drop its entries; returns the answer body."""
         removed = 0
         if self.store is not None:
+            self.store.remember(purge, time.time())  # for objects whose reports were lost (Manager.reconcile)
             if self.drain_reports is not None:
                 self.drain_reports()  # reports already sent count in the first pass
             names = self.store.take(purge)

@@ -60,8 +60,31 @@ class Meta:
 
 
 XATTR = "user.edge.meta"
-HEAD_XATTR = "user.edge.head"  # on a temp body other workers follow: b"<shared> <known length>\n" + metadata
+#: Seconds the manager remembers a purge for objects it indexes late (stored seconds at most before that).
+PURGE_MEMORY = 60.0
+#: On a temp body other workers follow: b"<shared> <known length> <fetcher's pid>\n" + metadata (see parse_head).
+HEAD_XATTR = "user.edge.head"
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def parse_head(data: bytes) -> tuple[bool, bool, int, Meta]:
+    """A HEAD_XATTR value: (may be shared, length known, the fetching worker's pid, metadata);
+    ValueError/TypeError/KeyError when it is not one."""
+    flags, _, raw = data.partition(b"\n")
+    shared, known, pid = flags.split()
+    return shared == b"1", known == b"1", int(pid), Meta.loads(raw)
+
+
+def process_alive(pid: int) -> bool:
+    """Is the worker that wrote a temp file (its pid in the name or head) still there? A pid is not reused
+    within the life of a temp file."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def write_file(path: str, data: bytes) -> None:
@@ -137,10 +160,11 @@ class Writer:
         # A followed temp file's inode: abort() unlinks the name only while it is still this file.
         self.ino = os.fstat(self.fd).st_ino if followed is not None else 0
 
-    def publish_head(self, data: bytes) -> bool:
-        """Let other workers follow this body as it grows (see HEAD_XATTR); False where there are no xattrs."""
+    def publish_head(self, shared: bool, known: bool, meta_data: bytes) -> bool:
+        """Let other workers follow this body as it grows (see HEAD_XATTR): whether they may share it, whether
+        meta_data (Meta.dumps()) has its final length; False where there are no xattrs."""
         try:
-            os.setxattr(self.fd, HEAD_XATTR, data)
+            os.setxattr(self.fd, HEAD_XATTR, b"%d %d %d\n%s" % (shared, known, self.store.pid, meta_data))
         except OSError:
             return False
         self.headed = True
@@ -219,6 +243,7 @@ class DiskCache:
         os.makedirs(self.tmp_dir, exist_ok=True)
         for i in range(256):  # every objects/ab/ made once here, not checked on every store
             os.makedirs(os.path.join(self.objects_dir, f"{i:02x}"), exist_ok=True)
+        self.purges: list[tuple[float, Purge]] = []  # (wall time, purge) of the last PURGE_MEMORY seconds
         self.index: OrderedDict[str, int] = OrderedDict()  # digest -> body size, least recent first
         self.size = 0
         self.evictions = 0
@@ -277,9 +302,10 @@ class DiskCache:
             except NotADirectoryError:
                 continue
 
-    def unindexed(self) -> list[tuple[str, int, str, list[str]]]:
-        """Objects on disk the index does not hold, as (digest, size, key, tags): those whose reports were
-        lost (a worker died before sending them). Reads the index without changing it: safe in a thread."""
+    def unindexed(self) -> list[tuple[str, int, str, list[str], float]]:
+        """Objects on disk the index does not hold, as (digest, size, key, tags, stored_at): those whose
+        reports were lost (a worker died before sending them). Reads the index without changing it: safe
+        in a thread."""
         found = []
         for folder, names in self._folders():
             for name in names:
@@ -292,8 +318,18 @@ class DiskCache:
                 except OSError:
                     continue
                 if meta is not None and size == meta.length:
-                    found.append((name, size, meta.key, meta.tags))
+                    found.append((name, size, meta.key, meta.tags, meta.stored_at))
         return found
+
+    def remember(self, purge: Purge, now: float) -> None:
+        """(Manager) Note a purge made at wall time `now`: an object stored before it but indexed after it
+        (its report was lost, see unindexed) is removed, not indexed."""
+        self.purges = [p for p in self.purges if p[0] >= now - PURGE_MEMORY]
+        self.purges.append((now, purge))
+
+    def purged_after(self, stored_at: float, key: str, tags: list[str]) -> bool:
+        """Has a purge naming this object been made since it was stored (wall time `stored_at`)?"""
+        return any(when >= stored_at and purge.matches_key(key, tags) for when, purge in self.purges)
 
     def writer(self, key: bytes, name: str | None = None, followed: str | None = None) -> Writer:
         """Start storing the object for `key` (whose digest is `name`, if known); `followed`: see Writer."""

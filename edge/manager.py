@@ -22,8 +22,9 @@ from . import reports
 from .admin import IDLE_TIMEOUT, Node, make_app
 from .config import Config
 from .control import Asker
-from .diskcache import DiskCache
+from .diskcache import DiskCache, process_alive
 from .health import ActiveHealth, HealthTable, OriginCounters, check
+from .pull import KeyLocks
 from .purge import PurgeIndex
 from .stats import StatsBlock
 
@@ -41,6 +42,7 @@ class Manager:
         self.states = [ActiveHealth(config.health.rise, config.health.fall, health.healthy(i))
                        for i in range(len(config.origins))] if health is not None else []
         self.reconciling: asyncio.Future | None = None
+        self.locks: KeyLocks | None = None  # the fetch locks, to clear a dead worker's followed temp file
         self.reconcile_again = False
 
     def on_event(self) -> None:
@@ -67,8 +69,15 @@ class Manager:
         if self.reconciling is not None:
             self.reconcile_again = True  # lost after the scan began: scan once more when it ends
             return
-        self.reconciling = asyncio.get_running_loop().run_in_executor(None, self.store.unindexed)
+        self.reconciling = asyncio.get_running_loop().run_in_executor(None, self._scan)
         self.reconciling.add_done_callback(self._reconciled)
+
+    def _scan(self) -> list[tuple[str, int, str, list[str], float]]:
+        """(Thread) Clear what dead workers left in tmp/, then list the objects the index lacks."""
+        if self.locks is None:
+            self.locks = KeyLocks(os.path.join(self.store.tmp_dir, "locks"))
+        remove_leftovers(self.store.tmp_dir, self.locks)
+        return self.store.unindexed()
 
     def _reconciled(self, scan: asyncio.Future) -> None:
         self.reconciling = None
@@ -77,16 +86,22 @@ class Manager:
             found = scan.result()
         except OSError:
             found = []
-        for name, size, key, tags in found:
-            # Purged or evicted since the scan saw it: not brought back.
-            if name not in store.index and os.path.exists(store.paths(name)[0]):
-                try:
+        indexed = removed = 0
+        for name, size, key, tags, stored_at in found:
+            if name in store.index:
+                continue  # its report came meanwhile
+            try:
+                if store.purged_after(stored_at, key, tags):
+                    store.unlink_all([name])  # a purge since it was stored could not find it: it goes now
+                    removed += 1
+                elif os.path.exists(store.paths(name)[0]):  # not purged or evicted since the scan saw it
                     store.admitted(name, size, key, tags)
-                except OSError:
-                    pass
-        if found:
-            print(f"edge: cache manager indexed {len(found)} object(s) whose reports were lost",
-                  file=sys.stderr, flush=True)
+                    indexed += 1
+            except OSError:
+                pass
+        if indexed or removed:
+            print(f"edge: cache manager found {indexed + removed} object(s) whose reports were lost: "
+                  f"{indexed} indexed, {removed} removed (purged since they were stored)", file=sys.stderr, flush=True)
         if self.reconcile_again:
             self.reconcile_again = False
             self.reconcile()
@@ -138,6 +153,32 @@ class Manager:
         asker.close()
         if self.events is not None:
             loop.remove_reader(self.events.fileno())
+
+
+def remove_leftovers(tmp_dir: str, locks: KeyLocks) -> int:
+    """Remove the temp files of workers that died (a live one removes its own): a private one by the pid
+    in its name, a followed one (<digest>.fetch) when no worker holds its key's lock. How many went."""
+    removed = 0
+    for leftover in os.listdir(tmp_dir):
+        parts = leftover.split(".")
+        path = os.path.join(tmp_dir, leftover)
+        try:
+            if len(parts) >= 2 and parts[1] == "fetch":
+                slot = KeyLocks.slot(parts[0])
+                if not locks.try_lock(slot):
+                    continue  # being fetched: the lock holder writes (or replaces) it
+                try:
+                    os.unlink(path)
+                finally:
+                    locks.unlock(slot)
+            elif len(parts) >= 3 and parts[1].isdigit() and not process_alive(int(parts[1])):
+                os.unlink(path)
+            else:
+                continue
+            removed += 1
+        except (OSError, ValueError):
+            continue
+    return removed
 
 
 def run(config: Config, health: HealthTable | None, events: socket.socket | None, store: DiskCache | None,

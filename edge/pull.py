@@ -26,7 +26,8 @@ from . import reports
 from .cachekey import KeyRule, digest
 from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
-from .diskcache import HEAD_XATTR, DiskCache, Meta, Writer, read_meta, rewrite_meta
+from .diskcache import (HEAD_XATTR, XATTR, DiskCache, Meta, Writer, parse_head, process_alive, read_meta,
+                        rewrite_meta)
 from .filecache import OPEN_FLAGS, FileCache
 from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable
@@ -496,7 +497,7 @@ class Puller:
                 # shared and whether its length is known.
                 if length is not None:
                     meta_data = meta.dumps()  # final already: the length is known, so commit uses it too
-                writer.publish_head(b"%d %d\n" % (storable, length is not None) + (meta_data or meta.dumps()))
+                writer.publish_head(storable, length is not None, meta_data or meta.dumps())
             # Every waiter is answered now and reads the body from the file as it grows; one whose
             # length is known only at its end goes out chunked (STREAMED) until it is stored.
             entry.growth = Growth(STREAMED if length is None else length)
@@ -520,7 +521,7 @@ class Puller:
                 entry.growth.finish(writer.written)
                 if writer.headed:  # other workers' followers learn where the body ends (stored or not)
                     meta_data = meta.dumps()
-                    writer.publish_head(b"%d 1\n" % storable + meta_data)
+                    writer.publish_head(storable, True, meta_data)
             entry.growth = None
             entry.plans.clear()
             # Publishing is a few metadata syscalls: done here, it costs less than a trip to the I/O pool
@@ -622,9 +623,10 @@ class Puller:
             found = self._open_head(path, fetch)
             if found == "pass":
                 return Outcome(shared=False)  # not for sharing: each request asks the origin itself
-            if isinstance(found, StoredEntry):
-                self._spawn(self._tail(found, name))
-                return Outcome(found, COLLAPSED)
+            if isinstance(found, tuple):
+                entry, fetcher = found
+                self._spawn(self._tail(entry, fetcher))
+                return Outcome(entry, COLLAPSED)
             if isinstance(found, int) and found > grown:  # a body still arriving that cannot be followed
                 grown = found
                 deadline = self.loop.time() + self.follow_timeout
@@ -635,11 +637,11 @@ class Puller:
             delay = min(delay * 2, FOLLOW_POLL_MAX)
         return Outcome(plan=self._error(504, "timeout"))
 
-    def _open_head(self, path: str, fetch: Fetch) -> StoredEntry | str | int | None:
-        """Another worker's fetch, from its temp file and head: an entry to follow (a body of unknown length
-        streams until _tail learns where it ends), "pass", the bytes so far of a body that cannot be
-        followed (no head on this filesystem: wait for it to be stored), or None (no fetch there, or
-        another key's)."""
+    def _open_head(self, path: str, fetch: Fetch) -> tuple[StoredEntry, int] | str | int | None:
+        """Another worker's fetch, from its temp file and head: an entry to follow with the fetching
+        worker's pid (a body of unknown length streams until _tail learns where it ends), "pass", the bytes
+        so far of a body that cannot be followed (no head on this filesystem: wait for it to be stored),
+        or None (no fetch there, another key's, or one left by a worker that died)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -650,12 +652,12 @@ class Puller:
                 data = os.getxattr(fd, HEAD_XATTR)
             except OSError:
                 return os.fstat(fd).st_size  # no head yet, or no xattrs here: is it still growing?
-            flags, _, raw = data.partition(b"\n")
-            shared, known = flags.split()
-            meta = Meta.loads(raw)
+            shared, known, pid, meta = parse_head(data)
             if meta.key != fetch.key.decode("latin-1"):
                 return None  # a Vary case: fetched by ourselves once this fetch is stored
-            if shared == b"0":
+            if not process_alive(pid):
+                return None  # left by a worker that died: the lock holder replaces it when its answer comes
+            if not shared:
                 return "pass"
             entry = StoredEntry(fetch.name, path, fd, os.fstat(fd), meta, self.loop.time(), time.time())
         except (OSError, ValueError, TypeError, KeyError):
@@ -663,18 +665,18 @@ class Puller:
         finally:
             if entry is None:
                 os.close(fd)
-        if known == b"0":  # its length is known only at its end: streamed (chunked) as it grows, like the fetcher's
+        if not known:  # its length is known only at its end: streamed (chunked) as it grows, like the fetcher's
             entry.size = STREAMED
         entry.growth = Growth(entry.size)
         if entry.size == 0:
             entry.growth.done = True
         entry.acquire()  # the tail's reference; retire() below closes the fd after the last reader
         entry.retire()
-        return entry
+        return entry, pid
 
-    async def _tail(self, entry: StoredEntry, name: str) -> None:
-        """Watch another worker's temp file (the fetch of digest `name`) grow; fail the readers if it is
-        abandoned or stalls."""
+    async def _tail(self, entry: StoredEntry, fetcher: int) -> None:
+        """Watch another worker's temp file grow; fail the readers if it is abandoned, stalls, or its
+        fetching worker (pid `fetcher`) dies."""
         growth = entry.growth
         delay = FOLLOW_POLL_MIN
         last = self.loop.time()
@@ -688,12 +690,12 @@ class Puller:
                     delay = FOLLOW_POLL_MIN
                     continue
                 if growth.length == STREAMED:
-                    final = self._final_length(entry.fd, name)
+                    final = self._final_length(entry.fd)
                     if final is not None and final == st.st_size:
                         entry.size = entry.meta.length = final
                         growth.finish(final)
                         break
-                if st.st_nlink == 0 or now - last > self.read_timeout:
+                if st.st_nlink == 0 or now - last > self.read_timeout or not process_alive(fetcher):
                     growth.fail()  # the fetcher dropped it (truncated origin) or died
                     break
                 await asyncio.sleep(delay)
@@ -704,25 +706,20 @@ class Puller:
             entry.growth = None
             entry.release()
 
-    def _final_length(self, fd: int, name: str) -> int | None:
+    @staticmethod
+    def _final_length(fd: int) -> int | None:
         """The length of another worker's body of unknown length (open as `fd`), once its end is known: from
         its head, which the fetcher rewrites with the length at the end, or, the head gone with the commit,
-        from the object stored under digest `name` if that is the same file. None while it still grows."""
+        from the metadata the commit set on the same file (read through `fd`: the stored object may be
+        replaced or purged by then). None while it still grows."""
         try:
-            data = os.getxattr(fd, HEAD_XATTR)
-        except OSError:
-            data = None
-        try:
-            if data is not None:
-                flags, _, raw = data.partition(b"\n")
-                return Meta.loads(raw).length if flags.split()[1] == b"1" else None
-            body, meta_path = self.store.paths(name)
-            meta = read_meta(body, meta_path)
-            if meta is not None and os.stat(body).st_ino == os.fstat(fd).st_ino:
-                return meta.length
-        except (OSError, ValueError, TypeError, KeyError, IndexError):
-            pass
-        return None
+            try:
+                _, known, _, meta = parse_head(os.getxattr(fd, HEAD_XATTR))
+                return meta.length if known else None
+            except OSError:
+                return Meta.loads(os.getxattr(fd, XATTR)).length
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
 
     async def close(self) -> None:
         """Stop fetching: cancel flights, close the origin connections and the lock file."""

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 
 DATAGRAM = 64 * 1024  # the most one datagram carries (a record's key is at most 8 KiB)
 FLUSH_DELAY = 0.02  # seconds a report may wait for others to share its datagram
+RETRY_DELAY = 0.2  # seconds before a RECONCILE that could not be sent is tried again
 RECONCILE = b"R"
 _LENGTH = struct.Struct("!I")
 _ROOM = DATAGRAM - _LENGTH.size - len(RECONCILE)  # what a batch may fill, leaving room for a RECONCILE
@@ -100,7 +101,7 @@ class Reporter:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if not self.pending:
+        if not self.pending and not self.lost:
             return
         if self.lost:
             self.pending.append(RECONCILE)
@@ -111,4 +112,11 @@ class Reporter:
             self.sock.send(data)
             self.lost = False
         except OSError:
-            self.lost = True  # the manager's queue is full or it is restarting (a new one rebuilds from disk)
+            # The manager's queue is full or it is restarting (a new one rebuilds from disk): its index
+            # misses these objects until a RECONCILE gets through, tried again shortly even if nothing
+            # else is reported.
+            self.lost = True
+            try:
+                self.timer = self.loop.call_later(RETRY_DELAY, self.flush)
+            except RuntimeError:
+                pass  # the loop is closing (the worker exits)

@@ -45,7 +45,7 @@ def vary_body(name: str) -> bytes:
 def make_app(port_of: list[int]) -> web.Application:
     """Routes: /obj/NAME (names itself and its port), /echo (request headers as JSON), /healthz, /slow, /cut, /big,
     /gen/NAME (headers from the query), /vary/NAME, /stream/NAME, /gate/NAME, control routes, and /ANY.txt."""
-    state = {"healthy": True, "fail": {}, "version": Counter(), "gates": {}, "waiting": set()}
+    state = {"healthy": True, "fail": {}, "version": Counter(), "gates": {}, "waiting": set(), "gate_seen": Counter()}
     counts: Counter = Counter()
     log: list[dict] = []
 
@@ -152,11 +152,15 @@ def make_app(port_of: list[int]) -> web.Application:
         """The first half of pattern(NAME, size) at once; the rest only after /_release/NAME.
 
         With cut=1 the origin dies instead of sending the second half (the body stays short of its length);
-        with chunked=1 it sends no Content-Length (HTTP/1.1 chunked: the length is known only at the end).
+        with chunked=1 it sends no Content-Length (HTTP/1.1 chunked: the length is known only at the end);
+        with late=1 every request after the first waits for the release before sending anything.
         """
         name = request.match_info["name"]
         size = int(request.query.get("size", "131072"))
         body = pattern(name, size)
+        state["gate_seen"][name] += 1
+        if request.query.get("late") and state["gate_seen"][name] > 1:
+            await asyncio.wait_for(gate(name).wait(), GATE_TIMEOUT)
         headers = {"Cache-Control": "max-age=60", "Content-Type": "application/octet-stream"}
         if not request.query.get("chunked"):
             headers["Content-Length"] = str(size)

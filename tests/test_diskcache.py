@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from edge.cachekey import digest
-from edge.diskcache import HEAD_XATTR, XATTR, DiskCache, Meta, rewrite_meta
+from edge.diskcache import HEAD_XATTR, XATTR, DiskCache, Meta, parse_head, rewrite_meta
 
 
 def meta_for(key: bytes, body: bytes, **extra) -> Meta:
@@ -141,8 +141,8 @@ def test_a_followed_fetch_writes_where_other_workers_look_and_leaves_no_head_on_
     writer = cache.writer(key, name, followed=name)
     assert writer.tmp == str(where) and where.stat().st_size == 0  # the leftover was replaced
     meta = meta_for(key, b"hello")
-    assert writer.publish_head(b"1 1\n" + meta.dumps())
-    assert os.getxattr(where, HEAD_XATTR).startswith(b"1 1\n{")
+    assert writer.publish_head(True, True, meta.dumps())
+    assert parse_head(os.getxattr(where, HEAD_XATTR)) == (True, True, os.getpid(), meta)
     writer.write(b"hello")
     assert writer.commit(meta)
     body, _ = cache.paths(name)

@@ -20,10 +20,10 @@ from edge.purge import Purge, PurgeIndex
 from edge.manager import Manager
 
 
-def _store_object(store: DiskCache, key: bytes, size: int) -> str:
+def _store_object(store: DiskCache, key: bytes, size: int, stored_at: float = 0.0) -> str:
     writer = store.writer(key)
     writer.write(b"x" * size)
-    meta = Meta(key=key.decode(), status=200, headers=[], length=size, stored_at=0.0, request_time=0.0,
+    meta = Meta(key=key.decode(), status=200, headers=[], length=size, stored_at=stored_at, request_time=0.0,
                 lifetime=60.0, initial_age=0.0)
     assert writer.commit(meta)
     return digest(key)
@@ -143,7 +143,11 @@ def test_a_reconcile_indexes_the_objects_whose_reports_were_lost(tmp_path: Path)
         reports.pack([reports.stored(n, s, k, t)])))
     known = _store_object(told, b"/known", 10)
     lost_store = DiskCache(store.root, store.max_size, report=lambda *_: None)  # a worker that died with its batch
-    lost = [_store_object(lost_store, f"/lost{i}".encode(), 20) for i in range(3)]
+    store.remember(Purge(paths=("/lost1", "/lost2")), 1000.0)  # before /lost1 was stored: not for it
+    lost = [_store_object(lost_store, f"/lost{i}".encode(), 20, stored_at=1000.5) for i in range(4)]
+    # A purge of /lost3 while its report was missing: the purge could not find it in the index.
+    store.remember(Purge(paths=("/lost3",)), 1001.0)
+    purged = lost.pop()
     # Not objects: a body whose metadata never landed, and one shorter than its metadata says.
     Path(store.paths("a" * 32)[0]).write_bytes(b"no metadata")
     short = _store_object(lost_store, b"/short", 30)
@@ -164,6 +168,7 @@ def test_a_reconcile_indexes_the_objects_whose_reports_were_lost(tmp_path: Path)
     asyncio.run(scenario())
     assert set(store.index) == {known, *lost}
     assert store.size == 10 + 3 * 20
+    assert not os.path.exists(store.paths(purged)[0]), "a purge made while it was unknown removes it"
     assert store.keys.select(Purge(paths=("/lost1",))) == {lost[1]}, "a lost object can be purged once reconciled"
     ours.close()
     worker_end.close()

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,8 +38,9 @@ from conftest import (
 from origin_server import gen_body, pattern, vary_body
 from test_supervisor import serving_pid
 
-from edge.diskcache import read_meta
 from edge.cachekey import digest
+from edge.diskcache import DiskCache, Meta, read_meta
+from edge.pull import Puller
 from edge.ring import Ring
 
 HERE = Path(__file__).resolve().parent
@@ -773,6 +775,114 @@ def test_first_bytes_reach_clients_on_both_workers_before_the_origin_finishes(pu
     assert origin.count(target) == 1
     assert stored_soon(cache_dir, target)["length"] == size
     settled(server, cache_dir)
+
+
+def connection_not_on(server: EdgeProcess, pid: int) -> socket.socket:
+    """A connection some other worker than `pid` accepted."""
+    for _ in range(50):
+        sock = server.connect(timeout=30)
+        wait_for(lambda: sock.getsockname()[1] in serving_pid(server, [sock]), 5)
+        if serving_pid(server, [sock]).get(sock.getsockname()[1], pid) != pid:
+            return sock
+        sock.close()
+    raise AssertionError(f"every connection went to worker {pid}")
+
+
+def read_whole(sock: socket.socket, chunked: bool, size: int) -> bytes | None:
+    """A response's body, or None when it ends short (its head read here)."""
+    headers, early = read_head_and_some(sock)
+    if chunked and headers.get("transfer-encoding") == "chunked":
+        body, complete = read_chunked(sock, early)
+        return body if complete else None
+    body = read_rest(sock, early, size)
+    return body if len(body) == int(headers["content-length"]) else None
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "unknown-length"])
+def test_the_temp_file_of_a_killed_worker_is_not_followed(pull, origins, cache_dir, chunked):
+    # A killed fetcher leaves tmp/<digest>.fetch with its head. While the next fetcher waits for the
+    # origin's answer, a request on another worker must wait for that fetch, not serve the dead one's half.
+    [origin] = origins(1)
+    server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
+    size = 200_000
+    target = f"/gate/dead?size={size}&late=1" + ("&chunked=1" if chunked else "")
+    first, _, second, _ = spread_connections(server, 2)
+    owners = serving_pid(server, [first, second])
+    first.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    read_head_and_some(first)
+    # The manager clears a dead worker's temp files once told of its death: stopped meanwhile, so the
+    # leftover is surely there when the next requests come.
+    os.kill(server.manager_pid, signal.SIGSTOP)
+    try:
+        killed = owners[first.getsockname()[1]]
+        os.kill(killed, signal.SIGKILL)
+        first.close()
+        assert wait_for(lambda: not os.path.exists(f"/proc/{killed}"), 10), "reaped (its key's lock is free)"
+        assert any((cache_dir / "tmp").glob("*.fetch")), "the killed fetch left its temp file"
+        fetcher = owners[second.getsockname()[1]]
+        second.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert wait_for(lambda: origin.count(target) == 2, 10), "the second fetch waits for the origin's answer"
+        third = connection_not_on(server, fetcher)  # on the killed worker's replacement
+        third.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(0.3)
+        origin.ctl("/_release/dead")
+    finally:
+        os.kill(server.manager_pid, signal.SIGCONT)
+    assert read_whole(second, chunked, size) == pattern("dead", size)
+    assert read_whole(third, chunked, size) == pattern("dead", size)
+    assert origin.count(target) == 2
+    second.close()
+    third.close()
+
+
+def test_followers_of_a_fetcher_that_dies_are_cut_off_at_once(pull, origins, cache_dir):
+    # Not after proxy.read_timeout: the fetcher's pid is in the head, and a stalled follower checks it.
+    [origin] = origins(1)
+    server = pull([origin], "--workers", "2", "--cpu-affinity", "off", config="[proxy]\nread_timeout = 60\n")
+    size = 200_000
+    target = f"/gate/orphan?size={size}"
+    fetcher, _, follower, _ = spread_connections(server, 2)
+    owners = serving_pid(server, [fetcher])
+    heads = []
+    for sock in (fetcher, follower):
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        heads.append(read_head_and_some(sock))
+    assert heads[1][0]["cache-status"] == COLLAPSED
+    os.kill(owners[fetcher.getsockname()[1]], signal.SIGKILL)
+    fetcher.close()
+    got = read_rest(follower, heads[1][1], size, timeout=20)  # timing out here: it waited for read_timeout
+    follower.close()
+    assert len(got) < size and pattern("orphan", size).startswith(got)
+    # The dead fetcher's temp file goes too (the manager clears it after the worker's death), not at the next start.
+    assert wait_for(lambda: not any((cache_dir / "tmp").glob("*.fetch")), 10)
+    origin.ctl("/_release/orphan")
+
+
+@pytest.mark.parametrize("ending", ["stored-then-replaced", "not-stored"])
+def test_a_follower_learns_where_a_body_of_unknown_length_ends_through_its_own_fd(tmp_path, ending):
+    # By its next poll the stored object may be purged or replaced by a newer fetch, or never stored (a
+    # purge while it was fetched): the follower's open file still says how long the body is.
+    cache = DiskCache(str(tmp_path / "c"), 1 << 20)
+    key = b"/unknown-length"
+    name = digest(key)
+    writer = cache.writer(key, name, followed=name)
+    meta = Meta(key=key.decode(), status=200, headers=[], length=0, stored_at=1.0, request_time=1.0,
+                lifetime=60.0, initial_age=0.0)
+    assert writer.publish_head(True, False, meta.dumps())
+    fd = os.open(cache.follow_path(name), os.O_RDONLY)
+    try:
+        writer.write(b"x" * 1000)
+        assert Puller._final_length(fd) is None, "still growing"
+        meta.length = 1000
+        if ending == "stored-then-replaced":
+            assert writer.commit(meta)
+            os.unlink(cache.paths(name)[0])
+        else:
+            assert writer.publish_head(True, True, meta.dumps())  # as _answer does when the body ends
+            writer.abort()
+        assert Puller._final_length(fd) == 1000
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["length", "unknown-length"])

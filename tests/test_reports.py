@@ -96,16 +96,21 @@ def test_sizes_survive(size: int):
     assert next(reports.parse(reports.pack([reports.stored(NAME, size, "/k", [])])))[2] == size
 
 
-def test_a_datagram_that_could_not_go_makes_the_next_one_ask_for_a_reconcile():
+def _fill(sock: socket.socket) -> None:
+    """Fill the manager's queue: the next datagram cannot be sent."""
+    while True:
+        try:
+            sock.send(b"z" * 4096)
+        except BlockingIOError:
+            return
+
+
+@pytest.mark.parametrize("more", [True, False], ids=["with-the-next-batch", "alone"])
+def test_a_datagram_that_could_not_go_is_followed_by_a_reconcile(more: bool):
     theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     theirs.setblocking(False)
     ours.setblocking(False)
-    filler = b"z" * 4096
-    while True:  # fill the manager's queue: the next batch cannot be sent
-        try:
-            ours.send(filler)
-        except BlockingIOError:
-            break
+    _fill(ours)
 
     async def scenario() -> list[bytes]:
         reporter = reports.Reporter(asyncio.get_running_loop(), ours)
@@ -114,12 +119,16 @@ def test_a_datagram_that_could_not_go_makes_the_next_one_ask_for_a_reconcile():
         assert reporter.lost
         while _received(theirs):  # the manager catches up
             pass
-        reporter.add(reports.stored(NAME, 2, "/next", []))
-        reporter.flush()
+        if more:  # the next batch carries it
+            reporter.add(reports.stored(NAME, 2, "/next", []))
+            reporter.flush()
+        else:  # nothing else to report: it goes on its own
+            await asyncio.sleep(reports.RETRY_DELAY * 2)
         assert not reporter.lost
         return _received(theirs)
 
     [datagram] = asyncio.run(scenario())
-    assert [(r[0], r[3]) for r in reports.parse(datagram)] == [("S", "/next"), ("R", "")]
+    expected = [("S", "/next"), ("R", "")] if more else [("R", "")]
+    assert [(r[0], r[3]) for r in reports.parse(datagram)] == expected
     theirs.close()
     ours.close()
