@@ -415,13 +415,14 @@ class Puller:
                          self.site.server)
 
     async def _fetch(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, name: str,
-                     publish: bool = True) -> None:
+                     publish: bool = True, conditional: bool = True) -> None:
         """Ask the origin; stream the body into a temp file that every waiter reads as it grows.
 
         The listed client fields (proxy.forward_headers) of the request that started the fetch go along.
+        A `stale` object is revalidated (`conditional`) unless a 304 could not refresh it.
         """
         extra = [("Accept-Encoding", fetch.coding or "identity")]
-        if stale is not None:
+        if stale is not None and conditional:
             if stale.etag:
                 extra.append(("If-None-Match", stale.etag.decode("latin-1")))
             lm = next((v for k, v in stale.stored_headers if k == b"last-modified"), None)
@@ -440,13 +441,16 @@ class Puller:
             return
         followed = name if publish and not self.solo else None
         try:
-            await self._answer(flight, fetch, stale, fetched, request_time, followed)
+            again = await self._answer(flight, fetch, stale, fetched, request_time, followed, conditional)
         finally:
             fetched.close()  # the connection goes back to its pool, or is dropped, whatever happened
+        if again:  # a 304 that cannot refresh the stored object: the whole response, then
+            await self._fetch(flight, fetch, stale, name, publish, conditional=False)
 
     async def _answer(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, fetched: Fetched,
-                      request_time: float, followed: str | None) -> None:
-        """Judge the origin's answer (304, error, storable or not) and pass its body on."""
+                      request_time: float, followed: str | None, conditional: bool = True) -> bool:
+        """Judge the origin's answer (304, error, storable or not) and pass its body on; True when it was a
+        304 that does not refresh `stale` (asked again without conditions)."""
         now, wall = self.loop.time(), time.time()
         status = fetched.status
         # Gateway errors say the origin itself is in trouble; a 500 is one resource's bug, not the origin's health.
@@ -454,16 +458,15 @@ class Puller:
         text = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in fetched.headers]
         headers = [pair for pair in text if pair[0] not in DROPPED_FIELDS]
         raw = _header_dict(text)
-        if stale is not None and status == 304:
-            await self._refreshed(flight, fetch, stale, headers, raw, request_time, wall)
-            return
+        if stale is not None and status == 304 and conditional:
+            return not await self._refreshed(flight, fetch, stale, headers, raw, request_time, wall)
         if status >= 500 and stale is not None and now < stale.error_until:
             self.stats[ORIGIN_ERRORS] += 1
             self._failed(flight, stale, 502, "origin-error")
-            return
+            return False
         if status not in REASONS or status < 200 or status == 304:
             self._failed(flight, stale, 502, "bad-status")
-            return
+            return False
         authorized = any(k.lower() == b"authorization" for k, _ in fetch.forward)
         fresh = assess(status, raw, request_time, wall, self.default_ttl, authorized=authorized)
         vary = {v.strip().lower() for v in raw.get("vary", "").split(",") if v.strip()}
@@ -538,18 +541,19 @@ class Puller:
             writer.abort()
             if isinstance(e, OriginError):
                 self._failed(flight, stale, 502, "truncated")
-                return
+                return False
             raise
         if published is None:
             writer.abort()
             entry.retire()  # served to its own requests from the open fd, then closed
-            return
+            return False
         entry.fs_path, entry.changed = published
         if small is not None and 0 < entry.size <= self.inline_max:  # like a small local file: one write with its head
             entry.body = b"".join(small)
         now = self.loop.time()
         entry.checked = now
         self.cache.store(entry.path, entry, now)
+        return False
 
     def _failed(self, flight: Flight, stale: StoredEntry | None, status: int, detail: str) -> None:
         """The origin gave nothing usable: stale-if-error when allowed, else a short 502/504."""
@@ -562,14 +566,28 @@ class Puller:
         flight.resolve(Outcome(plan=self._error(status, detail)))
 
     async def _refreshed(self, flight: Flight, fetch: Fetch, stale: StoredEntry, headers: list[tuple[str, str]],
-                         raw: dict[str, str], request_time: float, wall: float) -> None:
-        """A 304 for a stale object: merge its fields into the stored ones (RFC 9111 §4.3.4), store, serve."""
+                         raw: dict[str, str], request_time: float, wall: float) -> bool:
+        """A 304 for a stale object: merge its fields into the stored ones (RFC 9111 §4.3.4), store, serve.
+
+        False, changing nothing, when the 304 is not about the stored response (another validator) or
+        makes it one that may not be stored (no-store, private, a Vary not kept): the caller asks again."""
+        etag = raw.get("etag")
+        if etag is not None:
+            if _opaque(etag.encode("latin-1")) != _opaque(stale.etag):
+                return False
+        elif "last-modified" in raw and stale.last_modified is not None and \
+                parse_http_date(raw["last-modified"]) != stale.last_modified:
+            return False
         headers = [(k, v) for k, v in headers if k != "set-cookie"]  # never stored for everyone
         fresh_names = {k for k, _ in headers}
         merged = [(k, v) for k, v in stale.meta.headers if k not in fresh_names] + headers
         judged = _header_dict(merged)
         judged.update({k: raw[k] for k in ("date", "age") if k in raw})  # the 304's own Date and Age count
-        fresh = assess(stale.status, judged, request_time, wall, self.default_ttl)
+        authorized = any(k.lower() == b"authorization" for k, _ in fetch.forward)
+        fresh = assess(stale.status, judged, request_time, wall, self.default_ttl, authorized=authorized)
+        vary = {v.strip().lower() for v in judged.get("vary", "").split(",") if v.strip()}
+        if not fresh.storable or not vary <= {VARY_MARKER}:
+            return False
         meta = replace(stale.meta, headers=merged, stored_at=wall, request_time=request_time,
                        lifetime=fresh.lifetime, initial_age=fresh.initial_age,
                        stale_while_revalidate=fresh.stale_while_revalidate, stale_if_error=fresh.stale_if_error,
@@ -593,6 +611,7 @@ class Puller:
             if not stale.dead:  # evicted from this worker's cache meanwhile: served once, loaded afresh next time
                 self.cache.store(stale.path, stale, now)
         flight.resolve(Outcome(stale, REVALIDATED))
+        return True
 
     def _commit(self, writer: Writer, meta: Meta, vary_key: bytes | None,
                 meta_data: bytes | None = None) -> tuple[str, int] | None:
@@ -728,6 +747,12 @@ class Puller:
         await self.pool.close()
         self.locks.close()
         self.reports.flush()
+
+
+def _opaque(etag: bytes) -> bytes:
+    """An entity tag without its weak indicator (RFC 9110 §8.8.3.2's weak comparison)."""
+    etag = etag.strip()
+    return etag[2:] if etag[:2] == b"W/" else etag
 
 
 def _coding(req: Request) -> str:

@@ -8,6 +8,7 @@ test can ask the origin itself what reached it (GET /_stats). Control routes fli
   /_fail/NAME/on|off         /gen/NAME answers 500 (or ?status=N) while on
   /_bump/NAME                /gen/NAME gets a new version (new body, new ETag)
   /_release/NAME             lets the second half of /gate/NAME go out (or, with ?cut=1, the origin hang up)
+  /_notmod/NAME?FIELD=VALUE  fields that /gen/NAME's 304 answers send instead of its 200's
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def vary_body(name: str) -> bytes:
 def make_app(port_of: list[int]) -> web.Application:
     """Routes: /obj/NAME (names itself and its port), /echo (request headers as JSON), /healthz, /slow, /cut, /big,
     /gen/NAME (headers from the query), /vary/NAME, /stream/NAME, /gate/NAME, control routes, and /ANY.txt."""
-    state = {"healthy": True, "fail": {}, "version": Counter(), "gates": {}, "waiting": set(), "gate_seen": Counter()}
+    state = {"healthy": True, "fail": {}, "version": Counter(), "gates": {}, "waiting": set(), "gate_seen": Counter(),
+             "notmod": {}}
     counts: Counter = Counter()
     log: list[dict] = []
 
@@ -116,6 +118,7 @@ def make_app(port_of: list[int]) -> web.Application:
         if etag:
             headers["ETag"] = etag
             if request.headers.get("If-None-Match") == etag:
+                headers.update(state["notmod"].get(name, {}))
                 return web.Response(status=304, headers=headers)
         body = gen_body(name, port_of[0], version, int(q.get("size", "0")))
         return web.Response(status=int(q.get("status", "200")), body=body, headers=headers)
@@ -217,13 +220,18 @@ def make_app(port_of: list[int]) -> web.Application:
         gate(request.match_info["name"]).set()
         return web.Response(text="done")
 
+    async def notmod(request: web.Request) -> web.Response:
+        state["notmod"][request.match_info["name"]] = dict(request.query)
+        return web.Response(text="done")
+
     app = web.Application(middlewares=[record])
     app.add_routes([web.get("/obj/{name}", obj), web.get("/echo", echo), web.get("/healthz", healthz),
                     web.get("/slow", slow), web.get("/cut", cut), web.get("/big", big), web.get("/gen/{name}", gen),
                     web.get("/vary/{name}", vary), web.get("/stream/{name}", stream), web.get("/gate/{name}", gated), web.get("/seq/{name}", seq),
                     web.get("/_stats", stats), web.get("/_health/{how:ok|fail}", set_health),
                     web.get("/_fail/{name}/{how:on|off}", set_fail), web.get("/_bump/{name}", bump),
-                    web.get("/_release/{name}", release), web.get("/{name:[^/_][^/]*\\.txt}", anything)])
+                    web.get("/_release/{name}", release),
+                    web.get("/_notmod/{name}", notmod), web.get("/{name:[^/_][^/]*\\.txt}", anything)])
     return app
 
 

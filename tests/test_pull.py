@@ -534,6 +534,31 @@ def test_expired_object_is_revalidated_with_its_etag(pull, origins, cache_dir):
     settled(server, cache_dir)
 
 
+@pytest.mark.parametrize("notmod, why", [
+    ({"ETag": '"another"'}, "its validator is another response's (RFC 9111 §4.3.4)"),
+    ({"Cache-Control": "private, max-age=100"}, "private: not for a shared cache"),
+    ({"Cache-Control": "no-store"}, "no-store"),
+    ({"Vary": "User-Agent"}, "a Vary this cache does not keep"),
+], ids=["other-etag", "private", "no-store", "vary"])
+def test_a_304_that_cannot_refresh_the_stored_copy_is_followed_by_a_plain_request(pull, origins, cache_dir,
+                                                                                  notmod, why):
+    [origin] = origins(1)
+    server = pull([origin])
+    target = gen("nm", cc="max-age=1", etag="1", size=100)
+    status, headers, first = get(server, target)
+    assert status == 200 and headers["cache-status"] == MISS_STORED
+    origin.ctl("/_notmod/nm?" + "&".join(f"{k}={quote(v)}" for k, v in notmod.items()))
+    status, headers, body = until(lambda: get(server, target), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
+    assert (status, body) == (200, first)
+    sent = origin.requests(target)
+    assert len(sent) == 3, f"{why}: asked again without conditions"
+    assert sent[1]["If-None-Match"] == '"nm-v0"' and "If-None-Match" not in sent[2]
+    # What is served and stored is the 200's, not the 304's fields.
+    assert headers["cache-status"] == STALE_REFETCHED
+    assert headers["etag"] == '"nm-v0"' and headers["cache-control"] == "max-age=1" and "vary" not in headers
+    settled(server, cache_dir)
+
+
 def test_no_cache_is_stored_but_revalidated_every_time(pull, origins, cache_dir):
     [origin] = origins(1)
     server = pull([origin])
