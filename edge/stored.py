@@ -10,7 +10,7 @@ from .diskcache import Meta
 from .filecache import FileEntry
 from .httpdate import parse_http_date
 from .purge import key_path
-from .negotiation import choose_encoding
+from .negotiation import PREFERENCE, parse_accept_encoding
 
 #: Origin response fields never stored or passed on: this node writes its own framing, Date, Server, Age.
 DROPPED_FIELDS = frozenset({"content-length", "date", "server", "age", "surrogate-key", "accept-ranges",
@@ -142,11 +142,19 @@ class StoredEntry(FileEntry):
 
 
 def normalise_coding(accept_encoding: bytes | None) -> str:
-    """The one coding asked of the origin for a client's Accept-Encoding: br, gzip or identity.
+    """The codings asked of the origin for a client's Accept-Encoding: "br, gzip", "br", "gzip" or "identity".
 
-    Varying on the raw field would store a copy per browser spelling; three keys cover them all.
+    Varying on the raw field would store a copy per browser spelling; four keys cover them all. The
+    origin chooses among the codings named, and whatever it chose suits every client with the same set:
+    asking a browser's "br, gzip" as "br" alone would get an origin without brotli to send identity.
     """
     if not accept_encoding:
         return "identity"
-    coding = choose_encoding(accept_encoding, ("br", "gzip"))
-    return coding or "identity"
+    prefs = parse_accept_encoding(accept_encoding)
+    star = prefs.get("*", 0.0)
+    rated = [(coding, prefs.get(coding, star)) for coding in PREFERENCE]
+    codings = [coding for coding, q in rated if q > 0]
+    identity = prefs.get("identity")
+    if not codings or (identity is not None and identity > max(q for _, q in rated)):
+        return "identity"  # none acceptable, or the client rates identity above them
+    return ", ".join(codings)

@@ -1197,9 +1197,12 @@ def test_vary_accept_encoding_is_stored_per_coding(pull, origins, cache_dir):
         status, headers, body = get(server, "/vary/z", {"Accept-Encoding": "gzip, deflate"})
         assert status == 200 and headers.get("content-encoding") == "gzip" and gzip.decompress(body) == plain
         assert HIT.fullmatch(headers["cache-status"])
+    # A browser's list: the origin is asked for both codings it takes and chooses (this one has no brotli).
+    status, headers, body = get(server, "/vary/z", {"Accept-Encoding": "gzip, deflate, br, zstd"})
+    assert status == 200 and headers.get("content-encoding") == "gzip" and gzip.decompress(body) == plain
     sent = [h.get("Accept-Encoding") for h in origin.requests("/vary/z")]
-    assert sent == ["identity", "gzip"]
-    assert {"/vary/z\0identity", "/vary/z\0gzip"} <= stored_keys(cache_dir)
+    assert sent == ["identity", "gzip", "br, gzip"]
+    assert {"/vary/z\0identity", "/vary/z\0gzip", "/vary/z\0br, gzip"} <= stored_keys(cache_dir)
     settled(server, cache_dir)
 
 

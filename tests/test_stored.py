@@ -39,8 +39,9 @@ def test_growth_failure_wakes_and_sticks_but_not_after_done():
 
 
 @pytest.mark.parametrize("accept, expected", [
-    (None, "identity"), (b"", "identity"), (b"gzip", "gzip"), (b"gzip, br", "br"), (b"br;q=0, gzip", "gzip"),
-    (b"deflate", "identity"), (b"*", "br"), (b"identity", "identity"),
+    (None, "identity"), (b"", "identity"), (b"gzip", "gzip"), (b"gzip, br", "br, gzip"), (b"br;q=0, gzip", "gzip"),
+    (b"deflate", "identity"), (b"*", "br, gzip"), (b"identity", "identity"), (b"br", "br"),
+    (b"gzip, deflate, br, zstd", "br, gzip"), (b"gzip;q=0.5, identity", "identity"), (b"*;q=0", "identity"),
 ])
 def test_normalise_coding(accept, expected):
     assert normalise_coding(accept) == expected
