@@ -45,10 +45,11 @@ FOLLOW_POLL_MIN = 0.001
 FOLLOW_POLL_MAX = 0.02
 
 HIT_STALE_REVALIDATE = b"edge; hit; fwd=stale; detail=stale-while-revalidate"
-HIT_STALE_ERROR = b"edge; hit; fwd=stale; detail=stale-if-error"
+STALE_ERROR = b"edge; fwd=stale; detail=stale-if-error"  # forwarded, failed: not a hit (RFC 9211 §2.1)
 REVALIDATED = b"edge; fwd=stale; fwd-status=304"
 MISS_STORED = b"edge; fwd=miss; stored"
 MISS = b"edge; fwd=miss"
+STALE_NOT_STORED = b"edge; fwd=stale"  # was stale; the origin's new answer may not be stored
 COLLAPSED = b"edge; fwd=miss; stored; collapsed"
 STALE_REFETCHED = b"edge; fwd=stale; stored"
 VARY_MARKER = "accept-encoding"
@@ -102,7 +103,7 @@ class Outcome:
 
     __slots__ = ("entry", "cache_status", "plan", "shared")
 
-    def __init__(self, entry: StoredEntry | None = None, cache_status: bytes = b"", plan: Plan | None = None,
+    def __init__(self, entry: StoredEntry | None = None, cache_status: bytes | None = b"", plan: Plan | None = None,
                  shared: bool = True) -> None:
         self.entry = entry
         self.cache_status = cache_status
@@ -270,8 +271,14 @@ class Puller:
         elif outcome.entry is not None:
             outcome.entry.acquire()
         first = flight.claim()
-        if outcome.shared and not first and outcome.cache_status == MISS_STORED:
-            outcome = Outcome(outcome.entry, COLLAPSED)  # served by another request's fetch
+        status = outcome.cache_status
+        if outcome.shared and not first and status is not None and status.startswith(b"edge; fwd=") \
+                and not status.endswith(b"; collapsed"):
+            outcome = Outcome(outcome.entry, status + b"; collapsed")  # served by another request's forward
+        elif status is None and outcome.entry is not None:
+            # Another worker had refreshed it: read from the disk, a hit after all.
+            self.stats[CACHE_MISSES] -= 1
+            self.site.store_hits += 1
         if not outcome.shared and (outcome.entry is None or not first):
             if outcome.entry is not None:
                 outcome.entry.release()
@@ -384,7 +391,8 @@ class Puller:
                 if waited or (not self.solo and self._changed_on_disk(fetch, stale)):  # stored by another worker
                     entry = await self._from_disk(fetch)
                     if entry is not None and not entry.vary and self.loop.time() < entry.fresh_until:
-                        flight.resolve(Outcome(entry, COLLAPSED))
+                        # Joined another worker's fetch, or found what one stored earlier (a hit).
+                        flight.resolve(Outcome(entry, COLLAPSED if waited else None))
                         return
                     stale = entry if entry is not None and not entry.vary else stale
                 await self._fetch(flight, fetch, stale, name)
@@ -410,8 +418,9 @@ class Puller:
             return False
         return stale is None or changed != stale.changed
 
-    def _error(self, status: int, detail: str) -> Plan:
-        return text_plan(status, [(b"cache-status", b"edge; fwd=miss; detail=%s" % detail.encode("ascii"))],
+    def _error(self, status: int, detail: str, stale: bool = False) -> Plan:
+        fwd = b"stale" if stale else b"miss"
+        return text_plan(status, [(b"cache-status", b"edge; fwd=%s; detail=%s" % (fwd, detail.encode("ascii")))],
                          self.site.server)
 
     async def _fetch(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, name: str,
@@ -462,7 +471,7 @@ class Puller:
             return not await self._refreshed(flight, fetch, stale, headers, raw, request_time, wall)
         if status >= 500 and stale is not None and now < stale.error_until:
             self.stats[ORIGIN_ERRORS] += 1
-            self._failed(flight, stale, 502, "origin-error")
+            self._failed(flight, stale, 502, "origin-error", origin_status=status)
             return False
         if status not in REASONS or status < 200 or status == 304:
             self._failed(flight, stale, 502, "bad-status")
@@ -494,7 +503,10 @@ class Puller:
             writer.detach()
             entry.acquire()
             flight.hold = entry
-            cache_status = (STALE_REFETCHED if stale is not None else MISS_STORED) if storable else MISS
+            if stale is not None:
+                cache_status = STALE_REFETCHED if storable else STALE_NOT_STORED
+            else:
+                cache_status = MISS_STORED if storable else MISS
             if followed is not None:
                 # Other workers follow this fetch by its head: the metadata, whether the answer may be
                 # shared and whether its length is known.
@@ -555,15 +567,21 @@ class Puller:
         self.cache.store(entry.path, entry, now)
         return False
 
-    def _failed(self, flight: Flight, stale: StoredEntry | None, status: int, detail: str) -> None:
-        """The origin gave nothing usable: stale-if-error when allowed, else a short 502/504."""
+    def _failed(self, flight: Flight, stale: StoredEntry | None, status: int, detail: str,
+                origin_status: int = 0) -> None:
+        """The origin gave nothing usable (`origin_status`: the 5xx it answered): stale-if-error when
+        allowed, else a short 502/504 (504 for a stale object that must be revalidated, RFC 9111 §5.2.2.2)."""
         if flight.outcome is not None:
             return
         if stale is not None and self.loop.time() < stale.error_until:
             self.stats[CACHE_STALE] += 1
-            flight.resolve(Outcome(stale, HIT_STALE_ERROR))
+            label = STALE_ERROR.replace(b"; detail", b"; fwd-status=%d; detail" % origin_status) if origin_status \
+                else STALE_ERROR
+            flight.resolve(Outcome(stale, label))
             return
-        flight.resolve(Outcome(plan=self._error(status, detail)))
+        if stale is not None and stale.meta.must_revalidate and detail == "unreachable":
+            status = 504
+        flight.resolve(Outcome(plan=self._error(status, detail, stale is not None)))
 
     async def _refreshed(self, flight: Flight, fetch: Fetch, stale: StoredEntry, headers: list[tuple[str, str]],
                          raw: dict[str, str], request_time: float, wall: float) -> bool:

@@ -51,7 +51,7 @@ MISS_STORED = "edge; fwd=miss; stored"
 MISS = "edge; fwd=miss"
 COLLAPSED = "edge; fwd=miss; stored; collapsed"
 STALE_REVALIDATE = "edge; hit; fwd=stale; detail=stale-while-revalidate"
-STALE_ERROR = "edge; hit; fwd=stale; detail=stale-if-error"
+STALE_ERROR = "edge; fwd=stale; detail=stale-if-error"  # forwarded and failed: not a hit (RFC 9211 §2.1)
 REVALIDATED = "edge; fwd=stale; fwd-status=304"
 STALE_REFETCHED = "edge; fwd=stale; stored"
 
@@ -587,14 +587,15 @@ def test_stale_if_error_serves_the_stale_copy(pull, origins, cache_dir, failure)
     else:
         origin.kill()
     status, headers, again = until(lambda: get(server, target), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
+    label = STALE_ERROR.replace("; detail", "; fwd-status=500; detail") if failure == "500" else STALE_ERROR
     assert status == 200, (status, headers, again)
-    assert headers["cache-status"] == STALE_ERROR
+    assert headers["cache-status"] == label
     assert again == body
     assert int(headers["age"]) >= 1
     if failure == "500":
         assert origin.count(target) >= 2  # the origin was asked, and failed
         status, headers, again = get(server, target)
-        assert status == 200 and headers["cache-status"] == STALE_ERROR and again == body
+        assert status == 200 and headers["cache-status"] == label and again == body
     settled(server, cache_dir)
 
 
@@ -608,7 +609,11 @@ def test_must_revalidate_is_never_served_stale(pull, origins, cache_dir):
     status, headers, again = until(lambda: get(server, target), lambda r: not HIT.fullmatch(r[1]["cache-status"]))
     assert status == 500, "must-revalidate: the origin's error, not the stale copy"
     assert again == b"origin failure\n"
-    assert "stale" not in headers["cache-status"].split("fwd=")[0]
+    assert headers["cache-status"] == "edge; fwd=stale", "forwarded because stale (RFC 9211 §2.2), not stored"
+    origin.kill()
+    status, headers, _ = get(server, target)
+    assert status == 504, "a stale object that must be revalidated, origin unreachable (RFC 9111 §5.2.2.2)"
+    assert headers["cache-status"] == "edge; fwd=stale; detail=unreachable"
     settled(server, cache_dir)
 
 
@@ -719,6 +724,42 @@ def test_a_long_body_does_not_time_out_the_other_workers_requests(pull, origins,
                for status, _, body in fetch_concurrently(socks, target)]
     assert results == [(200, size, expected)] * len(socks), results
     assert origin.count(target) == fetches
+    settled(server, cache_dir)
+
+
+def test_requests_joining_a_refetch_of_a_stale_object_say_collapsed(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin])
+    target = "/stream/rc?size=200000&chunk=20000&delay=0.05&cc=max-age%3D1"  # half a second to send
+    assert get(server, target)[1]["cache-status"] == MISS_STORED
+    time.sleep(1.2)
+    socks = [server.connect(timeout=10) for _ in range(3)]
+    labels = sorted(cs for _, cs, _ in fetch_concurrently(socks, target))
+    assert origin.count(target) == 2
+    assert labels == [STALE_REFETCHED] + [STALE_REFETCHED + "; collapsed"] * 2
+    settled(server, cache_dir)
+
+
+def test_an_object_another_worker_refreshed_is_a_hit(pull, origins, cache_dir):
+    [origin] = origins(1)
+    server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
+    target = gen("rh", cc="max-age=1")
+    one, two = spread_connections(server, 1)
+    answers = []
+    for sock in (one, two):  # both workers hold the object
+        client = Client(sock)
+        client.send(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answers.append(client.response()[1]["cache-status"])
+    assert answers[0] == MISS_STORED and (HIT.fullmatch(answers[1]) or answers[1] == COLLAPSED)
+    time.sleep(1.2)
+    labels = []
+    for sock in (one, two):  # the first worker refreshes it; the second finds the new copy on disk
+        client = Client(sock)
+        client.send(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        labels.append(client.response()[1]["cache-status"])
+        sock.close()
+    assert origin.count(target) == 2
+    assert labels[0] == STALE_REFETCHED and HIT.fullmatch(labels[1]), labels
     settled(server, cache_dir)
 
 
