@@ -8,8 +8,9 @@ from .httpdate import parse_http_date
 
 #: Status codes a shared cache may store without explicit freshness (RFC 9110 §15.1, "heuristically cacheable").
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
-#: What this cache stores at all (206 needs range-aware storage, which it does not keep).
-STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+#: What this cache stores at all (206 needs range-aware storage, which it does not keep); those not
+#: heuristically cacheable (302, 303, 307) only with explicit freshness.
+STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501})
 HEURISTIC_FRACTION = 0.1  # of (Date - Last-Modified), RFC 9111 §4.2.2's suggestion
 HEURISTIC_MAX = 86_400.0
 
@@ -100,7 +101,7 @@ def assess(status: int, headers: dict[str, str], request_time: float, response_t
     expires_raw = headers.get("expires")
     s_maxage = _seconds(cc, "s-maxage")
     max_age = _seconds(cc, "max-age")
-    explicit = s_maxage is not None or max_age is not None or expires_raw is not None or "public" in cc
+    explicit = "s-maxage" in cc or "max-age" in cc or expires_raw is not None or "public" in cc
     storable = (
         status in STORABLE_STATUSES
         and "no-store" not in cc
@@ -110,8 +111,12 @@ def assess(status: int, headers: dict[str, str], request_time: float, response_t
     )
     if s_maxage is not None:
         lifetime = s_maxage
+    elif "s-maxage" in cc:
+        lifetime = 0.0  # invalid: stale at once (RFC 9111 §4.2.1 encourages it), not the default TTL
     elif max_age is not None:
         lifetime = max_age
+    elif "max-age" in cc:
+        lifetime = 0.0
     elif expires_raw is not None:
         expires = parse_http_date(expires_raw)
         lifetime = max(0.0, expires - date) if expires is not None else 0.0  # invalid Expires: already stale
@@ -127,14 +132,20 @@ def assess(status: int, headers: dict[str, str], request_time: float, response_t
     age_value = float(min(int(age_header), 2**31)) if age_header.isascii() and age_header.isdigit() else 0.0
     apparent_age = max(0.0, response_time - date)
     corrected_age = age_value + max(0.0, response_time - request_time)
+    stale_while_revalidate = _seconds(cc, "stale-while-revalidate") or 0.0
+    stale_if_error = _seconds(cc, "stale-if-error") or 0.0
+    # s-maxage implies proxy-revalidate (RFC 9111 §5.2.2.10), but an explicit stale-while-revalidate or
+    # stale-if-error beside it is the origin's word for this case ("s-maxage=1, stale-while-revalidate=59"
+    # is the common CDN pattern, honoured by Varnish, nginx and the CDNs); must-revalidate still wins.
+    implied = "s-maxage" in cc and not (stale_while_revalidate or stale_if_error)
     return Freshness(
         storable=storable,
         lifetime=lifetime,
         initial_age=max(apparent_age, corrected_age),
-        stale_while_revalidate=_seconds(cc, "stale-while-revalidate") or 0.0,
-        stale_if_error=_seconds(cc, "stale-if-error") or 0.0,
+        stale_while_revalidate=stale_while_revalidate,
+        stale_if_error=stale_if_error,
         no_cache="no-cache" in cc or pragma_no_cache,
-        must_revalidate="must-revalidate" in cc or "proxy-revalidate" in cc or s_maxage is not None,
+        must_revalidate="must-revalidate" in cc or "proxy-revalidate" in cc or implied,
     )
 
 

@@ -39,7 +39,9 @@ def test_parse_cache_control(value, parsed):
     ({"last_modified": format_http_date(NOW - 10_000)}, 1000),  # heuristic: 10% of the age of the content
     ({"last_modified": format_http_date(NOW - 100 * 86_400)}, 86_400),  # capped at a day
     ({}, 60),  # nothing said: the configured default
-    ({"cache_control": "max-age=abc"}, 60),  # a bad argument is as if absent
+    ({"cache_control": "max-age=abc"}, 0),  # a bad argument: stale at once (RFC 9111 §4.2.1), not the default
+    ({"cache_control": "max-age=-1"}, 0),
+    ({"cache_control": "s-maxage=x, max-age=100"}, 0),
 ])
 def test_lifetime(headers, lifetime):
     assert fresh(**headers).lifetime == lifetime
@@ -50,7 +52,9 @@ def test_lifetime(headers, lifetime):
     (404, {}, True),
     (301, {}, True),
     (302, {}, False),  # not heuristically cacheable and nothing explicit
-    (302, {"cache_control": "max-age=60"}, False),  # this cache does not store 302 at all
+    (302, {"cache_control": "max-age=60"}, True),  # with explicit freshness (RFC 9111 §3)
+    (307, {"expires": DATE}, True),
+    (307, {}, False),
     (206, {"cache_control": "max-age=60"}, False),
     (500, {}, False),
     (200, {"cache_control": "no-store"}, False),
@@ -94,6 +98,14 @@ def test_no_cache_and_must_revalidate():
     strict = fresh(cache_control="max-age=1, must-revalidate, stale-while-revalidate=60, stale-if-error=60")
     assert strict.state(NOW, NOW + 5) == STALE
     assert not strict.usable_on_error(NOW, NOW + 5)
+
+
+def test_s_maxage_implies_proxy_revalidate_unless_stale_directives_say_otherwise():
+    assert fresh(cache_control="s-maxage=1").must_revalidate
+    swr = fresh(cache_control="s-maxage=1, stale-while-revalidate=59")
+    assert not swr.must_revalidate and swr.state(NOW, NOW + 5) == STALE_REVALIDATE
+    assert fresh(cache_control="s-maxage=1, stale-if-error=60").usable_on_error(NOW, NOW + 5)
+    assert fresh(cache_control="s-maxage=1, must-revalidate, stale-while-revalidate=59").must_revalidate
 
 
 def test_cache_status_values():
