@@ -331,13 +331,10 @@ class Site:
         else:
             plans = {}
         extra = [(b"age", b"%d" % max(age, 0)), (b"cache-status", cache_status)]
-        if entry.status != 200:
-            plan = plans.get(0)
-            if plan is None:
-                plan = plans[0] = Plan(entry.status, self._stored_headers(entry, entry.size, extra),
-                                       self._whole(entry), entry.size, entry)
-            return plan
         cond = req.conditions
+        if entry.status != 200 and (cond is None or not 200 <= entry.status < 300):
+            # Preconditions count for 2xx answers only (RFC 9110 §13.2.1); ranges for 200 only.
+            return self._whole_plan(entry, plans, 0, extra)
         if cond is not None:
             status = evaluate(cond, entry.etag, entry.last_modified)
             if status == 304:
@@ -351,18 +348,24 @@ class Site:
                     plan = plans[304] = Plan(304, headers, (), 0, entry)
                 return plan
             if status:
-                return self.error(status)
+                return text_plan(status, extra, self.server)  # 412, with the cache's fields like any answer
+            if entry.status != 200:
+                return self._whole_plan(entry, plans, 0, extra)
         # A body still arriving serves ranges too when its length is known: the transfer waits for their bytes.
         if req.range is not None and entry.size and entry.size < STREAMED and (
                 cond is None or cond.if_range is None
                 or if_range_allows(cond.if_range, entry.etag, entry.last_modified)):
             ranges = parse_range(req.range, entry.size)
             if ranges is not None:
-                return self._partial(entry, ranges, lambda e, n: self._stored_headers(e, n, extra))
-        plan = plans.get(200)
+                return self._partial(entry, ranges, lambda e, n: self._stored_headers(e, n, extra), extra)
+        return self._whole_plan(entry, plans, 200, extra)
+
+    def _whole_plan(self, entry: StoredEntry, plans: dict, slot: int, extra: list[Header]) -> Plan:
+        """The plan of a stored object's whole answer, kept in `plans` under `slot` while its Age holds."""
+        plan = plans.get(slot)
         if plan is None:
-            plan = plans[200] = Plan(200, self._stored_headers(entry, entry.size, extra), self._whole(entry),
-                                     entry.size, entry)
+            plan = plans[slot] = Plan(entry.status, self._stored_headers(entry, entry.size, extra),
+                                      self._whole(entry), entry.size, entry)
         return plan
 
     @staticmethod
@@ -423,11 +426,12 @@ class Site:
             plan = entry.plans[304] = Plan(304, headers, (), 0, entry)
         return plan
 
-    def _partial(self, entry: FileEntry, ranges: list[tuple[int, int]], make_headers=None) -> Plan:  # noqa: ANN001
+    def _partial(self, entry: FileEntry, ranges: list[tuple[int, int]], make_headers=None,  # noqa: ANN001
+                 extra: list[Header] | tuple = ()) -> Plan:
         make_headers = make_headers or self._representation_headers
         size = entry.size
         if ranges is UNSATISFIABLE:
-            return text_plan(416, [(b"content-range", b"bytes */%d" % size)], self.server)
+            return text_plan(416, [(b"content-range", b"bytes */%d" % size), *extra], self.server)
         if len(ranges) == 1:
             offset, length = ranges[0]
             headers = make_headers(entry, length)

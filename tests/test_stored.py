@@ -158,6 +158,32 @@ def test_conditionals_and_ranges_on_stored_objects(tmp_path, body):
     assert site.stored(ranged, entry, 500.0).status == 200
 
 
+@pytest.mark.parametrize("status, conditional", [(203, True), (204, True), (404, False), (301, False)])
+def test_preconditions_apply_to_stored_2xx_answers_only(tmp_path, body, status, conditional):
+    # RFC 9110 §13.2.1: a server ignores preconditions when its answer would not be 2xx (or 412).
+    site = _site(tmp_path)
+    entry = _entry(body, _meta(status=status))
+    req = Request(b"GET", b"/a")
+    req.conditions = Conditions(if_none_match=b'"v1"')
+    assert site.stored(req, entry, 500.0).status == (304 if conditional else status)
+    ranged = Request(b"GET", b"/a")
+    ranged.range = b"bytes=1-2"
+    assert site.stored(ranged, entry, 500.0).status == status, "ranges are for 200s"
+
+
+def test_a_412_or_416_from_a_stored_object_has_age_and_cache_status(tmp_path, body):
+    site = _site(tmp_path)
+    entry = _entry(body, _meta())
+    failed = Request(b"GET", b"/a")
+    failed.conditions = Conditions(if_match=b'"other"')
+    unsatisfiable = Request(b"GET", b"/a")
+    unsatisfiable.range = b"bytes=100-"
+    for req, status in ((failed, 412), (unsatisfiable, 416)):
+        plan = site.stored(req, entry, 510.0)
+        fields = dict(plan.headers)
+        assert plan.status == status and fields[b"age"] == b"20" and fields[b"cache-status"].startswith(b"edge; hit")
+
+
 def test_an_origin_object_without_validators_ignores_date_conditions(tmp_path, body):
     site = _site(tmp_path)
     entry = _entry(body, _meta(headers=[("content-type", "text/plain")]))
