@@ -39,23 +39,24 @@ Part = bytes | tuple[int, int]
 
 
 class Plan:
-    """What to answer: status, header fields (without Date/Connection), body parts and their length.
+    """What to answer: status, header fields (without Connection; without Date unless `dated`), body, length.
 
     `entry` is the open file the (offset, length) parts refer to. `cache` is scratch space
     an adapter may use to keep its serialised form of a plan that is reused (e.g. the
     HTTP/1.1 header block), since precomputed plans live as long as their file entry.
     """
 
-    __slots__ = ("status", "headers", "parts", "length", "entry", "cache")
+    __slots__ = ("status", "headers", "parts", "length", "entry", "cache", "dated")
 
     def __init__(self, status: int, headers: list[Header], parts: tuple[Part, ...], length: int,
-                 entry: FileEntry | None = None) -> None:
+                 entry: FileEntry | None = None, dated: bool = False) -> None:
         self.status = status
         self.headers = headers
         self.parts = parts
         self.length = length
         self.entry = entry
         self.cache: object = None
+        self.dated = dated  # its fields have their own Date (a stored response's): adapters add none
 
 
 class Request:
@@ -345,7 +346,7 @@ class Site:
                     headers.extend(extra)
                     if self.rules:
                         headers = self._with_rules(headers, entry)
-                    plan = plans[304] = Plan(304, headers, (), 0, entry)
+                    plan = plans[304] = Plan(304, headers, (), 0, entry, entry.dated)
                 return plan
             if status:
                 return text_plan(status, extra, self.server)  # 412, with the cache's fields like any answer
@@ -357,7 +358,9 @@ class Site:
                 or if_range_allows(cond.if_range, entry.etag, entry.last_modified)):
             ranges = parse_range(req.range, entry.size)
             if ranges is not None:
-                return self._partial(entry, ranges, lambda e, n: self._stored_headers(e, n, extra), extra)
+                plan = self._partial(entry, ranges, lambda e, n: self._stored_headers(e, n, extra), extra)
+                plan.dated = plan.status == 206 and entry.dated
+                return plan
         return self._whole_plan(entry, plans, 200, extra)
 
     def _whole_plan(self, entry: StoredEntry, plans: dict, slot: int, extra: list[Header]) -> Plan:
@@ -365,7 +368,7 @@ class Site:
         plan = plans.get(slot)
         if plan is None:
             plan = plans[slot] = Plan(entry.status, self._stored_headers(entry, entry.size, extra),
-                                      self._whole(entry), entry.size, entry)
+                                      self._whole(entry), entry.size, entry, entry.dated)
         return plan
 
     @staticmethod

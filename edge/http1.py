@@ -530,17 +530,17 @@ class H1Connection(asyncio.Protocol):
         if w.log is not None and not growing:
             w.access(self.peer, pending, plan, entry.size if streamed and entry is not None else None)
         if bodiless:
-            data = b"".join((status_line, w.date_line, head))
+            data = b"".join((status_line, b"" if plan.dated else w.date_line, head))
             stats[BYTES_OUT] += len(data)
             self.transport.write(data)
             return
         if len(parts) == 1 and type(parts[0]) is bytes:
-            data = b"".join((status_line, w.date_line, head, parts[0]))
+            data = b"".join((status_line, b"" if plan.dated else w.date_line, head, parts[0]))
             stats[BYTES_OUT] += len(data)
             self.transport.write(data)
             return
         entry.acquire()
-        head = status_line + w.date_line + head
+        head = status_line + (b"" if plan.dated else w.date_line) + head
         self.last_progress = w.loop.time()  # the send timeout counts from here, whichever way the body goes
         if streamed and entry.growth is None:
             parts = settled(parts, entry.size)  # planned while the body streamed, sent once it was stored

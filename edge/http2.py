@@ -459,12 +459,14 @@ class H2Connection(asyncio.Protocol):
             self.open.discard(sid)  # the client reset or closed the stream meanwhile
             return
         # The header block is the plan's, encoded once with the static table only (never the
-        # dynamic one, so it stays valid for every connection); only the Date field is added.
-        block += w.date_h2
+        # dynamic one, so it stays valid for every connection); only the Date field is added, unless
+        # the plan has its own (a stored response's).
+        if not plan.dated:
+            block += w.date_h2
         if conn.encoder.header_table.resized or len(block) > conn.max_outbound_frame_size:
             # The peer changed its table size (the next block must say so), or a huge block: h2 does it.
-            conn.send_headers(sid, [(b":status", _STATUS[plan.status]), *plan.headers, (b"date", w.date_value)],
-                              end_stream=bodiless)
+            dated = [] if plan.dated else [(b"date", w.date_value)]
+            conn.send_headers(sid, [(b":status", _STATUS[plan.status]), *plan.headers, *dated], end_stream=bodiless)
         else:
             machine = stream.state_machine
             machine.process_input(SEND_HEADERS)

@@ -31,7 +31,7 @@ from .diskcache import (HEAD_XATTR, XATTR, DiskCache, Meta, Writer, parse_head, 
 from .filecache import OPEN_FLAGS, FileCache
 from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable
-from .httpdate import parse_http_date
+from .httpdate import format_http_date, parse_http_date
 from .origin import Fetched, OriginError, OriginPool, Upstream
 from .purge import Purge
 from .reports import Reporter
@@ -464,7 +464,10 @@ class Puller:
         status = fetched.status
         # Gateway errors say the origin itself is in trouble; a 500 is one resource's bug, not the origin's health.
         self._origin_result(fetched.index, status not in (502, 503, 504))
-        text = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in fetched.headers]
+        fields = fetched.headers
+        if not any(k == b"date" for k, _ in fields):  # RFC 9110 §6.6.1: the time it arrived, then
+            fields = [*fields, (b"date", format_http_date(wall).encode("ascii"))]
+        text = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in fields]
         headers = [pair for pair in text if pair[0] not in DROPPED_FIELDS]
         raw = _header_dict(text)
         if stale is not None and status == 304 and conditional:
@@ -499,7 +502,7 @@ class Puller:
             # and the entry closes it after the last of them.
             entry = StoredEntry(fetch.name + "\0identity" if varies else fetch.name, writer.tmp, writer.fd,
                                 os.fstat(writer.fd), meta, now, wall,
-                                stored_headers=[pair for pair in fetched.headers if pair[0] not in DROPPED_BYTES])
+                                stored_headers=[pair for pair in fields if pair[0] not in DROPPED_BYTES])
             writer.detach()
             entry.acquire()
             flight.hold = entry
@@ -618,6 +621,7 @@ class Puller:
         # Refreshed in place: transfers under way hold their own plans, which refresh() drops from the entry.
         stale.stored_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in merged]
         stale.etag = next((v for k, v in stale.stored_headers if k == b"etag"), b"")
+        stale.dated = any(k == b"date" for k, _ in stale.stored_headers)
         lm = next((v for k, v in stale.stored_headers if k == b"last-modified"), None)
         stale.last_modified = parse_http_date(lm) if lm is not None else None
         stale.refresh(meta, now, time.time())

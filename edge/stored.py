@@ -12,13 +12,15 @@ from .httpdate import parse_http_date
 from .purge import key_path
 from .negotiation import PREFERENCE, parse_accept_encoding
 
-#: Origin response fields never stored or passed on: this node writes its own framing, Date, Server, Age.
-DROPPED_FIELDS = frozenset({"content-length", "date", "server", "age", "surrogate-key", "accept-ranges",
+#: Origin response fields never stored or passed on: this node writes its own framing, Server, Age. The
+#: origin's Date is kept (or the time it arrived, RFC 9110 §6.6.1): with Age it tells a downstream cache
+#: how old the response is; a Date of now beside an Age would count the time spent here twice.
+DROPPED_FIELDS = frozenset({"content-length", "server", "age", "surrogate-key", "accept-ranges",
                             "content-range"})
 DROPPED_BYTES = frozenset(name.encode("ascii") for name in DROPPED_FIELDS)
 #: Fields a 304 repeats from the stored response (RFC 9110 §15.4.5).
 NOT_MODIFIED_FIELDS = frozenset({b"etag", b"cache-control", b"expires", b"vary", b"last-modified",
-                                 b"content-location"})
+                                 b"content-location", b"date"})
 NEVER = float("-inf")
 #: The length of a body known only at its end (an origin's chunked or close-delimited answer) while it
 #: streams: no Content-Length goes out, HTTP/1.1 clients get it chunked (edge/http1.py).
@@ -86,7 +88,7 @@ class StoredEntry(FileEntry):
     """
 
     __slots__ = ("key", "status", "stored_headers", "fresh_until", "revalidate_until", "error_until",
-                 "age_base", "loaded_at", "age_second", "vary", "tags", "meta", "changed")
+                 "age_base", "loaded_at", "age_second", "vary", "tags", "meta", "changed", "dated")
 
     def __init__(self, name: str, fs_path: str, fd: int, st: os.stat_result, meta: Meta, now: float,
                  wall: float, changed: int = 0, stored_headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -94,6 +96,7 @@ class StoredEntry(FileEntry):
         headers = stored_headers if stored_headers is not None else [
             (k.encode("latin-1"), v.encode("latin-1")) for k, v in meta.headers]
         ctype = etag = lm = None  # the first of each, in one pass
+        dated = False
         for k, v in headers:
             if k == b"content-type":
                 ctype = ctype or v
@@ -101,12 +104,15 @@ class StoredEntry(FileEntry):
                 etag = etag or v
             elif k == b"last-modified":
                 lm = lm or v
+            elif k == b"date":
+                dated = True
         super().__init__(name, fs_path, fd, st, ctype.decode("latin-1") if ctype else "application/octet-stream",
                          None, (etag or b"", parse_http_date(lm) if lm is not None else None))
         self.size = meta.length
         self.key = meta.key.encode("latin-1")
         self.status = meta.status
         self.stored_headers = headers
+        self.dated = dated  # the stored fields have a Date (objects stored before edge kept it have none)
         self.vary = meta.vary
         self.tags = meta.tags
         self.meta = meta

@@ -559,6 +559,36 @@ def test_a_304_that_cannot_refresh_the_stored_copy_is_followed_by_a_plain_reques
     settled(server, cache_dir)
 
 
+def test_a_stored_answer_keeps_the_origins_date_beside_its_age(pull, origins, cache_dir):
+    # A Date of now beside Age would make a downstream cache count the time spent here twice (an
+    # Expires-based lifetime is Expires - Date, then Age is taken off it: RFC 9111 §4.2).
+    [origin] = origins(1)
+    server = pull([origin])
+    target = gen("dt", cc="max-age=60")
+    status, first, _ = get(server, target)
+    assert status == 200 and first["cache-status"] == MISS_STORED
+    time.sleep(2.1)
+    client = server.connect(timeout=10)
+    client.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = read_head_and_some(client)[0]
+    client.close()
+    assert HIT.fullmatch(head["cache-status"]) and int(head["age"]) >= 2
+    assert head["date"] == first["date"], "the stored Date, not now"
+    client = server.connect(timeout=10)
+    client.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    raw = client.recv(65536)
+    client.close()
+    assert raw.count(b"\r\nDate: ") == 1, "one Date field"
+    h2 = H2Client.connect(server)
+    try:
+        sid = h2.request(target)
+        assert h2.wait(lambda: sid in h2.streams and h2.streams[sid].done, 10)
+        assert h2.streams[sid].headers["date"] == first["date"]
+    finally:
+        h2.close()
+    settled(server, cache_dir)
+
+
 def test_no_cache_is_stored_but_revalidated_every_time(pull, origins, cache_dir):
     [origin] = origins(1)
     server = pull([origin])
