@@ -21,13 +21,23 @@ import time
 from dataclasses import replace
 
 import aiofiles.os
+from cachetools import TTLCache
 
 from . import reports
 from .cachekey import KeyRule, digest
 from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
-from .diskcache import (HEAD_XATTR, XATTR, DiskCache, Meta, Writer, parse_head, process_alive, read_meta,
-                        rewrite_meta)
+from .diskcache import (
+    HEAD_XATTR,
+    XATTR,
+    DiskCache,
+    Meta,
+    Writer,
+    parse_head,
+    process_alive,
+    read_meta,
+    rewrite_meta,
+)
 from .filecache import OPEN_FLAGS, FileCache
 from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable
@@ -35,12 +45,29 @@ from .httpdate import format_http_date, parse_http_date
 from .origin import Fetched, OriginError, OriginPool, Upstream
 from .purge import Purge
 from .reports import Reporter
-from .stats import CACHE_MISSES, CACHE_STALE, CIRCUITS_OPEN, ORIGIN_ERRORS, ORIGIN_REQUESTS
-from .stored import DROPPED_BYTES, DROPPED_FIELDS, STREAMED, Growth, StoredEntry, normalise_coding
+from .stats import (
+    CACHE_MISSES,
+    CACHE_STALE,
+    CIRCUITS_OPEN,
+    ORIGIN_ERRORS,
+    ORIGIN_REQUESTS,
+)
+from .stored import (
+    DROPPED_BYTES,
+    DROPPED_FIELDS,
+    STREAMED,
+    Growth,
+    StoredEntry,
+    normalise_coding,
+)
 
 _rewrite_meta = aiofiles.os.wrap(rewrite_meta)  # a 304's metadata update, run on aiofiles' thread pool
 LOCK_SLOTS = 1 << 20  # byte offsets in tmp/locks; two keys share one only by a 1-in-a-million chance
 PURGE_MEMORY = 10.0  # seconds a worker remembers a purge it acknowledged (see Puller.purged)
+#: Seconds a key whose origin answer may not be stored is remembered as such (Varnish's hit-for-miss,
+#: its 120 s): its requests go to the origin at once instead of queueing behind one another's fetch.
+HIT_FOR_MISS = 120.0
+HIT_FOR_MISS_KEYS = 10_000
 FOLLOW_POLL_MIN = 0.001
 FOLLOW_POLL_MAX = 0.02
 
@@ -187,6 +214,7 @@ class Puller:
                                forward_headers=config.proxy.forward_headers, via=f"1.1 {config.server_name}")
         self.breakers = [CircuitBreaker(config.health.failures, config.health.cooldown) for _ in upstreams]
         self.flights: dict[str, Flight] = {}
+        self.uncacheable: TTLCache = TTLCache(HIT_FOR_MISS_KEYS, HIT_FOR_MISS, timer=self.loop.time)
         #: Purges this worker acknowledged, oldest first: (loop time, wall time, purge).
         self.recent_purges: list[tuple[float, float, Purge]] = []
         self.running: set[Flight] = set()  # every fetch under way, private ones too
@@ -264,6 +292,8 @@ class Puller:
         else:
             entry = None
         self.stats[CACHE_MISSES] += 1
+        if entry is None and fetch.name in self.uncacheable:
+            return await self._private(req, fetch)  # its last answer could not be shared: no use waiting for one
         flight = self._flight(fetch, entry)
         outcome = flight.outcome
         if outcome is None:
@@ -283,9 +313,16 @@ class Puller:
             if outcome.entry is not None:
                 outcome.entry.release()
             # A private answer was for the request that caused it: this one is asked of the origin itself.
-            own = Flight(self.loop)
-            self._spawn(self._run(own, fetch, None, private=True))
-            outcome = await own.wait()
+            return await self._private(req, fetch)
+        return self._planned(req, outcome)
+
+    async def _private(self, req: Request, fetch: Fetch) -> Plan:
+        """Ask the origin for this request alone (not under the key's lock, joined by nobody)."""
+        own = Flight(self.loop)
+        self._spawn(self._run(own, fetch, None, private=True))
+        return self._planned(req, await own.wait())
+
+    def _planned(self, req: Request, outcome: Outcome) -> Plan:
         if outcome.plan is not None:
             return outcome.plan
         plan = self.site.stored(req, outcome.entry, self.loop.time(), outcome.cache_status)
@@ -483,6 +520,10 @@ class Puller:
         fresh = assess(status, raw, request_time, wall, self.default_ttl, authorized=authorized)
         vary = {v.strip().lower() for v in raw.get("vary", "").split(",") if v.strip()}
         storable = fresh.storable and "set-cookie" not in raw and vary <= {VARY_MARKER}
+        if storable:
+            self.uncacheable.pop(fetch.name, None)
+        elif status < 500 and not authorized:  # an error is not the key's nature; coalescing spares the origin
+            self.uncacheable[fetch.name] = True
         length_field = raw.get("content-length")
         length = int(length_field) if length_field is not None and length_field.isdigit() else None
         if length is None and status == 204:

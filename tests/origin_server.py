@@ -3,7 +3,8 @@
 Every request except the control routes (`/_...`) is counted and logged with its header fields, so a
 test can ask the origin itself what reached it (GET /_stats). Control routes flip its behaviour:
 
-  /_stats                    {"counts": {path?query: n}, "log": [{"path", "method", "headers"}], "waiting": [...]}
+  /_stats                    {"counts": {path?query: n}, "log": [{"path", "method", "headers"}], "waiting": [...],
+                             "peak": {path?query: most requests for it answered at once}}
   /_health/ok, /_health/fail what /healthz answers (200 or 503)
   /_fail/NAME/on|off         /gen/NAME answers 500 (or ?status=N) while on
   /_bump/NAME                /gen/NAME gets a new version (new body, new ETag)
@@ -51,12 +52,22 @@ def make_app(port_of: list[int]) -> web.Application:
     counts: Counter = Counter()
     log: list[dict] = []
 
+    inflight: Counter = Counter()
+    peak: Counter = Counter()  # the most requests for a path?query the origin was answering at once
+
     @web.middleware
     async def record(request: web.Request, handler):
-        if not request.path.startswith("/_"):
-            counts[request.raw_path] += 1
-            log.append({"path": request.raw_path, "method": request.method, "headers": dict(request.headers)})
-        return await handler(request)
+        if request.path.startswith("/_"):
+            return await handler(request)
+        target = request.raw_path
+        counts[target] += 1
+        log.append({"path": target, "method": request.method, "headers": dict(request.headers)})
+        inflight[target] += 1
+        peak[target] = max(peak[target], inflight[target])
+        try:
+            return await handler(request)
+        finally:
+            inflight[target] -= 1
 
     def gate(name: str) -> asyncio.Event:
         return state["gates"].setdefault(name, asyncio.Event())
@@ -75,8 +86,10 @@ def make_app(port_of: list[int]) -> web.Application:
         return web.json_response(dict(request.headers))
 
     async def slow(request: web.Request) -> web.Response:
+        """Nothing, not even the head, for `delay` seconds; then "late" (with Cache-Control from cc)."""
         await asyncio.sleep(float(request.query.get("delay", "3")))
-        return web.Response(text="late")
+        cc = request.query.get("cc")
+        return web.Response(text="late", headers={"Cache-Control": cc} if cc else None)
 
     async def cut(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Length": "100000", "Cache-Control": "max-age=60"})
@@ -198,7 +211,8 @@ def make_app(port_of: list[int]) -> web.Application:
     # -- control ------------------------------------------------------------------------------------
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response({"counts": dict(counts), "log": log, "waiting": sorted(state["waiting"])})
+        return web.json_response({"counts": dict(counts), "log": log, "waiting": sorted(state["waiting"]),
+                                  "peak": dict(peak)})
 
     async def set_health(request: web.Request) -> web.Response:
         state["healthy"] = request.match_info["how"] == "ok"

@@ -793,6 +793,20 @@ def test_an_object_another_worker_refreshed_is_a_hit(pull, origins, cache_dir):
     settled(server, cache_dir)
 
 
+def test_once_an_answer_may_not_be_stored_its_requests_stop_queueing_behind_one_another(pull, origins, cache_dir):
+    # Hit-for-miss, as Varnish does: the next requests for the key go to the origin at once, side by side,
+    # instead of waiting for one fetch's answer and then each asking again.
+    [origin] = origins(1)
+    server = pull([origin])
+    target = "/slow?delay=1&cc=no-store&k=hfm"  # its head comes after a second
+    assert get(server, target)[1]["cache-status"] == MISS
+    socks = [server.connect(timeout=10) for _ in range(3)]
+    assert [r[:2] for r in fetch_concurrently(socks, target)] == [(200, MISS)] * 3
+    assert origin.count(target) == 4
+    assert origin.stats()["peak"][target] == 3, "all three were at the origin together"
+    settled(server, cache_dir)
+
+
 def test_concurrent_requests_for_a_no_store_answer_each_ask_the_origin(pull, origins, cache_dir):
     [origin] = origins(1)
     server = pull([origin], "--workers", "2", "--cpu-affinity", "off")
