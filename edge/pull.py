@@ -519,7 +519,11 @@ class Puller:
         authorized = any(k.lower() == b"authorization" for k, _ in fetch.forward)
         fresh = assess(status, raw, request_time, wall, self.default_ttl, authorized=authorized)
         vary = {v.strip().lower() for v in raw.get("vary", "").split(",") if v.strip()}
-        storable = fresh.storable and "set-cookie" not in raw and vary <= {VARY_MARKER}
+        # Stale on arrival, with no validator to revalidate it by and no stale-* window: storing it would
+        # only write a file per request (as nginx, a zero lifetime is not kept).
+        reusable = (fresh.lifetime > fresh.initial_age and not fresh.no_cache) or "etag" in raw \
+            or "last-modified" in raw or fresh.stale_while_revalidate > 0 or fresh.stale_if_error > 0
+        storable = fresh.storable and reusable and "set-cookie" not in raw and vary <= {VARY_MARKER}
         if storable:
             self.uncacheable.pop(fetch.name, None)
         elif status < 500 and not authorized:  # an error is not the key's nature; coalescing spares the origin

@@ -481,8 +481,10 @@ def test_reserved_characters_in_the_path_reach_the_origin_encoded(pull, origins,
 
 @pytest.mark.parametrize("params", [{"cc": "no-store"}, {"cc": "private, max-age=60"},
                                     {"cc": "max-age=60", "cookie": "sid=42; Path=/"},
-                                    {"cc": "max-age=60", "vary": "User-Agent"}],
-                         ids=["no-store", "private", "set-cookie", "vary-user-agent"])
+                                    {"cc": "max-age=60", "vary": "User-Agent"},
+                                    {"cc": "max-age=0"}, {"cc": "no-cache"}],
+                         ids=["no-store", "private", "set-cookie", "vary-user-agent",
+                              "stale-on-arrival-without-validators", "no-cache-without-validators"])
 def test_uncacheable_answers_are_not_stored(pull, origins, cache_dir, params):
     [origin] = origins(1)
     server = pull([origin])
