@@ -270,6 +270,9 @@ class Puller:
     async def _serve(self, req: Request, fetch: Fetch) -> Plan:
         fetch.forward = getattr(req, "forward", None) or ()
         entry = fetch.entry
+        if entry is not None and entry.dead:
+            # Retired (refreshed by a flight, purged, evicted) since core handed it over: its fd may be closed.
+            entry = None
         if entry is None or self.loop.time() - entry.checked >= self.site.store_valid:
             entry = await self._from_disk(fetch)
             if entry is not None and entry.vary:
