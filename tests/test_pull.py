@@ -570,17 +570,9 @@ def test_a_stored_answer_keeps_the_origins_date_beside_its_age(pull, origins, ca
     status, first, _ = get(server, target)
     assert status == 200 and first["cache-status"] == MISS_STORED
     time.sleep(2.1)
-    client = server.connect(timeout=10)
-    client.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    head = read_head_and_some(client)[0]
-    client.close()
+    status, head, _ = get(server, target)
     assert HIT.fullmatch(head["cache-status"]) and int(head["age"]) >= 2
-    assert head["date"] == first["date"], "the stored Date, not now"
-    client = server.connect(timeout=10)
-    client.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    raw = client.recv(65536)
-    client.close()
-    assert raw.count(b"\r\nDate: ") == 1, "one Date field"
+    assert head["date"] == first["date"], "the stored Date, not now (two Date fields would read 'a, b' here)"
     h2 = H2Client.connect(server)
     try:
         sid = h2.request(target)
