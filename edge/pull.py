@@ -21,7 +21,6 @@ import time
 from dataclasses import replace
 
 import aiofiles.os
-from cachetools import TTLCache
 
 from . import reports
 from .cachekey import KeyRule, digest
@@ -214,7 +213,8 @@ class Puller:
                                forward_headers=config.proxy.forward_headers, via=f"1.1 {config.server_name}")
         self.breakers = [CircuitBreaker(config.health.failures, config.health.cooldown) for _ in upstreams]
         self.flights: dict[str, Flight] = {}
-        self.uncacheable: TTLCache = TTLCache(HIT_FOR_MISS_KEYS, HIT_FOR_MISS, timer=self.loop.time)
+        #: Keys whose last answer may not be stored -> loop time until which their requests skip coalescing.
+        self.uncacheable: dict[str, float] = {}
         #: Purges this worker acknowledged, oldest first: (loop time, wall time, purge).
         self.recent_purges: list[tuple[float, float, Purge]] = []
         self.running: set[Flight] = set()  # every fetch under way, private ones too
@@ -295,7 +295,7 @@ class Puller:
         else:
             entry = None
         self.stats[CACHE_MISSES] += 1
-        if entry is None and fetch.name in self.uncacheable:
+        if entry is None and self.uncacheable and self.uncacheable.get(fetch.name, 0.0) > self.loop.time():
             return await self._private(req, fetch)  # its last answer could not be shared: no use waiting for one
         flight = self._flight(fetch, entry)
         outcome = flight.outcome
@@ -318,6 +318,20 @@ class Puller:
             # A private answer was for the request that caused it: this one is asked of the origin itself.
             return await self._private(req, fetch)
         return self._planned(req, outcome)
+
+    def _hit_for_miss(self, name: str, now: float) -> None:
+        """Remember for HIT_FOR_MISS seconds that `name`'s answer may not be stored (at most HIT_FOR_MISS_KEYS)."""
+        marks = self.uncacheable
+        marks.pop(name, None)
+        marks[name] = now + HIT_FOR_MISS  # insertion order is expiry order
+        if len(marks) > HIT_FOR_MISS_KEYS:
+            for old in list(marks)[:len(marks) - HIT_FOR_MISS_KEYS]:
+                del marks[old]
+        while marks:
+            first = next(iter(marks))
+            if marks[first] > now:
+                break
+            del marks[first]
 
     async def _private(self, req: Request, fetch: Fetch) -> Plan:
         """Ask the origin for this request alone (not under the key's lock, joined by nobody)."""
@@ -528,9 +542,10 @@ class Puller:
             or "last-modified" in raw or fresh.stale_while_revalidate > 0 or fresh.stale_if_error > 0
         storable = fresh.storable and reusable and "set-cookie" not in raw and vary <= {VARY_MARKER}
         if storable:
-            self.uncacheable.pop(fetch.name, None)
+            if self.uncacheable:
+                self.uncacheable.pop(fetch.name, None)
         elif status < 500 and not authorized:  # an error is not the key's nature; coalescing spares the origin
-            self.uncacheable[fetch.name] = True
+            self._hit_for_miss(fetch.name, now)
         length_field = raw.get("content-length")
         length = int(length_field) if length_field is not None and length_field.isdigit() else None
         if length is None and status == 204:

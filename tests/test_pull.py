@@ -21,6 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import httpx
@@ -40,7 +41,7 @@ from test_supervisor import serving_pid
 
 from edge.cachekey import digest
 from edge.diskcache import DiskCache, Meta, read_meta
-from edge.pull import Puller
+from edge.pull import HIT_FOR_MISS, Puller
 from edge.ring import Ring
 
 HERE = Path(__file__).resolve().parent
@@ -839,6 +840,16 @@ def test_once_an_answer_may_not_be_stored_its_requests_stop_queueing_behind_one_
     assert origin.count(target) == 4
     assert origin.stats()["peak"][target] == 3, "all three were at the origin together"
     settled(server, cache_dir)
+
+
+def test_hit_for_miss_marks_expire_and_stay_bounded(monkeypatch):
+    monkeypatch.setattr("edge.pull.HIT_FOR_MISS_KEYS", 3)
+    marks = SimpleNamespace(uncacheable={})
+    for i, now in enumerate((0.0, 1.0, 2.0, 3.0)):
+        Puller._hit_for_miss(marks, f"k{i}", now)
+    assert list(marks.uncacheable) == ["k1", "k2", "k3"], "the oldest mark goes first"
+    Puller._hit_for_miss(marks, "k2", 200.0)  # marked again: the others have expired by then
+    assert marks.uncacheable == {"k2": 200.0 + HIT_FOR_MISS}
 
 
 def test_concurrent_requests_for_a_no_store_answer_each_ask_the_origin(pull, origins, cache_dir):
