@@ -93,12 +93,18 @@ class Freshness:
 def assess(status: int, headers: dict[str, str], request_time: float, response_time: float,
            default_ttl: float, *, authorized: bool = False) -> Freshness:
     """Apply RFC 9111 §3 and §4.2 to a response (header names lower-case) received at `response_time`."""
-    cc = parse_cache_control(headers.get("cache-control"))
-    pragma_no_cache = "cache-control" not in headers and "no-cache" in headers.get("pragma", "").lower()
+    # CDN-Cache-Control (RFC 9213) speaks to CDN caches like this one: when it says anything, Cache-Control
+    # and Expires are for the others (browsers, private caches) and are ignored here.
+    cc = parse_cache_control(headers.get("cdn-cache-control"))
+    targeted = bool(cc)
+    if not targeted:
+        cc = parse_cache_control(headers.get("cache-control"))
+    pragma_no_cache = not targeted and "cache-control" not in headers and \
+        "no-cache" in headers.get("pragma", "").lower()
     date = parse_http_date(headers["date"]) if "date" in headers else None
     if date is None:
         date = response_time
-    expires_raw = headers.get("expires")
+    expires_raw = None if targeted else headers.get("expires")
     s_maxage = _seconds(cc, "s-maxage")
     max_age = _seconds(cc, "max-age")
     explicit = "s-maxage" in cc or "max-age" in cc or expires_raw is not None or "public" in cc

@@ -100,6 +100,15 @@ def test_no_cache_and_must_revalidate():
     assert not strict.usable_on_error(NOW, NOW + 5)
 
 
+def test_cdn_cache_control_wins_over_cache_control_and_expires():
+    # RFC 9213: a CDN cache uses the targeted field when it has a valid value, and ignores the others.
+    assert fresh(cdn_cache_control="max-age=600", cache_control="no-store").lifetime == 600
+    assert fresh(cdn_cache_control="max-age=600", cache_control="no-store").storable
+    assert not fresh(cdn_cache_control="no-store", cache_control="max-age=600").storable
+    assert fresh(cdn_cache_control="max-age=5", expires=format_http_date(NOW + 100)).lifetime == 5
+    assert fresh(cdn_cache_control="", cache_control="max-age=7").lifetime == 7  # empty: as if absent
+
+
 def test_s_maxage_implies_proxy_revalidate_unless_stale_directives_say_otherwise():
     assert fresh(cache_control="s-maxage=1").must_revalidate
     swr = fresh(cache_control="s-maxage=1, stale-while-revalidate=59")
