@@ -87,10 +87,18 @@ def evaluate(cond: Conditions, etag: bytes, last_modified: int | None, safe: boo
     return 0
 
 
-def if_range_allows(value: bytes, etag: bytes, last_modified: int | None) -> bool:
-    """If-Range (RFC 9110 §13.1.5): True when the Range may be honoured for this representation."""
+def if_range_allows(value: bytes, etag: bytes, last_modified: int | None, dated: float | None,
+                    margin: float = 1.0) -> bool:
+    """If-Range (RFC 9110 §13.1.5): True when the Range may be honoured for this representation.
+
+    A date matches only a strong Last-Modified (§8.8.2.2): at least `margin` seconds before `dated`, the
+    representation's Date (now, for a file served as its origin; the stored Date in a cache, where the
+    margin is 60 s). Without a Date it is weak.
+    """
     value = value.strip()
     if value.startswith(b'"') or value.startswith(b"W/"):
         return not value.startswith(b"W/") and bool(etag) and value == etag
     date = parse_http_date(value)
-    return date is not None and last_modified is not None and date == last_modified
+    if date is None or last_modified is None or date != last_modified:
+        return False
+    return dated is not None and last_modified <= dated - margin

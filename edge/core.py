@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import secrets
+import time
 from http import HTTPStatus
 
 from .cachekey import KeyRule, digest
@@ -11,7 +12,7 @@ from .conditional import Conditions, evaluate, if_range_allows
 from .config import PushConfig
 from .filecache import FileEntry, Lookup, NotFound, Redirect
 from .hints import PageHints, page_hints
-from .httpdate import format_http_date
+from .httpdate import format_http_date, parse_http_date
 from .negotiation import choose_encoding
 from .paths import BadTarget, encode_path, has_dot_segment, location_for, normalize_path, split_target
 from .ranges import UNSATISFIABLE, content_range, parse_range
@@ -141,6 +142,12 @@ def store_name(key: bytes) -> str:
     return "\0" + key.decode("latin-1")
 
 
+def _stored_date(entry: StoredEntry) -> int | None:
+    """A stored response's Date (If-Range by date needs it; rare enough not to keep it parsed)."""
+    value = next((v for k, v in entry.stored_headers if k == b"date"), None)
+    return parse_http_date(value) if value is not None else None
+
+
 def text_plan(status: int, extra: list[Header] | None = None, server: bytes = b"edge") -> Plan:
     """A small text/plain answer such as '404 Not Found'."""
     body = f"{status} {REASONS.get(status, '')}\n".encode("ascii")
@@ -268,7 +275,7 @@ class Site:
                 return self.error(status)
         if req.range is not None and entry.size and (
                 cond is None or cond.if_range is None
-                or if_range_allows(cond.if_range, entry.etag, entry.last_modified)):
+                or if_range_allows(cond.if_range, entry.etag, entry.last_modified, time.time())):
             ranges = parse_range(req.range, entry.size)
             if ranges is not None:
                 return self._partial(entry, ranges)
@@ -355,7 +362,7 @@ class Site:
         # A body still arriving serves ranges too when its length is known: the transfer waits for their bytes.
         if req.range is not None and entry.size and entry.size < STREAMED and (
                 cond is None or cond.if_range is None
-                or if_range_allows(cond.if_range, entry.etag, entry.last_modified)):
+                or if_range_allows(cond.if_range, entry.etag, entry.last_modified, _stored_date(entry), 60.0)):
             ranges = parse_range(req.range, entry.size)
             if ranges is not None:
                 plan = self._partial(entry, ranges, lambda e, n: self._stored_headers(e, n, extra), extra)

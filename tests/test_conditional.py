@@ -78,4 +78,13 @@ def test_comparisons():
     (b"nonsense", False),
 ])
 def test_if_range(value, expected):
-    assert if_range_allows(value, ETAG, MTIME) is expected
+    assert if_range_allows(value, ETAG, MTIME, MTIME + 10) is expected
+
+
+def test_if_range_by_date_needs_a_strong_last_modified():
+    # RFC 9110 §8.8.2.2: at least a second before the Date (60 s in a cache); without a Date it is weak.
+    assert if_range_allows(AT, ETAG, MTIME, MTIME + 1)
+    assert not if_range_allows(AT, ETAG, MTIME, MTIME + 0.5)  # modified within the second: could change again
+    assert not if_range_allows(AT, ETAG, MTIME, MTIME + 30, margin=60.0)
+    assert if_range_allows(AT, ETAG, MTIME, MTIME + 60, margin=60.0)
+    assert not if_range_allows(AT, ETAG, MTIME, None)
