@@ -344,7 +344,11 @@ class Site:
             # Preconditions count for 2xx answers only (RFC 9110 §13.2.1); ranges for 200 only.
             return self._whole_plan(entry, plans, 0, extra)
         if cond is not None:
-            status = evaluate(cond, entry.etag, entry.last_modified)
+            modified = entry.last_modified
+            if modified is None and cond.if_modified_since is not None and cond.if_unmodified_since is None:
+                # RFC 9111 §4.3.2: without Last-Modified, the stored Date (or when it was stored) stands in.
+                modified = _stored_date(entry) or int(entry.meta.stored_at)
+            status = evaluate(cond, entry.etag, modified)
             if status == 304:
                 plan = plans.get(304)
                 if plan is None:

@@ -195,6 +195,18 @@ def test_an_origin_object_without_validators_ignores_date_conditions(tmp_path, b
     assert site.stored(req, entry, 500.0).status == 200
 
 
+def test_if_modified_since_falls_back_to_the_stored_date_without_last_modified(tmp_path, body):
+    # RFC 9111 §4.3.2: the stored Date, or the time it was stored, stands in for a missing Last-Modified.
+    site = _site(tmp_path)
+    dated = _entry(body, _meta(headers=[("content-type", "text/plain"), ("date", "Tue, 01 Dec 2026 00:00:00 GMT")]))
+    undated = _entry(body, _meta(headers=[("content-type", "text/plain")], stored_at=1_795_000_000.0))
+    for entry, when in ((dated, "Tue, 01 Dec 2026 00:00:00 GMT"), (undated, "Wed, 18 Nov 2026 11:06:40 GMT")):
+        for since, status in ((when, 304), ("Mon, 30 Nov 2020 00:00:00 GMT", 200)):
+            req = Request(b"GET", b"/a")
+            req.conditions = Conditions(if_modified_since=since.encode())
+            assert site.stored(req, entry, 500.0).status == status, (since, status)
+
+
 def test_non_200_objects_are_served_whole_with_their_status(tmp_path, body):
     site = _site(tmp_path)
     entry = _entry(body, _meta(status=404, headers=[("content-type", "text/plain")]))
