@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
-from .stored import STREAMED, settled
+from .stored import STREAMED, settled, streamed_sent
 from .filecache import FileEntry, NotFound
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
 
@@ -660,7 +660,7 @@ class H1Connection(asyncio.Protocol):
             _cork(self.transport, 0)
         if xfer is not None:
             if xfer.streamed or xfer.log is not None:
-                sent = xfer.streamed_sent()
+                sent = streamed_sent(xfer.parts, xfer.index, xfer.done, xfer.growth)
                 if xfer.streamed:
                     self.w.stats[BYTES_OUT] += sent
                 if xfer.log is not None:
@@ -731,12 +731,6 @@ class _Transfer:
         self.chunked = False  # each piece of the body is framed as a chunk (its length is STREAMED)
         self.streamed = False  # a STREAMED body sent as is (HTTP/1.0): its bytes are counted at its end
         self.log: tuple | None = None  # (pending, plan): the access log line waits for the body's length
-
-    def streamed_sent(self) -> int:
-        """Bytes of a STREAMED body (the last part) written so far: all of it once the transfer ended."""
-        if self.index >= len(self.parts):
-            return self.growth.length if self.growth is not None else 0
-        return self.done if self.index == len(self.parts) - 1 else 0
 
     def read(self, most: int) -> bytes | None:
         """The next piece of the response as bytes (file ranges by pread); None at the end or on failure."""

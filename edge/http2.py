@@ -20,7 +20,7 @@ from h2.stream import StreamInputs
 from hyperframe.frame import GoAwayFrame, HeadersFrame, PushPromiseFrame
 
 from .core import SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
-from .stored import STREAMED, settled
+from .stored import STREAMED, settled, streamed_sent
 from .filecache import FileEntry, NotFound
 from .hints import PageHints
 from .hpackblock import encode_block
@@ -682,10 +682,7 @@ class H2Connection(asyncio.Protocol):
 
     def _log_streamed(self, stream: _Out) -> None:
         """The access log line of a body whose length was unknown when its response began."""
-        if stream.index >= len(stream.parts):
-            sent = stream.growth.length if stream.growth is not None else 0
-        else:
-            sent = stream.done if stream.index == len(stream.parts) - 1 else 0
+        sent = streamed_sent(stream.parts, stream.index, stream.done, stream.growth)
         self.w.log.write(self.peer, *stream.log[:2], b"HTTP/2.0", stream.log[2], sent, b"-", b"-")
 
     def _reset(self, sid: int, code: int, now: float) -> None:

@@ -24,6 +24,7 @@ import aiofiles.os
 
 from . import reports
 from .cachekey import KeyRule, digest
+from .conditional import weak_match
 from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
 from .diskcache import (
@@ -533,9 +534,9 @@ class Puller:
         if status not in REASONS or status < 200 or status == 304:
             self._failed(flight, stale, 502, "bad-status")
             return False
-        authorized = any(k.lower() == b"authorization" for k, _ in fetch.forward)
+        authorized = _authorized(fetch)
         fresh = assess(status, raw, request_time, wall, self.default_ttl, authorized=authorized)
-        vary = {v.strip().lower() for v in raw.get("vary", "").split(",") if v.strip()}
+        vary = _varies_on(raw)
         # Stale on arrival, with no validator to revalidate it by and no stale-* window: storing it would
         # only write a file per request (as nginx, a zero lifetime is not kept).
         reusable = (fresh.lifetime > fresh.initial_age and not fresh.no_cache) or "etag" in raw \
@@ -657,7 +658,7 @@ class Puller:
         makes it one that may not be stored (no-store, private, a Vary not kept): the caller asks again."""
         etag = raw.get("etag")
         if etag is not None:
-            if _opaque(etag.encode("latin-1")) != _opaque(stale.etag):
+            if not weak_match([etag.strip().encode("latin-1")], stale.etag):
                 return False
         elif "last-modified" in raw and stale.last_modified is not None and \
                 parse_http_date(raw["last-modified"]) != stale.last_modified:
@@ -667,10 +668,8 @@ class Puller:
         merged = [(k, v) for k, v in stale.meta.headers if k not in fresh_names] + headers
         judged = _header_dict(merged)
         judged.update({k: raw[k] for k in ("date", "age") if k in raw})  # the 304's own Date and Age count
-        authorized = any(k.lower() == b"authorization" for k, _ in fetch.forward)
-        fresh = assess(stale.status, judged, request_time, wall, self.default_ttl, authorized=authorized)
-        vary = {v.strip().lower() for v in judged.get("vary", "").split(",") if v.strip()}
-        if not fresh.storable or not vary <= {VARY_MARKER}:
+        fresh = assess(stale.status, judged, request_time, wall, self.default_ttl, authorized=_authorized(fetch))
+        if not fresh.storable or not _varies_on(judged) <= {VARY_MARKER}:
             return False
         meta = replace(stale.meta, headers=merged, stored_at=wall, request_time=request_time,
                        lifetime=fresh.lifetime, initial_age=fresh.initial_age,
@@ -834,10 +833,14 @@ class Puller:
         self.reports.flush()
 
 
-def _opaque(etag: bytes) -> bytes:
-    """An entity tag without its weak indicator (RFC 9110 §8.8.3.2's weak comparison)."""
-    etag = etag.strip()
-    return etag[2:] if etag[:2] == b"W/" else etag
+def _authorized(fetch: Fetch) -> bool:
+    """Did the request that started the fetch carry Authorization (RFC 9111 §3.5)?"""
+    return any(k.lower() == b"authorization" for k, _ in fetch.forward)
+
+
+def _varies_on(fields: dict[str, str]) -> set[str]:
+    """The lower-cased field names an answer's Vary lists."""
+    return {v.strip().lower() for v in fields.get("vary", "").split(",") if v.strip()}
 
 
 def _coding(req: Request) -> str:

@@ -33,6 +33,14 @@ def settled(parts: tuple | list, size: int) -> list:
     return [(p[0], size - p[0]) if type(p) is tuple and p[1] >= STREAMED else p for p in parts]
 
 
+def streamed_sent(parts: list | tuple, index: int, done: int, growth: Growth | None) -> int:
+    """Bytes of a STREAMED body (a transfer's last part) sent so far, from the transfer's progress (the part
+    it is at, bytes of it done): all of it once the transfer is past its end."""
+    if index >= len(parts):
+        return growth.length if growth is not None else 0
+    return done if index == len(parts) - 1 else 0
+
+
 class Growth:
     """A body still being written to its file: bytes there so far, whether it ended, who waits for more."""
 
