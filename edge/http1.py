@@ -133,7 +133,7 @@ class H1Connection(asyncio.Protocol):
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "url", "head_size", "error", "cl_seen", "has_body", "host_seen",
                  "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
-                 "tls", "fields")
+                 "tls", "fields", "line")
 
     def __init__(self, worker: Worker, *, tls: bool = False) -> None:
         self.w = worker
@@ -167,6 +167,7 @@ class H1Connection(asyncio.Protocol):
         self.reading_paused = False
         self.completed = 0  # requests completed in the chunk being parsed
         self.corked = False
+        self.line = 0  # bytes of the request-head line still unfinished (the parser buffers them)
 
     # -- asyncio protocol -------------------------------------------------------------------------
 
@@ -198,6 +199,23 @@ class H1Connection(asyncio.Protocol):
                 self._switch_to_h2(data)  # HTTP/2 with prior knowledge (RFC 9113 §3.3)
                 return
             parser = self.parser = httptools.HttpRequestParser(self)
+        # The head is bounded as it arrives: httptools reports a field only when its line ends and
+        # buffers the pieces until then, so a line that never ends is counted here, before the
+        # parser sees it (complete fields and the target are counted by the callbacks).
+        newline = data.rfind(b"\n")
+        if newline < 0 and self.line + len(data) + self.head_size > MAX_HEAD:
+            self._fail(431)  # RFC 6585 §5
+        else:
+            self.line = self.line + len(data) if newline < 0 else len(data) - newline - 1
+            if self._feed(parser, data):
+                return  # the connection is HTTP/2 now
+        if self.line and self.line + self.head_size > MAX_HEAD and not self.error:
+            self._fail(431)  # the read ended inside a line that already passes the limit
+        if self.queue and not self.busy and not self.write_paused:
+            self._pump()
+
+    def _feed(self, parser: httptools.HttpRequestParser, data: bytes) -> bool:
+        """Hand bytes to the parser; a parse error queues its error answer. True after an h2c upgrade."""
         self.completed = 0
         try:
             parser.feed_data(data)
@@ -205,7 +223,7 @@ class H1Connection(asyncio.Protocol):
             self._fail(405 if _unknown_method_line(data, self.completed) else 400)
         except httptools.HttpParserUpgrade as e:
             if self._h2c_upgrade(data[e.args[0]:] if e.args else b""):
-                return
+                return True
             # Any other upgrade: the request is answered as HTTP/1.1, then the connection closes.
             if self.queue:
                 self.queue[-1].keep_alive = False
@@ -218,8 +236,7 @@ class H1Connection(asyncio.Protocol):
                 self._fail(self.error)
             else:
                 self._pause_reading()
-        if self.queue and not self.busy and not self.write_paused:
-            self._pump()
+        return False
 
     def _switch_to_h2(self, data: bytes) -> None:
         from .http2 import H2Connection
@@ -342,6 +359,7 @@ class H1Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:  # noqa: D102
         self.state = BUSY
+        self.head_size = 0  # what follows in this read belongs to the next head
         if self.has_body:
             # No method here takes a body: answer now, close after, and never read the body
             # (a huge or endless upload must not keep the connection busy).

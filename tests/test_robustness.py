@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import select
 import socket
 import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -430,3 +432,80 @@ def test_file_truncated_while_sent_is_never_a_complete_short_body(edge, www: Pat
     assert status == 200
     assert int(headers["content-length"]) == MIB
     assert body == big[:MIB]
+
+
+MAX_HEAD = 64 * 1024
+ONE_READ = 256 * 1024  # uvloop reads up to 256 KiB at a time
+
+
+def endless_line(server: EdgeProcess, prefix: bytes, total: int) -> tuple[int | None, int]:
+    """Send a head whose last line never ends (up to `total` bytes); returns (status, bytes sent when it came).
+
+    Past the limit each 16 KiB waits for the answer, so the count says how far the server let the head go.
+    """
+    sock = connect(server)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+    chunk = b"a" * 16 * 1024
+    sent = 0
+    try:
+        sock.sendall(prefix)
+        sent = len(prefix)
+        while sent < total:
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+            ready, _, _ = select.select([sock], [], [], 0 if sent < MAX_HEAD else 0.5)
+            if ready or sent > MAX_HEAD + 4 * ONE_READ:
+                break
+        sock.settimeout(5)
+        try:
+            status = Client(sock).response()[0]
+        except (ConnectionError, OSError):
+            status = None
+        return status, sent
+    finally:
+        sock.close()
+
+
+def test_endless_header_lines_are_cut_at_the_head_limit(edge, www: Path):
+    """A name or value streamed without CRLF gets 431 once the head passes 64 KiB, holding no memory."""
+    server = edge()
+    request = b"GET /hello.txt HTTP/1.1\r\nHost: edge.test\r\n"
+    shapes = [request + b"X-Endless-Name", request + b"X-Endless-Value: "] * 4  # 8 connections at once
+    for _ in range(50):
+        assert one(server, get("/hello.txt"))[0] == 200
+    rss_before = server.rss()
+    latencies: list[float] = []
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def other_client() -> None:
+        client = Client(connect(server))
+        try:
+            while not done.is_set():
+                started = time.monotonic()
+                client.send(get("/hello.txt", close=False))
+                statuses.append(client.response()[0])
+                latencies.append(time.monotonic() - started)
+        finally:
+            client.close()
+
+    watcher = threading.Thread(target=other_client)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(len(shapes)) as pool:
+            results = list(pool.map(lambda prefix: endless_line(server, prefix, 100 * MIB), shapes))
+    finally:
+        done.set()
+        watcher.join()
+    for status, sent in results:
+        assert status == 431, (status, sent)
+        assert sent <= MAX_HEAD + ONE_READ, f"431 only after {sent} bytes of head"
+    grown = server.rss() - rss_before
+    assert grown < MIB, f"worker RSS grew by {grown / 1024:.0f} KiB"
+    assert statuses and set(statuses) == {200}, statuses[-5:]
+    latencies.sort()
+    print(f"other client: {len(latencies)} requests, p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.2f} ms")
+    assert server.alive() and "Traceback" not in server.stderr()
