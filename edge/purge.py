@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from .paths import BadTarget, encode_path, normalize_path
@@ -10,6 +11,10 @@ from .paths import BadTarget, encode_path, normalize_path
 MAX_ITEMS = 10_000
 MAX_PATH = 8 * 1024  # as a request target may be
 BATCH_BYTES = 128 * 1024  # of paths per command to the workers (a control datagram takes 256 KiB)
+MAX_DEPTH = 4  # a purge body nests two levels ({"paths": [...]}); deeper is refused before parsing
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
 
 class BadPurge(ValueError):
@@ -101,9 +106,11 @@ def key_path(key: str) -> str:
 
 def parse_purge(body: bytes) -> Purge:
     """A POST /purge body: exactly one of {"paths": [...]}, {"prefix": "/p/"}, {"tags": [...]}, {"all": true}."""
+    if not nests_within(body, MAX_DEPTH):
+        raise BadPurge(f"the body nests deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadPurge("the body is not JSON") from None
     if not isinstance(data, dict):
         raise BadPurge('expected an object such as {"paths": ["/a"]}')
@@ -129,6 +136,21 @@ def parse_purge(body: bytes) -> Purge:
             raise BadPurge('"tags" must be non-empty strings without spaces')
         return Purge(tags=frozenset(value))
     return Purge(paths=tuple(dict.fromkeys(_path(p, "paths") for p in value)))
+
+
+def nests_within(body: bytes, limit: int) -> bool:
+    """True when the arrays and objects of a JSON text pair up within `limit` levels (strings don't count).
+
+    Decided on the bytes in C-speed passes (one per level), so a hostile body costs little and is
+    refused before a decoder recurses into it.
+    """
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return True
+        # The innermost level goes; a placeholder keeps "{[]}" from losing two levels in one pass.
+        brackets = brackets.replace(b"[]", b".").replace(b"{}", b".").replace(b".", b"")
+    return not brackets  # what is left nests deeper, or does not pair up (not JSON either way)
 
 
 def _path(value: object, what: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -450,7 +451,7 @@ def test_metrics_count_open_connections(edge):
 BAD_BODIES = [
     b"not json", b"", b"[]", b'["/a"]', b"null", b"{}", b'{"path": ["/a"]}', b'{"paths": ["/a"], "prefix": "/b"}',
     b'{"paths": []}', b'{"paths": "/a"}', b'{"paths": ["a"]}', b'{"prefix": "img/"}', b'{"all": false}',
-    b'{"tags": ["a b"]}', b'{"tags": []}',
+    b'{"tags": ["a b"]}', b'{"tags": []}', b"[" * 100_000, b'{"paths": [[[[["/a"]]]]]}',
 ]
 
 
@@ -461,6 +462,67 @@ def test_bad_purge_bodies_get_400_with_a_reason(edge):
         assert r.status_code == 400, (body, r.text)
         assert isinstance(r.json()["error"], str) and r.json()["error"], body
     assert get(server, "/hello.txt")[0] == 200
+
+
+def random_json(rng: random.Random, depth: int = 0) -> object:
+    """A random JSON value: purge-shaped objects most of the time, any type and nesting otherwise."""
+    kinds = ["str", "int", "float", "bool", "null", "list", "dict", "purge"] if depth < 6 else ["str", "int", "null"]
+    kind = rng.choice(kinds)
+    if kind == "str":
+        return rng.choice(["/a", "/", "", "a b", "/x/../../etc", "/%zz", "\x00", "é/ü", "/" + "p" * rng.randrange(9000)])
+    if kind == "int":
+        return rng.choice([0, -1, 1, 2**63, 10**400 if rng.random() < 0.1 else 7])
+    if kind == "float":
+        return rng.choice([0.5, -1e308, float("inf")]) if rng.random() < 0.5 else 1.5
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    if kind == "list":
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if kind == "dict":
+        return {rng.choice(["paths", "prefix", "tags", "all", "x"]): random_json(rng, depth + 1)
+                for _ in range(rng.randrange(3))}
+    key = rng.choice(["paths", "prefix", "tags", "all"])
+    return {key: random_json(rng, depth + 1)}
+
+
+def random_body(rng: random.Random) -> bytes:
+    """A purge body: random JSON, deep nesting, a cut or bit-flipped text, or a huge list."""
+    shape = rng.randrange(6)
+    if shape == 0:
+        n = rng.choice([5, 100, 100_000])
+        return rng.choice([b"[", b"{\"a\":", b'{"paths": ['])[:1 if n > 5 else None] * n
+    text = json.dumps(random_json(rng), allow_nan=True).encode()
+    if shape == 1:
+        return text[:rng.randrange(len(text) + 1)]
+    if shape == 2 and text:
+        flipped = bytearray(text)
+        for _ in range(rng.randrange(1, 4)):
+            flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+        return bytes(flipped)
+    if shape == 3:
+        return json.dumps({"paths": ["/f/%d" % i for i in range(rng.choice([1, 10_001, 200_000]))]}).encode()
+    return text
+
+
+def test_fuzzed_purge_bodies_get_2xx_or_4xx_and_no_traceback(edge):
+    seed = int(os.environ.get("EDGE_FUZZ_SEED", "14"))
+    rng = random.Random(seed)
+    server = edge()
+    deadline = time.monotonic() + 15
+    answered = 0
+    with httpx.Client(base_url=server.admin_url, timeout=20) as client:
+        while time.monotonic() < deadline and answered < 400:
+            body = random_body(rng)
+            r = client.post("/purge", content=body, headers={"Content-Type": "application/json"})
+            assert 200 <= r.status_code < 500, (seed, body[:200], r.status_code, r.text[:200])
+            if r.status_code == 400:
+                assert r.json()["error"], body[:200]
+            answered += 1
+    assert answered >= 50, f"only {answered} purges in the time bound"
+    assert get(server, "/hello.txt")[0] == 200
+    assert "Traceback" not in server.stderr(), (seed, server.stderr()[-2000:])
 
 
 def test_a_purge_waits_for_every_worker(edge):

@@ -7,11 +7,13 @@ import json
 import pytest
 
 from edge.purge import (
+    MAX_DEPTH,
     MAX_ITEMS,
     BadPurge,
     Purge,
     PurgeIndex,
     key_path,
+    nests_within,
     parse_purge,
     purge_cache,
 )
@@ -85,6 +87,30 @@ def test_parse_purge_rejects(body):
     with pytest.raises(BadPurge) as e:
         parse(body)
     assert str(e.value), "every refusal says why"
+
+
+@pytest.mark.parametrize("body, limit, within", [
+    (b"1", 0, True),
+    (b"[]", 0, False),
+    (b"[]", 1, True),
+    (b"[[], {}, []]", 2, True),
+    (b'{"a": {"b": [[]]}}', 4, True),
+    (b'{"a": {"b": [[]]}}', 3, False),  # "{[]}" loses one level a pass, not two
+    (b'{"paths": ["/a[b", "/\\"[[["]}', 2, True),  # brackets and escaped quotes inside strings don't count
+    (b'{"paths": ["/a[b"]}', 1, False),
+    (b'"[[[[', 0, True),  # an unterminated string hides what follows (json.loads refuses it)
+    (b"[" * 100_000, MAX_DEPTH, False),
+    (b"[]" * 100_000, 1, True),
+    (b"]]", 4, False),  # brackets that do not pair up
+])
+def test_nests_within(body, limit, within):
+    assert nests_within(body, limit) is within
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"paths": [[[[["/a"]]]]]}', b"[" * 100_000 + b"]" * 100_000])
+def test_parse_purge_refuses_deep_nesting_before_decoding(body):
+    with pytest.raises(BadPurge, match="nests deeper"):
+        parse_purge(body)
 
 
 def test_purge_round_trips_through_its_command_form():
