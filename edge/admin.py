@@ -21,6 +21,7 @@ from .diskcache import DiskCache
 from .health import HealthTable, OriginCounters
 from .purge import BadPurge, Purge, parse_purge
 from .stats import CIRCUITS_OPEN, DURATION_BOUNDS, FREE, PID, STATE, StatsBlock
+from .storefaults import REASONS
 
 MAX_BODY = 1 << 20  # a purge of 10,000 paths fits
 ACK_TIMEOUT = 5.0  # seconds every worker has to acknowledge a purge
@@ -109,6 +110,7 @@ class Node:
         lookups = totals["cache_hits"] + totals["cache_misses"]
         cache = {"hits": totals["cache_hits"], "misses": totals["cache_misses"], "stale": totals["cache_stale"],
                  "hit_ratio": round(totals["cache_hits"] / lookups, 4) if lookups else None}
+        cache["store_errors"] = {reason: totals["store_errors_" + reason.replace("-", "_")] for reason in REASONS}
         if self.store is not None:
             cache.update({"objects": len(self.store.index), "bytes": self.store.size,
                           "max_bytes": self.store.max_size, "evictions": self.store.evictions,
@@ -182,6 +184,11 @@ class Collector:
             origin.add_metric([upstream.url, "ok"], ok)
             origin.add_metric([upstream.url, "error"], failed)
         yield origin
+        failed = CounterMetricFamily("edge_cache_store_errors", "Origin answers the disk cache could not store "
+                                     "(they still reached their clients whole), by reason", labels=["reason"])
+        for reason in REASONS:
+            failed.add_metric([reason], totals["store_errors_" + reason.replace("-", "_")])
+        yield failed
         yield GaugeMetricFamily("edge_connections_active", "Open client connections",
                                 value=totals["connections_active"])
         yield GaugeMetricFamily("edge_file_cache_entries", "Open-file cache entries, all workers",

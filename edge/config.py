@@ -78,6 +78,7 @@ class CacheConfig:
     max_size: int = 10 << 30
     default_ttl: float = 60.0  # for responses that say nothing about their freshness
     query: str | tuple[str, ...] = "keep"  # query in the cache key: keep, ignore, or the names kept
+    min_free: int = 64 << 20  # bytes the cache's filesystem keeps free: no store below, evictions restore it
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,7 @@ def _cache_field(name: str, sub: str, item: Any) -> Any:
         if not path:
             raise ConfigError(f"{sub}: expected a directory, got an empty string")
         return path
-    if name == "max_size":
+    if name in ("max_size", "min_free"):
         try:
             return parse_size(item)
         except ValueError as e:

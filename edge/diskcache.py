@@ -17,6 +17,7 @@ is renamed first; a reader that finds no metadata treats the body as absent.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .cachekey import digest
 from .purge import Purge, PurgeIndex
+from .storefaults import reason_of
 
 
 @dataclass
@@ -64,6 +66,11 @@ XATTR = "user.edge.meta"
 PURGE_MEMORY = 60.0
 #: On a temp body other workers follow: b"<shared> <known length> <fetcher's pid>\n" + metadata (see parse_head).
 HEAD_XATTR = "user.edge.head"
+#: On a temp body whose writer could not go on writing it: b"<fetcher's pid> <fd>", the memory file the rest
+#: goes to, which followers open as /proc/<pid>/fd/<fd> (see Writer.spill).
+SPILL_XATTR = "user.edge.spill"
+#: Bytes of one body a writer keeps in memory once the disk refuses it (beyond: the body fails).
+SPILL_MAX = 1 << 30
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -85,6 +92,11 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         pass
     return True
+
+
+def spill_name(tmp: str) -> str:
+    """The name of the memory file a body goes on in once the disk refused its temp file `tmp`."""
+    return "edge-" + os.path.basename(tmp)
 
 
 def write_file(path: str, data: bytes) -> None:
@@ -136,35 +148,82 @@ def rewrite_meta(body: str, meta_path: str, meta: Meta) -> int:
 
 
 class Writer:
-    """A body being fetched: written to tmp/, published by commit() only if complete."""
+    """A body being fetched: written to tmp/, published by commit() only if complete.
 
-    def __init__(self, store: DiskCache, key: bytes, name: str | None = None, followed: str | None = None) -> None:
+    When the disk refuses it (full, quota, read-only, I/O error) at any step, the body goes on in an
+    anonymous memory file under the same fd number, so its readers never notice; `failed` then names
+    the reason and nothing is stored.
+    """
+
+    def __init__(self, store: DiskCache, key: bytes, name: str | None = None, followed: str | None = None,
+                 length: int | None = None) -> None:
         self.store = store
         self.key = key
         self.name = name or digest(key)  # name: digest(key), when the caller has it
+        self.owned = True  # False once detach() handed the open file to a reader
+        self.headed = False
+        self.written = 0
+        self.failed: str | None = None  # the reason (storefaults.REASONS) the disk refused this body
+        self.error = ""
+        self.spill_fd = -1  # a copy of the memory file's fd that followers in other workers open
+        self.ino = 0
+        self.fd = -1
         # followed: the digest of the key whose lock the caller holds; its body goes to tmp/<followed>.fetch,
         # where other workers find it (a leftover of a worker that died there is replaced).
         self.tmp = (store.follow_path(followed) if followed is not None
                     else f"{store.tmp_dir}/{self.name}.{store.pid}.{time.monotonic_ns()}")
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            self.fd = os.open(self.tmp, flags, 0o644)
-        except FileExistsError:
-            if followed is None:
-                raise
-            os.unlink(self.tmp)
-            self.fd = os.open(self.tmp, flags, 0o644)
-        self.owned = True  # False once detach() handed the open file to a reader
-        self.headed = False
-        self.written = 0
-        # A followed temp file's inode: abort() unlinks the name only while it is still this file.
-        self.ino = os.fstat(self.fd).st_ino if followed is not None else 0
+            store.check_room(length)
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                self.fd = os.open(self.tmp, flags, 0o644)
+            except FileExistsError:
+                if followed is None:
+                    raise
+                os.unlink(self.tmp)
+                self.fd = os.open(self.tmp, flags, 0o644)
+            # A followed temp file's inode: abort() unlinks the name only while it is still this file.
+            self.ino = os.fstat(self.fd).st_ino if followed is not None else 0
+        except OSError as e:
+            self.tmp = ""
+            self.spill(e)
+
+    def spill(self, error: OSError) -> None:
+        """The disk refused this body: go on in memory, under the same fd number (readers keep theirs)."""
+        memory = os.memfd_create(spill_name(self.tmp or self.name), os.MFD_CLOEXEC)
+        try:
+            done = 0
+            while done < self.written:  # what reached the temp file so far, copied over
+                piece = os.pread(self.fd, min(1 << 20, self.written - done), done)
+                if not piece:
+                    raise OSError(errno.EIO, "the temp file lost bytes it had taken")
+                done += os.write(memory, piece)
+        except BaseException:
+            os.close(memory)
+            raise
+        if self.fd >= 0:
+            os.dup2(memory, self.fd)  # the temp file's description closes; the number is the memory file's now
+            os.close(memory)
+        else:
+            self.fd = memory
+        if self.failed is None:
+            self.failed = reason_of(error)
+            self.error = error.strerror or str(error)
+        if self.headed and self.tmp:
+            try:  # followers in other workers switch to the memory file (best effort: the disk is in trouble)
+                self.spill_fd = os.dup(self.fd)
+                os.setxattr(self.tmp, SPILL_XATTR, b"%d %d" % (self.store.pid, self.spill_fd))
+            except OSError:
+                pass
 
     def publish_head(self, shared: bool, known: bool, meta_data: bytes) -> bool:
         """Let other workers follow this body as it grows (see HEAD_XATTR): whether they may share it, whether
-        meta_data (Meta.dumps()) has its final length; False where there are no xattrs."""
+        meta_data (Meta.dumps()) has its final length; False where there are no xattrs (or no temp file)."""
+        if self.failed is not None and not self.headed:
+            return False
         try:
-            os.setxattr(self.fd, HEAD_XATTR, b"%d %d %d\n%s" % (shared, known, self.store.pid, meta_data))
+            os.setxattr(self.fd if self.failed is None else self.tmp, HEAD_XATTR,
+                        b"%d %d %d\n%s" % (shared, known, self.store.pid, meta_data))
         except OSError:
             return False
         self.headed = True
@@ -176,18 +235,28 @@ class Writer:
         return self.fd
 
     def write(self, chunk: bytes) -> None:
-        """Append a piece of the body."""
+        """Append a piece of the body (to memory once the disk refused it)."""
         view = memoryview(chunk)
         while view:
-            n = os.write(self.fd, view)
+            try:
+                if self.failed is not None and self.written + len(view) > SPILL_MAX:
+                    raise OSError(errno.ENOMEM, f"more than {SPILL_MAX} bytes of one body held in memory")
+                n = os.write(self.fd, view)
+            except OSError as e:
+                if self.failed is not None:
+                    raise  # memory refused it too: the body cannot go on
+                self.spill(e)
+                continue
             view = view[n:]
             self.written += n
 
     def commit(self, meta: Meta, data: bytes | None = None) -> bool:
         """Publish the object if its body has exactly `meta.length` bytes; otherwise discard it.
 
-        `data`: meta.dumps(), when the caller made it already."""
-        if self.fd < 0:
+        `data`: meta.dumps(), when the caller made it already. False, storing nothing, when the disk
+        refuses the metadata or the rename (`failed` says why) or refused the body before."""
+        if self.fd < 0 or self.failed is not None:
+            self.abort()
             return False
         if self.written != meta.length:
             self.abort()
@@ -195,20 +264,35 @@ class Writer:
         if data is None:
             data = meta.dumps()
         body, meta_path = self.store.paths(self.name)
-        if self.headed:
-            os.removexattr(self.fd, HEAD_XATTR)  # a stored object has no followers
+        sidecar = None
+        renamed = False
         try:
-            os.setxattr(self.fd, XATTR, data)
-            sidecar = None
-        except OSError:  # no user xattrs on this filesystem, or too much for one
-            sidecar = self.tmp + ".meta"
-            write_file(sidecar, data)
+            if self.headed:
+                os.removexattr(self.fd, HEAD_XATTR)  # a stored object has no followers
+            try:
+                os.setxattr(self.fd, XATTR, data)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+                    raise
+                sidecar = self.tmp + ".meta"  # no user xattrs on this filesystem, or too much for one
+                write_file(sidecar, data)
+            os.replace(self.tmp, body)
+            renamed = True
+            if sidecar is not None:
+                os.replace(sidecar, meta_path)
+        except OSError as e:
+            self.failed, self.error = reason_of(e), e.strerror or str(e)
+            for leftover in (sidecar, body if renamed else None):
+                if leftover is not None:
+                    try:
+                        os.unlink(leftover)  # a body renamed without its metadata would be read as absent anyway
+                    except OSError:
+                        pass
+            self.abort()
+            return False
         if self.owned:
             os.close(self.fd)
         self.fd = -1
-        os.replace(self.tmp, body)
-        if sidecar is not None:
-            os.replace(sidecar, meta_path)
         self.store.admitted(self.name, meta.length, meta.key, meta.tags)
         return True
 
@@ -218,20 +302,25 @@ class Writer:
             if self.owned:
                 os.close(self.fd)
             self.fd = -1
+        if not self.tmp:
+            return
         try:
             if self.ino and os.stat(self.tmp).st_ino != self.ino:
                 return  # another fetch's file under the same name now: not ours to remove
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
+        except OSError:
+            pass  # a read-only or failing disk: the manager clears tmp/ at the next start
 
 
 class DiskCache:
     """Objects on disk by key, with an in-process LRU index of their sizes kept under `max_size` bytes."""
 
     def __init__(self, root: str, max_size: int, report: Callable[[str, int, str, list[str]], None] | None = None,
-                 keys: PurgeIndex | None = None) -> None:
+                 keys: PurgeIndex | None = None, min_free: int = 0) -> None:
         self.root = root
+        self.min_free = min_free  # bytes the filesystem keeps free: no store below it, evictions restore it
         #: In the cache manager: the objects' keys and tags, for purges by path, prefix and tag.
         self.keys = keys
         #: In a worker: tell the node's cache manager of a new object instead of indexing it here.
@@ -331,9 +420,34 @@ class DiskCache:
         """Has a purge naming this object been made since it was stored (wall time `stored_at`)?"""
         return any(when >= stored_at and purge.matches_key(key, tags) for when, purge in self.purges)
 
-    def writer(self, key: bytes, name: str | None = None, followed: str | None = None) -> Writer:
-        """Start storing the object for `key` (whose digest is `name`, if known); `followed`: see Writer."""
-        return Writer(self, key, name, followed)
+    def writer(self, key: bytes, name: str | None = None, followed: str | None = None,
+               length: int | None = None) -> Writer:
+        """Start storing the object for `key` (whose digest is `name`, if known, and body `length` bytes,
+        if known); `followed`: see Writer."""
+        return Writer(self, key, name, followed, length)
+
+    def check_room(self, length: int | None) -> None:
+        """OSError(ENOSPC) unless the filesystem keeps min_free bytes free with a body of `length` bytes
+        (unknown: 0) on it, so a store that cannot succeed says so before the answer goes out."""
+        st = os.statvfs(self.tmp_dir)
+        if st.f_bavail * st.f_frsize < (length or 0) + self.min_free:
+            raise OSError(errno.ENOSPC, f"less than {self.min_free} bytes would stay free")
+
+    def free_bytes(self) -> int:
+        """Bytes free on the cache's filesystem for this process."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def make_room(self) -> int:
+        """Evict least recently used objects until min_free bytes are free (a store failed); returns how many."""
+        evicted = 0
+        while self.index and self.free_bytes() < self.min_free:
+            name, size = self.index.popitem(last=False)
+            self.size -= size
+            self.evictions += 1
+            evicted += 1
+            self._unlink(name)
+        return evicted
 
     def meta(self, key: bytes) -> Meta | None:
         """The stored metadata for `key`, or None (absent or unreadable: treated as a miss)."""

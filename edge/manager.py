@@ -61,8 +61,20 @@ class Manager:
                         pass  # an eviction's unlink failed: the next one tries again
                 elif kind == "R":
                     self.reconcile()
+                elif kind == "M":
+                    self.make_room()
                 elif name in store.index:
                     store.index.move_to_end(name)
+
+    def make_room(self) -> None:
+        """A worker could not store: evict least recently used objects until min_free bytes are free."""
+        try:
+            evicted = self.store.make_room()
+        except OSError:
+            return  # the disk is failing, not full: nothing eviction can mend
+        if evicted:
+            print(f"edge: cache manager evicted {evicted} object(s) after a failed store, to keep "
+                  f"{self.config.cache.min_free} bytes free", file=sys.stderr, flush=True)
 
     def reconcile(self) -> None:
         """Index the objects on disk whose reports were lost: read in a thread, indexed on the loop."""
@@ -186,7 +198,7 @@ def run(config: Config, health: HealthTable | None, events: socket.socket | None
         origin_counts: OriginCounters | None = None) -> None:
     """The manager process's body: index the disk cache (unless handed a built index), then serve."""
     if store is None and config.origins:
-        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex())
+        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex(), min_free=config.cache.min_free)
         store.rebuild(clear_tmp=False)  # workers may be writing there right now
     manager = Manager(config, health, events, store)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

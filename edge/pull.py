@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import socket
+import sys
 import time
 from dataclasses import replace
 
@@ -29,6 +30,7 @@ from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
 from .diskcache import (
     HEAD_XATTR,
+    SPILL_XATTR,
     XATTR,
     DiskCache,
     Meta,
@@ -36,6 +38,7 @@ from .diskcache import (
     parse_head,
     process_alive,
     read_meta,
+    spill_name,
     rewrite_meta,
 )
 from .filecache import OPEN_FLAGS, FileCache
@@ -51,7 +54,9 @@ from .stats import (
     CIRCUITS_OPEN,
     ORIGIN_ERRORS,
     ORIGIN_REQUESTS,
+    STORE_ERRORS,
 )
+from .storefaults import FaultLog, reason_of
 from .stored import (
     DROPPED_BYTES,
     DROPPED_FIELDS,
@@ -70,12 +75,16 @@ HIT_FOR_MISS = 120.0
 HIT_FOR_MISS_KEYS = 10_000
 FOLLOW_POLL_MIN = 0.001
 FOLLOW_POLL_MAX = 0.02
+SPILL_GRACE = 1.0  # seconds a spilled body's memory file stays open for followers after its fetch ends
+ROOM_REQUEST_INTERVAL = 1.0  # seconds between two asks to the manager to make room after failed stores
 
 HIT_STALE_REVALIDATE = b"edge; hit; fwd=stale; detail=stale-while-revalidate"
 STALE_ERROR = b"edge; fwd=stale; detail=stale-if-error"  # forwarded, failed: not a hit (RFC 9211 §2.1)
 REVALIDATED = b"edge; fwd=stale; fwd-status=304"
-MISS_STORED = b"edge; fwd=miss; stored"
+MISS_STORED = b"edge; fwd=miss; stored"  # being stored: the body streams to its clients and the disk at once
 MISS = b"edge; fwd=miss"
+MISS_STORE_FAILED = b"edge; fwd=miss; detail=store-failed"  # storable, but the disk refuses it: streamed only
+STALE_STORE_FAILED = b"edge; fwd=stale; detail=store-failed"
 STALE_NOT_STORED = b"edge; fwd=stale"  # was stale; the origin's new answer may not be stored
 COLLAPSED = b"edge; fwd=miss; stored; collapsed"
 STALE_REFETCHED = b"edge; fwd=stale; stored"
@@ -141,7 +150,7 @@ class Outcome:
 class Flight:
     """One fetch of a key in this worker; requests for the key that arrive meanwhile wait() for its outcome."""
 
-    __slots__ = ("loop", "outcome", "waiters", "hold", "claimed", "started")
+    __slots__ = ("loop", "outcome", "waiters", "hold", "claimed", "started", "locked")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -150,6 +159,7 @@ class Flight:
         self.waiters: list[asyncio.Future[Outcome]] = []
         self.hold: StoredEntry | None = None  # the flight's own reference on a growing entry
         self.claimed = False
+        self.locked = -1  # the node-wide lock slot this flight holds, if any
 
     def claim(self) -> bool:
         """True for the first request to take a private answer (the one that caused the fetch)."""
@@ -206,7 +216,10 @@ class Puller:
         self.inline_max = config.file_cache.inline_max
         self.follow_timeout = config.proxy.connect_timeout + config.proxy.read_timeout
         self.read_timeout = config.proxy.read_timeout
-        self.store = DiskCache(config.cache.dir, config.cache.max_size, report=self._stored)
+        self.store = DiskCache(config.cache.dir, config.cache.max_size, report=self._stored,
+                               min_free=config.cache.min_free)
+        self.faults = FaultLog()
+        self.room_asked = float("-inf")
         self.keys = KeyRule(config.cache.query)
         upstreams = [Upstream(o.url, o.weight, o.host_header) for o in config.origins]
         self.pool = OriginPool(upstreams, connect_timeout=config.proxy.connect_timeout,
@@ -226,6 +239,24 @@ class Puller:
 
     def _stored(self, name: str, size: int, key: str, tags: list[str]) -> None:
         self.reports.add(reports.stored(name, size, key, tags))
+
+    def _store_failed(self, reason: str, error: str) -> None:
+        """One store the disk refused: counted, logged once per reason and interval, and the manager asked
+        to make room (evict) at most once per ROOM_REQUEST_INTERVAL."""
+        self.stats[STORE_ERRORS[reason]] += 1
+        now = self.loop.time()
+        line = self.faults.failed(reason, error, now)
+        if line is not None:
+            print(f"edge: worker {os.getpid()}: {line}", file=sys.stderr, flush=True)
+        if now - self.room_asked >= ROOM_REQUEST_INTERVAL:
+            self.room_asked = now
+            self.reports.add(reports.MAKE_ROOM)
+
+    def _unlock(self, flight: Flight) -> None:
+        """Give the key's node-wide lock back (before the fetch ends, when other workers need not wait)."""
+        if flight.locked >= 0:
+            self.locks.unlock(flight.locked)
+            flight.locked = -1
 
     def _healthy(self, index: int) -> bool:
         if self.health is not None and not self.health.healthy(index):
@@ -436,6 +467,8 @@ class Puller:
                 if outcome is not None:
                     flight.resolve(outcome)
                     return
+            if not self.solo:
+                flight.locked = slot
             try:
                 held = self.cache.peek(fetch.name)
                 if (held is not None and held is not stale and not held.vary
@@ -452,8 +485,7 @@ class Puller:
                     stale = entry if entry is not None and not entry.vary else stale
                 await self._fetch(flight, fetch, stale, name)
             finally:
-                if not self.solo:
-                    self.locks.unlock(slot)
+                self._unlock(flight)
         except Exception:  # noqa: BLE001 - the waiters get a 502 rather than hang
             flight.resolve(Outcome(plan=self._error(502, "error")))
         finally:
@@ -558,9 +590,11 @@ class Puller:
                     initial_age=fresh.initial_age, stale_while_revalidate=fresh.stale_while_revalidate,
                     stale_if_error=fresh.stale_if_error, no_cache=fresh.no_cache,
                     must_revalidate=fresh.must_revalidate, tags=raw.get("surrogate-key", "").split())
-        writer = self.store.writer(key, None if varies else fetch.digest, followed)
+        writer = self.store.writer(key, None if varies else fetch.digest, followed, length)
         meta_data: bytes | None = None
         entry = None
+        if writer.failed is not None:
+            self._unlock(flight)  # nothing to follow on disk: other workers' requests fetch for themselves
         try:
             # Readers use pread/sendfile at explicit offsets: the writer's own open file serves them too,
             # and the entry closes it after the last of them.
@@ -570,10 +604,12 @@ class Puller:
             writer.detach()
             entry.acquire()
             flight.hold = entry
-            if stale is not None:
-                cache_status = STALE_REFETCHED if storable else STALE_NOT_STORED
+            if not storable:
+                cache_status = MISS if stale is None else STALE_NOT_STORED
+            elif writer.failed is not None:  # known before the answer goes out: it says so
+                cache_status = MISS_STORE_FAILED if stale is None else STALE_STORE_FAILED
             else:
-                cache_status = MISS_STORED if storable else MISS
+                cache_status = MISS_STORED if stale is None else STALE_REFETCHED
             if followed is not None:
                 # Other workers follow this fetch by its head: the metadata, whether the answer may be
                 # shared and whether its length is known.
@@ -612,7 +648,8 @@ class Puller:
                 storable = False  # purged while it was being fetched: served to its requests, not kept
             published = self._commit(writer, meta, fetch.key if varies else None, meta_data) if storable else None
         except BaseException as e:
-            # A cut-off origin, a full disk, a bug: the readers are cut off and nothing partial is kept.
+            # A cut-off origin, a bug: the readers are cut off and nothing partial is kept. (A disk that
+            # refuses the body is not one of these: the writer goes on in memory.)
             if entry is not None:
                 if entry.growth is not None:
                     entry.growth.fail()
@@ -622,6 +659,11 @@ class Puller:
                 self._failed(flight, stale, 502, "truncated")
                 return False
             raise
+        finally:
+            if storable and writer.failed is not None:
+                self._store_failed(writer.failed, writer.error)
+            if writer.spill_fd >= 0:
+                self.loop.call_later(SPILL_GRACE, os.close, writer.spill_fd)
         if published is None:
             writer.abort()
             entry.retire()  # served to its own requests from the open fd, then closed
@@ -679,6 +721,9 @@ class Puller:
             changed = await _rewrite_meta(*self.store.paths(fetch.digest), meta)  # off the loop
         except FileNotFoundError:
             changed = None  # purged or evicted while the origin answered: served this once, not kept
+        except OSError as e:
+            changed = None  # the disk refuses the new metadata: served refreshed this once, reloaded next time
+            self._store_failed(reason_of(e), e.strerror or str(e))
         now = self.loop.time()
         # Refreshed in place: transfers under way hold their own plans, which refresh() drops from the entry.
         stale.stored_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in merged]
@@ -783,6 +828,7 @@ class Puller:
         growth = entry.growth
         delay = FOLLOW_POLL_MIN
         last = self.loop.time()
+        head_fd = -1  # the temp file, for its head, once the body is followed in the fetcher's memory
         try:
             while not growth.done and not growth.failed:
                 st = os.fstat(entry.fd)
@@ -793,12 +839,17 @@ class Puller:
                     delay = FOLLOW_POLL_MIN
                     continue
                 if growth.length == STREAMED:
-                    final = self._final_length(entry.fd)
+                    final = self._final_length(entry.fd if head_fd < 0 else head_fd)
                     if final is not None and final == st.st_size:
                         entry.size = entry.meta.length = final
                         growth.finish(final)
                         break
-                if st.st_nlink == 0 or now - last > self.read_timeout or not process_alive(fetcher):
+                if head_fd < 0:
+                    head_fd = _follow_spill(entry)
+                    if head_fd >= 0:
+                        continue  # the disk refused the body: the rest is in the fetcher's memory file
+                if (head_fd < 0 and st.st_nlink == 0) or now - last > self.read_timeout \
+                        or not process_alive(fetcher):
                     growth.fail()  # the fetcher dropped it (truncated origin) or died
                     break
                 await asyncio.sleep(delay)
@@ -806,6 +857,8 @@ class Puller:
         except OSError:
             growth.fail()
         finally:
+            if head_fd >= 0:
+                os.close(head_fd)
             entry.growth = None
             entry.release()
 
@@ -831,6 +884,27 @@ class Puller:
         await self.pool.close()
         self.locks.close()
         self.reports.flush()
+
+
+def _follow_spill(entry: StoredEntry) -> int:
+    """Another worker's body the disk refused goes on in that worker's memory file (Writer.spill): put
+    that file under entry.fd and return a new fd of the temp file (for its head); -1 when not spilled."""
+    try:
+        pid, number = os.getxattr(entry.fd, SPILL_XATTR).split()
+        memory = os.open(f"/proc/{int(pid)}/fd/{int(number)}", os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return -1
+    try:
+        # The fd number could name another file by now: only the memory file of this very body will do.
+        if os.readlink(f"/proc/self/fd/{memory}") != f"/memfd:{spill_name(entry.fs_path)} (deleted)":
+            return -1
+        head = os.dup(entry.fd)
+        os.dup2(memory, entry.fd)
+        return head
+    except OSError:
+        return -1
+    finally:
+        os.close(memory)
 
 
 def _authorized(fetch: Fetch) -> bool:

@@ -19,6 +19,7 @@ DATAGRAM = 64 * 1024  # the most one datagram carries (a record's key is at most
 FLUSH_DELAY = 0.02  # seconds a report may wait for others to share its datagram
 RETRY_DELAY = 0.2  # seconds before a RECONCILE that could not be sent is tried again
 RECONCILE = b"R"
+MAKE_ROOM = b"M"  # a store failed for want of space (or a disk fault): evict until min_free bytes are free
 _LENGTH = struct.Struct("!I")
 _ROOM = DATAGRAM - _LENGTH.size - len(RECONCILE)  # what a batch may fill, leaving room for a RECONCILE
 _HEX = frozenset(b"0123456789abcdef")
@@ -61,6 +62,8 @@ def parse(data: bytes) -> Iterator[tuple[str, str, int, str, list[str]]]:
         try:
             if record == RECONCILE:
                 yield "R", "", 0, "", []
+            elif record == MAKE_ROOM:
+                yield "M", "", 0, "", []
             elif record[:2] == b"U ":
                 yield "U", _name(record[2:]), 0, "", []
             elif record[:2] == b"S ":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import mmap
 import time
 
+from .storefaults import REASONS
+
 # Field indexes inside a slot. Identity fields first, then counters, then gauges.
 PID, GENERATION, CPU, NODE, STARTED_MS, STATE = range(6)
 R1XX, R2XX, R3XX, R4XX, R5XX = range(6, 11)
@@ -24,8 +26,11 @@ H2_1XX, H2_2XX, H2_3XX, H2_4XX, H2_5XX = range(25, 30)
 DURATION_BOUNDS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 DURATION_BUCKETS = tuple(range(30, 30 + len(DURATION_BOUNDS) + 1))  # the last one: above 5 s
 DURATION_SUM_US = 38  # microseconds, summed over the waiting requests
+# Disk-cache stores that failed, by reason (edge/storefaults.py REASONS, in that order).
+STORE_DISK_FULL, STORE_QUOTA, STORE_READ_ONLY, STORE_IO_ERROR, STORE_OTHER = range(39, 44)
+STORE_ERRORS = dict(zip(REASONS, range(STORE_DISK_FULL, STORE_OTHER + 1)))
 
-FIELDS = 39
+FIELDS = 44
 PUBLISHED = range(R1XX, FIELDS)  # what a worker copies from its own counters into its slot
 # Monotonic: folded into the retired slot when a worker ends.
 COUNTERS = (*range(R1XX, FC_EVICTIONS + 1), *range(CACHE_HITS, ORIGIN_ERRORS + 1), *range(H2_1XX, FIELDS))
@@ -45,6 +50,7 @@ NAMES = {
     H2_1XX: "h2_responses_1xx", H2_2XX: "h2_responses_2xx", H2_3XX: "h2_responses_3xx", H2_4XX: "h2_responses_4xx",
     H2_5XX: "h2_responses_5xx", DURATION_SUM_US: "duration_sum_us",
     **{field: f"duration_bucket_{i}" for i, field in enumerate(DURATION_BUCKETS)},
+    **{field: "store_errors_" + reason.replace("-", "_") for reason, field in STORE_ERRORS.items()},
 }
 
 # Status code -> the slot index its class is counted in (built once; the hot path only indexes).

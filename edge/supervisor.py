@@ -249,7 +249,7 @@ class Supervisor:
         from .purge import PurgeIndex
 
         started = time.monotonic()
-        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex())
+        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex(), min_free=config.cache.min_free)
         count = store.rebuild(clear_tmp=True)
         self.log(f"disk cache {config.cache.dir}: {count} objects, {store.size} bytes "
                  f"(indexed in {time.monotonic() - started:.2f} s)")

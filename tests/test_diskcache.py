@@ -148,3 +148,45 @@ def test_a_followed_fetch_writes_where_other_workers_look_and_leaves_no_head_on_
     body, _ = cache.paths(name)
     assert not where.exists() and Path(body).read_bytes() == b"hello"
     assert HEAD_XATTR not in os.listxattr(body) and XATTR in os.listxattr(body)
+
+
+# -- a disk that refuses writes -------------------------------------------------------------------
+
+
+def test_a_refused_body_goes_on_in_memory_under_the_same_fd_and_is_not_stored(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    key = b"/spilled"
+    w = cache.writer(key, followed=digest(key))
+    fd = w.detach()  # a reader holds this number, as the puller's entry does
+    w.write(b"first half, on disk; ")
+    w.spill(OSError(errno.ENOSPC, "No space left on device"))
+    w.write(b"second half, in memory")
+    assert w.fd == fd and w.failed == "disk-full" and w.error == "No space left on device"
+    assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:edge-")
+    body = b"first half, on disk; second half, in memory"
+    assert os.pread(fd, 100, 0) == body
+    assert not w.commit(meta_for(key, body))
+    assert not os.path.exists(cache.paths(digest(key))[0]) and os.listdir(cache.tmp_dir) == []
+    assert os.pread(fd, 100, 0) == body  # its reader still has all of it
+    os.close(fd)
+
+
+def test_a_store_below_min_free_is_refused_before_any_file_is_made(tmp_path: Path):
+    free = DiskCache(str(tmp_path), 1 << 20).free_bytes()
+    cache = DiskCache(str(tmp_path), 1 << 20, min_free=free + (1 << 30))
+    w = cache.writer(b"/k", length=10)
+    assert w.failed == "disk-full" and w.tmp == "" and os.listdir(cache.tmp_dir) == []
+    w.write(b"0123456789")
+    assert os.pread(w.fd, 20, 0) == b"0123456789"
+    assert not w.commit(meta_for(b"/k", b"0123456789"))
+    assert w.fd == -1
+
+
+def test_make_room_evicts_least_recently_used_until_min_free(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 30)
+    for i in range(3):
+        assert store(cache, b"/o%d" % i, b"x" * 1000)
+    cache.min_free = 0
+    assert cache.make_room() == 0 and len(cache.index) == 3
+    cache.min_free = cache.free_bytes() + (1 << 40)  # more than eviction can ever give back
+    assert cache.make_room() == 3 and not cache.index and cache.size == 0
