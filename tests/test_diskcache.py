@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from edge.cachekey import digest
 from edge.diskcache import HEAD_XATTR, XATTR, DiskCache, Meta, parse_head, rewrite_meta
 
@@ -190,3 +192,30 @@ def test_make_room_evicts_least_recently_used_until_min_free(tmp_path: Path):
     assert cache.make_room() == 0 and len(cache.index) == 3
     cache.min_free = cache.free_bytes() + (1 << 40)  # more than eviction can ever give back
     assert cache.make_room() == 3 and not cache.index and cache.size == 0
+
+
+@pytest.mark.parametrize("call, code, reason", [
+    ("setxattr", errno.ENOSPC, "disk-full"),  # the metadata
+    ("replace", errno.EROFS, "read-only"),  # the rename
+    ("replace", errno.EIO, "io-error"),
+])
+def test_a_refused_metadata_write_or_rename_stores_nothing_and_says_why(tmp_path: Path, monkeypatch, call, code,
+                                                                      reason):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    w = cache.writer(b"/k")
+    fd = w.detach()
+    w.write(b"whole body")
+    real = getattr(os, call)
+
+    def refuse(*args, **kwargs):
+        if call == "setxattr" and args[1] != XATTR:
+            return real(*args, **kwargs)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, call, refuse)
+    assert not w.commit(meta_for(b"/k", b"whole body"))
+    monkeypatch.undo()
+    assert w.failed == reason
+    assert not os.path.exists(cache.paths(digest(b"/k"))[0]) and os.listdir(cache.tmp_dir) == []
+    assert os.pread(fd, 100, 0) == b"whole body"  # its readers still have it
+    os.close(fd)
