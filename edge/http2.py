@@ -17,7 +17,7 @@ import h2.settings
 import h2.stream
 from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamInputs
-from hyperframe.frame import GoAwayFrame, HeadersFrame, PushPromiseFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, PushPromiseFrame
 
 from .core import SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
 from .stored import STREAMED, settled, streamed_sent
@@ -79,6 +79,8 @@ class _CappedFrameBuffer(FrameBuffer):
     def _update_header_buffer(self, f):  # noqa: ANN001, ANN202 - h2's hook, called for every frame
         if f is not None:
             if self._headers_buffer:
+                if type(f) is not ContinuationFrame:
+                    return _h2_update_header_buffer(self, f)  # a ProtocolError (RFC 9113 §6.10): not counted
                 self.block += len(f.data)
             elif type(f) in _BLOCK_STARTS:
                 self.block = len(f.data)

@@ -609,6 +609,28 @@ def test_continuation_flood(edge, tmp_path: Path, piece: int, code: int):
     assert_recovered(server, baseline)
 
 
+@pytest.mark.parametrize("interloper", [
+    lambda sid: PriorityFrame(sid, depends_on=0, stream_weight=15),
+    lambda sid: RstStreamFrame(sid, error_code=0),
+    lambda sid: PingFrame(0, opaque_data=b"12345678"),
+    lambda sid: GoAwayFrame(0, last_stream_id=0),
+    lambda sid: HeadersFrame(sid + 2, data=b"\x82", flags=["END_HEADERS"]),
+    lambda sid: ContinuationFrame(sid + 2, data=b"\x82", flags=["END_HEADERS"]),  # another stream's
+], ids=["priority", "rst_stream", "ping", "goaway", "headers", "continuation-of-another-stream"])
+def test_any_frame_inside_a_header_block_is_a_protocol_error_not_a_traceback(edge, interloper):
+    # RFC 9113 §6.10: a header block is a contiguous sequence of frames, nothing interleaved.
+    server = edge()
+    baseline = warm(server)
+    client = H2Client.connect(server)
+    sid = client.next_raw_sid()
+    block = client.encode(client.headers_for("/hello.txt"))
+    client.send_frames([HeadersFrame(sid, data=block[:2], flags=["END_STREAM"]), interloper(sid)])
+    ended_with(client, PROTOCOL_ERROR)
+    client.close()
+    assert_recovered(server, baseline)
+    assert "Traceback" not in server.stderr()
+
+
 def test_a_header_block_at_the_limit_is_served(edge, tmp_path: Path):
     server = edge(config=http2_config(tmp_path, max_header_block_size=4096))
     client = H2Client.connect(server)
