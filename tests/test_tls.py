@@ -188,6 +188,22 @@ def test_tls_10_and_11_are_refused(tls_server, tls_cert, version, name):
     sock.close()
 
 
+@needs_openssl
+@pytest.mark.parametrize("version, offer, chosen", [
+    ("-tls1_2", ["-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"], "ECDHE-ECDSA-AES128-GCM-SHA256"),
+    ("-tls1_2", ["-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256"], "ECDHE-ECDSA-AES256-GCM-SHA384"),
+    ("-tls1_3", ["-ciphersuites", "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384"], "TLS_AES_128_GCM_SHA256"),
+    ("-tls1_3", ["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"], "TLS_CHACHA20_POLY1305_SHA256"),
+], ids=["1.2-aes128-first", "1.2-aes256-first", "1.3-aes128-first", "1.3-chacha-first"])
+def test_the_clients_cipher_order_stands(tls_server, version, offer, chosen):
+    # A browser's AES-128-GCM is cheaper per byte than the AES-256 OpenSSL's own order (and Python's
+    # server preference) would impose; the client knows whether it has AES hardware.
+    done = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{tls_server.tls_port}", version, *offer],
+                          input=b"", capture_output=True, timeout=20)
+    out = done.stdout.decode("latin-1")
+    assert f"Cipher is {chosen}" in out or f"Cipher    : {chosen}" in out, out[-1500:]
+
+
 @pytest.mark.parametrize("version, name", [(ssl.TLSVersion.TLSv1_2, "TLSv1.2"), (ssl.TLSVersion.TLSv1_3, "TLSv1.3")])
 def test_tls_12_and_13_are_served(tls_server, version, name):
     sock = tls_server.connect_tls(["h2", "http/1.1"], maximum_version=version, minimum_version=version)
