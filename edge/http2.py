@@ -51,6 +51,19 @@ _CONNECTION_SPECIFIC = frozenset({b"connection", b"proxy-connection", b"keep-ali
                                   b"upgrade", b"te"})
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
 
+
+def _forbidden_regular(name: bytes, value: bytes) -> bool:
+    """A regular field HTTP/2 does not allow: connection-specific (RFC 9113 §8.2.2; TE only as "trailers")
+    or a name with uppercase letters (§8.2.1)."""
+    return (name in _CONNECTION_SPECIFIC and (name != b"te" or value != b"trailers")) or name.lower() != name
+
+
+def _malformed_trailers(fields: list[tuple[bytes, bytes]]) -> bool:
+    """Trailer fields that make the request malformed (RFC 9113 §8.1): pseudo-fields (§8.3), an empty
+    name, CR/LF/NUL in a value (§8.2.1), or a field _forbidden_regular names."""
+    return any(not name or name[0] == 58 or _FORBIDDEN_BYTE(value) or _forbidden_regular(name, value)
+               for name, value in fields)
+
 NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
 CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
@@ -228,6 +241,9 @@ class H2Connection(asyncio.Protocol):
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif not event.stream_ended and not self.empty.take(now):
                     return self._die(CALM)
+            elif kind is h2.events.TrailersReceived:
+                if _malformed_trailers(event.headers):
+                    self._reset(event.stream_id, PROTOCOL_ERROR, now)  # a stream error (§8.1.1)
             elif kind is h2.events.StreamReset:
                 self._cancel(event.stream_id)
                 if not self.resets.take(now):
@@ -294,9 +310,7 @@ class H2Connection(asyncio.Protocol):
                     if req_forward is None:
                         req_forward = req.forward = []
                     req_forward.append((name, value))
-                elif name in _CONNECTION_SPECIFIC and (name != b"te" or value != b"trailers"):
-                    malformed = True
-                elif name.lower() != name:
+                elif _forbidden_regular(name, value):
                     malformed = True
         if malformed or method is None or (method != b"CONNECT" and (scheme is None or not path)):
             self._reset(sid, PROTOCOL_ERROR, now)  # a malformed request is a stream error (§8.1.1)

@@ -255,6 +255,26 @@ def test_a_request_body_gets_the_answer_then_rst_stream_no_error(srv):
     client.close()
 
 
+@pytest.mark.parametrize("trailer", [
+    (b":path", b"/other"), (b"X-Upper", b"v"), (b"connection", b"close"), (b"te", b"gzip"), (b"x-bad", b"a\nb"),
+], ids=["pseudo-field", "uppercase", "connection", "te-not-trailers", "newline"])
+def test_malformed_trailers_reset_the_stream(srv, trailer):
+    # RFC 9113 §8.1: trailers are checked like other fields; a malformed request is a stream error (§8.1.1).
+    client = H2Client.connect(srv, settings={SettingCodes.INITIAL_WINDOW_SIZE: 1024}, auto_window=False)
+    # A body that cannot finish (the window stays shut): the stream is still open when the trailers come.
+    sid = client.request("/1m.bin", end_stream=False)
+    client.conn.send_data(sid, b"x" * 10)
+    client.flush()
+    assert client.wait(lambda: client.streams[sid].status == 200, 10)
+    client.send_frames([HeadersFrame(sid, data=client.encode([trailer]), flags=["END_HEADERS", "END_STREAM"])])
+    assert client.wait(lambda: client.streams[sid].reset is not None, 10)
+    assert client.streams[sid].reset == PROTOCOL_ERROR
+    assert client.h2_error is None
+    sid2 = client.request("/hello.txt")
+    assert client.wait(lambda: client.streams[sid2].status == 200, 10), "the connection goes on"
+    client.close()
+
+
 # -- malformed requests ---------------------------------------------------------------------------------
 
 
