@@ -51,6 +51,7 @@ class Http2Config:
     priority_rate: float = 100.0
     priority_burst: int = 500
     stall_timeout: float = 30.0  # seconds a response may wait for a peer that never opens its window
+    engine: str = "edge"  # "edge" (edge/h2engine.py) or "h2" (the h2 library, the reference)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class Config:
 
 
 SYMLINK_POLICIES = ("inside-root", "never", "always")
+ENGINES = ("edge", "h2")  # [http2] engine
 MAX_WORKERS = 1024
 
 
@@ -266,6 +268,9 @@ def _http2(key: str, value: Any) -> Http2Config:
         sub = f"{key}.{name}"
         if not hasattr(defaults, name):
             raise ConfigError(f"{sub}: unknown key")
+        if name == "engine":
+            out[name] = _string(sub, item, choices=ENGINES)
+            continue
         kind = type(getattr(defaults, name))
         out[name] = _number(sub, item, kind=kind, minimum=1 if kind is int else 0.001,
                             maximum=(1 << 31) - 1 if kind is int else None)
@@ -547,6 +552,10 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
            if os.environ.get(v) and k not in (overrides or {})}
     if env:  # environment (containers) over the file, flags over both
         config = from_mapping(env, config)
+    engine = os.environ.get("EDGE_HTTP2_ENGINE")
+    if engine:  # e.g. a whole test run on the reference engine
+        config = replace(config, http2=replace(config.http2, engine=_string("EDGE_HTTP2_ENGINE", engine,
+                                                                            choices=ENGINES)))
     if config.admin is not None and config.admin_token is None and not is_loopback(config.admin[0]):
         raise ConfigError("admin: without a token (--admin-token or EDGE_ADMIN_TOKEN) the admin endpoint "
                           f"only listens on loopback, not {config.admin[0]}")

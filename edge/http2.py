@@ -1,4 +1,5 @@
-"""HTTP/2 adapter (h2): frames in; core's plans out as HEADERS and flow-controlled, interleaved DATA."""
+"""HTTP/2 adapter: an engine's events in (edge's own, or the h2 library's); core's plans out as HEADERS and
+flow-controlled, interleaved DATA."""
 
 from __future__ import annotations
 
@@ -8,17 +9,27 @@ import re
 import struct
 from typing import TYPE_CHECKING
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import h2.stream
-from h2.frame_buffer import FrameBuffer
-from h2.stream import StreamInputs
-from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, PushPromiseFrame
-
+from . import h2engine
+from .h2engine import (
+    DATA_EVENT,
+    ENHANCE_YOUR_CALM as CALM,
+    GOAWAY,
+    INTERNAL_ERROR as INTERNAL,
+    NO_ERROR,
+    PING,
+    PRIORITY,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM as REFUSED,
+    REQUEST,
+    RESET,
+    SETTINGS,
+    STREAM_ERROR,
+    TRAILERS,
+    WINDOW,
+    ConnectionFailed,
+    Engine,
+    RefusedPush,
+)
 from .core import SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
 from .stored import STREAMED, settled, streamed_sent
 from .filecache import FileEntry, NotFound
@@ -30,7 +41,7 @@ from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, H2_
 if TYPE_CHECKING:
     from .worker import Worker
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE = h2engine.PREFACE
 BATCH = 256 * 1024  # bytes of DATA framed per turn of the loop before yielding to other connections
 WRITE_HIGH = 512 * 1024  # transport buffer above which framing pauses
 READ_CHUNK = 16_384  # default SETTINGS_MAX_FRAME_SIZE; bigger frames only when the peer allows them
@@ -39,13 +50,7 @@ MAX_REQUESTED = 1024
 MAX_STREAM_ID = (1 << 31) - 1
 LINGER = 2.0
 _FRAME_HEAD = struct.Struct(">BHBBI")  # 24-bit length (high byte, low 16 bits), type, flags, stream id
-DATA_TYPE, HEADERS_TYPE = 0x0, 0x1
-END_STREAM, END_HEADERS = 0x1, 0x4
-SEND_HEADERS, SEND_END_STREAM = StreamInputs.SEND_HEADERS, StreamInputs.SEND_END_STREAM
-
-_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
-                                    normalize_outbound_headers=False, validate_inbound_headers=False,
-                                    normalize_inbound_headers=False)
+DATA_TYPE = 0x0
 _FORBIDDEN_BYTE = re.compile(rb"[\r\n\0]").search  # in a field value: malformed (§8.2.1); 4x cheaper than 3 `in`s
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding",
                                   b"upgrade", b"te"})
@@ -64,50 +69,21 @@ def _malformed_trailers(fields: list[tuple[bytes, bytes]]) -> bool:
     return any(not name or name[0] == 58 or _FORBIDDEN_BYTE(value) or _forbidden_regular(name, value)
                for name, value in fields)
 
-NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
-PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
-CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
-INTERNAL = h2.errors.ErrorCodes.INTERNAL_ERROR
+def make_engine(limits) -> Engine:  # noqa: ANN001 - config.Http2Config
+    """The HTTP/2 engine `[http2] engine` names: edge's own, or the h2 library as the reference."""
+    kwargs = dict(max_concurrent_streams=limits.max_concurrent_streams, max_header_list_size=limits.max_header_list_size,
+                  max_header_block_size=limits.max_header_block_size)
+    if limits.engine == "h2":
+        from .h2lib import LibEngine
 
-
-class HeaderBlockTooLarge(h2.exceptions.ProtocolError):
-    """HEADERS plus CONTINUATION frames beyond http2.max_header_block_size."""
-
-    error_code = CALM
-
-
-_BLOCK_STARTS = (HeadersFrame, PushPromiseFrame)
-_h2_update_header_buffer = FrameBuffer._update_header_buffer
-
-
-class _CappedFrameBuffer(FrameBuffer):
-    """h2's frame buffer with a byte cap on one header block (h2 itself only caps the frame count)."""
-
-    def __init__(self, cap: int) -> None:
-        super().__init__(server=True)
-        self.cap = cap
-        self.block = 0
-
-    def _update_header_buffer(self, f):  # noqa: ANN001, ANN202 - h2's hook, called for every frame
-        if f is not None:
-            if self._headers_buffer:
-                if type(f) is not ContinuationFrame:
-                    return _h2_update_header_buffer(self, f)  # a ProtocolError (RFC 9113 §6.10): not counted
-                self.block += len(f.data)
-            elif type(f) in _BLOCK_STARTS:
-                self.block = len(f.data)
-            else:
-                return _h2_update_header_buffer(self, f)
-            if self.block > self.cap:
-                raise HeaderBlockTooLarge(f"header block over {self.cap} bytes")
-        return _h2_update_header_buffer(self, f)
+        return LibEngine(**kwargs)  # type: ignore[return-value] - the same methods and events
+    return Engine(**kwargs)
 
 
 class _Out:
     """A response body on its way out: parts (bytes or (offset, length) of `entry`) and progress."""
 
-    __slots__ = ("sid", "parts", "index", "done", "entry", "blocked", "growth", "starved", "log")
+    __slots__ = ("sid", "parts", "index", "done", "entry", "blocked", "growth", "starved", "watching", "log")
 
     def __init__(self, sid: int, parts: tuple, entry: FileEntry | None) -> None:
         self.sid = sid
@@ -118,6 +94,7 @@ class _Out:
         self.blocked = 0.0  # when the peer's window closed on it (0: not blocked)
         self.growth = entry.growth if entry is not None else None  # body still arriving from an origin
         self.starved = False  # framed all of the body there is so far: wait for growth
+        self.watching = False  # a growth waiter is registered
         self.log: tuple | None = None  # (method, target, status): the access log line waits for the length
 
     def at_streamed_end(self) -> bool:
@@ -138,13 +115,7 @@ class H2Connection(asyncio.Protocol):
         self.secure = secure
         self.limits = limits = worker.config.http2
         self.transport: asyncio.Transport | None = None
-        conn = self.h2 = h2.connection.H2Connection(config=_CONFIG)
-        conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-        })
-        conn.decoder.max_header_list_size = limits.max_header_list_size
-        conn.incoming_buffer = _CappedFrameBuffer(limits.max_header_block_size)
+        self.engine = make_engine(limits)
         now = worker.loop.time()
         self.resets = TokenBucket(limits.reset_rate, limits.reset_burst, now)
         self.pings = TokenBucket(limits.ping_rate, limits.ping_burst, now)
@@ -168,6 +139,7 @@ class H2Connection(asyncio.Protocol):
         self.paused = False
         self.paused_at = 0.0
         self.scheduled = False
+        self.buf: bytearray | None = None  # the DATA batch buffer, kept while the transport does not hold it
         self.last_active = now
         self.peer = None
 
@@ -178,14 +150,14 @@ class H2Connection(asyncio.Protocol):
         stats[CONNECTIONS_TOTAL] += 1
         stats[CONNECTIONS_ACTIVE] += 1
         self._attach(transport)
-        self.h2.initiate_connection()
+        self.engine.initiate()
         self._flush()
 
     def take_over(self, transport: asyncio.Transport, data: bytes) -> None:
         """Continue a cleartext connection whose first bytes were the HTTP/2 preface (prior knowledge)."""
         self._attach(transport)
         transport.set_protocol(self)
-        self.h2.initiate_connection()
+        self.engine.initiate()
         self._flush()
         if data:
             self.data_received(data)
@@ -196,9 +168,9 @@ class H2Connection(asyncio.Protocol):
         self._attach(transport)
         transport.set_protocol(self)
         try:
-            self.h2.initiate_upgrade_connection(settings)
-        except Exception:  # noqa: BLE001 - a bad HTTP2-Settings value is the client's protocol error
-            self._die(PROTOCOL_ERROR)
+            self.engine.initiate_upgrade(settings)
+        except ConnectionFailed as e:  # a bad HTTP2-Settings value is the client's protocol error
+            self._die(e.code)
             return
         self._flush()
         self.open.add(1)
@@ -223,9 +195,9 @@ class H2Connection(asyncio.Protocol):
         if self.transport is None or self.lingering:
             return
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
-            self._die(getattr(e, "error_code", PROTOCOL_ERROR) or PROTOCOL_ERROR)
+            events = self.engine.receive(data)
+        except ConnectionFailed as e:
+            self._die(e.code)
             return
         now = self.w.loop.time()
         self.last_active = now
@@ -233,31 +205,31 @@ class H2Connection(asyncio.Protocol):
             req, self.upgraded = self.upgraded, None
             self._answer(1, req)
         for event in events:
-            kind = type(event)
-            if kind is h2.events.RequestReceived:
-                self._request(event, now)
-            elif kind is h2.events.DataReceived:
-                if event.flow_controlled_length:
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                elif not event.stream_ended and not self.empty.take(now):
+            kind = event[0]
+            if kind == REQUEST:
+                self._request(event[1], event[2], event[3], now)
+            elif kind == DATA_EVENT:
+                if event[3]:
+                    self.engine.acknowledge(event[1], event[3])
+                elif not event[4] and not self.empty.take(now):
                     return self._die(CALM)
-            elif kind is h2.events.TrailersReceived:
-                if _malformed_trailers(event.headers):
-                    self._reset(event.stream_id, PROTOCOL_ERROR, now)  # a stream error (§8.1.1)
-            elif kind is h2.events.StreamReset:
-                self._cancel(event.stream_id)
+            elif kind == TRAILERS:
+                if _malformed_trailers(event[2]):
+                    self._reset(event[1], PROTOCOL_ERROR, now)  # a stream error (§8.1.1)
+            elif kind == RESET or kind == STREAM_ERROR:
+                self._cancel(event[1])
                 if not self.resets.take(now):
                     return self._die(CALM)
-            elif kind is h2.events.PingReceived:
+            elif kind == PING:
                 if not self.pings.take(now):
                     return self._die(CALM)
-            elif kind is h2.events.RemoteSettingsChanged:
+            elif kind == SETTINGS:
                 if not self.settings.take(now):
                     return self._die(CALM)
-            elif kind is h2.events.PriorityUpdated:
+            elif kind == PRIORITY:
                 if not self.priority.take(now):
                     return self._die(CALM)
-            elif kind is h2.events.ConnectionTerminated:  # the peer's GOAWAY: nothing more goes out
+            elif kind == GOAWAY:  # the peer's GOAWAY: nothing more goes out
                 for sid in list(self.out):
                     self._cancel(sid)  # releases the files (their refs keep evicted fds open)
                 self._flush()
@@ -267,12 +239,11 @@ class H2Connection(asyncio.Protocol):
                 return
         self._pump()
 
-    def _request(self, event: h2.events.RequestReceived, now: float) -> None:
-        sid = event.stream_id
+    def _request(self, sid: int, fields: list[tuple[bytes, bytes]], ended: bool, now: float) -> None:
         if self.goaway and sid > self.goaway:
             self._reset(sid, REFUSED, now)  # sent after our GOAWAY: safe for the client to retry elsewhere
             return
-        if not event.stream_ended:
+        if not ended:
             self.with_body.add(sid)
         # RFC 9113 §8.2-8.3 checks, done here in the one pass over the fields (h2's own validation
         # makes several passes and was a sixth of the CPU time of a small request).
@@ -281,7 +252,7 @@ class H2Connection(asyncio.Protocol):
         req = Request(b"", b"")
         forward = self.w.forward  # request fields passed on to origins (usually none)
         req_forward = None
-        for name, value in event.headers:
+        for name, value in fields:
             if not name or _FORBIDDEN_BYTE(value):
                 malformed = True
                 break
@@ -348,8 +319,9 @@ class H2Connection(asyncio.Protocol):
         if hints is None:
             return None
         if self.w.early_hints and hints.links:
-            self.h2.send_headers(sid, [(b":status", b"103"), *((b"link", v) for v in hints.links)])
-        if not hints.push or not self.h2.remote_settings.enable_push:
+            block = encode_block([(b":status", b"103"), *((b"link", v) for v in hints.links)])
+            self.engine.send_headers(sid, block, False, informational=True)
+        if not hints.push or not self.engine.push_enabled:
             return None
         return hints
 
@@ -445,11 +417,10 @@ class H2Connection(asyncio.Protocol):
             plan = self._resolve(asset)
             if type(plan) is not Plan or plan.status != 200:
                 continue
+            fields = [(b":method", b"GET"), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
             try:
-                psid = self.h2.get_next_available_stream_id()
-                self.h2.push_stream(sid, psid, [(b":method", b"GET"), (b":scheme", scheme),
-                                                (b":authority", authority), (b":path", target)])
-            except h2.exceptions.ProtocolError:
+                psid = self.engine.push(sid, fields, encode_block(fields))
+            except RefusedPush:
                 break  # the client's stream limit, or it turned push off meanwhile
             self.open.add(psid)
             promised.append((psid, Request(b"GET", target), plan))
@@ -459,7 +430,7 @@ class H2Connection(asyncio.Protocol):
 
     def _respond(self, sid: int, req: Request, plan: Plan, push: tuple[PageHints, bytes] | None = None) -> None:
         w = self.w
-        conn = self.h2
+        engine = self.engine
         promised = self._promise(sid, *push) if push is not None and plan.status == 200 else ()
         cache = plan.cache
         if cache is None:
@@ -470,8 +441,7 @@ class H2Connection(asyncio.Protocol):
         parts = plan.parts
         bodiless = not parts or req.method == b"HEAD" or plan.status == 304
         small = not bodiless and len(parts) == 1 and type(parts[0]) is bytes
-        stream = conn.streams.get(sid)
-        if stream is None or stream.closed:
+        if not engine.is_open(sid):
             self.open.discard(sid)  # the client reset or closed the stream meanwhile
             return
         # The header block is the plan's, encoded once with the static table only (never the
@@ -479,18 +449,7 @@ class H2Connection(asyncio.Protocol):
         # the plan has its own (a stored response's).
         if not plan.dated:
             block += w.date_h2
-        if conn.encoder.header_table.resized or len(block) > conn.max_outbound_frame_size:
-            # The peer changed its table size (the next block must say so), or a huge block: h2 does it.
-            dated = [] if plan.dated else [(b"date", w.date_value)]
-            conn.send_headers(sid, [(b":status", _STATUS[plan.status]), *plan.headers, *dated], end_stream=bodiless)
-        else:
-            machine = stream.state_machine
-            machine.process_input(SEND_HEADERS)
-            flags = END_HEADERS
-            if bodiless:
-                machine.process_input(SEND_END_STREAM)
-                flags |= END_STREAM
-            self._emit(_FRAME_HEAD.pack(len(block) >> 16, len(block) & 0xFFFF, HEADERS_TYPE, flags, sid), block)
+        engine.send_headers(sid, block, bodiless)
         w.stats[H2_STATUS_FIELD[plan.status]] += 1
         streamed = plan.length >= STREAMED and not bodiless
         entry = plan.entry
@@ -501,10 +460,10 @@ class H2Connection(asyncio.Protocol):
                         0 if bodiless else entry.size if streamed else plan.length, b"-", b"-")
         if bodiless:
             self._finished(sid)
-        elif small and len(parts[0]) <= min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size):
+        elif small and len(parts[0]) <= min(engine.window(sid), engine.max_frame_size):
             body = parts[0]  # one frame, now
             n = len(body)
-            self._emit(_FRAME_HEAD.pack(n >> 16, n & 0xFFFF, DATA_TYPE, self._sent_data(stream, n, True), sid), body)
+            self._emit(_FRAME_HEAD.pack(n >> 16, n & 0xFFFF, DATA_TYPE, engine.sent_data(sid, n, True), sid), body)
             self._finished(sid)
         else:
             if entry is not None:
@@ -518,8 +477,8 @@ class H2Connection(asyncio.Protocol):
             self._respond(psid, preq, pplan)
 
     def _emit(self, *chunks: bytes) -> None:
-        """Queue frames built here behind whatever h2 has queued, to go out at the next flush."""
-        pending = self.h2.data_to_send()
+        """Queue frames built here behind whatever the engine has queued, to go out at the next flush."""
+        pending = self.engine.data_to_send()
         if pending:
             self.wbuf.append(pending)
         self.wbuf.extend(chunks)
@@ -528,26 +487,25 @@ class H2Connection(asyncio.Protocol):
         self.open.discard(sid)
         if sid in self.with_body:
             self.with_body.discard(sid)
-            try:
-                self.h2.reset_stream(sid, NO_ERROR)  # RFC 9113 §8.1: the answer is complete, stop sending
-            except h2.exceptions.StreamClosedError:
-                pass
+            self.engine.reset(sid, NO_ERROR)  # RFC 9113 §8.1: the answer is complete, stop sending
 
     def _pump(self) -> None:
         """Frame DATA for the streams with body left, one frame each in turn, up to BATCH bytes; then write.
 
         DATA frames are built here, straight into one buffer per batch (file bytes pread into place:
-        one copy), and accounted in h2's state by _sent_data. h2 copies every payload three or four
-        times on its own path, which made it the bottleneck of big downloads.
+        one copy), and accounted in the engine's state (Engine.sent_data). The buffer is reused while
+        the transport takes each batch whole (no zero-filled 384 KiB per batch), and dropped when it
+        keeps one or no body is left to send (an idle connection holds none).
         """
         self.scheduled = False
         out = self.out
         transport = self.transport
         if out and not self.paused and transport is not None:
             self._flush()  # HEADERS queued so far precede the DATA framed below
-            conn = self.h2
-            cap = min(conn.max_outbound_frame_size, MAX_FRAME)
-            buf = bytearray(BATCH + 2 * MAX_FRAME)  # handed to the transport: a fresh one per batch
+            engine = self.engine
+            cap = min(engine.max_frame_size, MAX_FRAME)
+            buf = self.buf or bytearray(BATCH + 2 * MAX_FRAME)
+            self.buf = None
             view = memoryview(buf)
             pos = 0
             moved = True
@@ -555,31 +513,37 @@ class H2Connection(asyncio.Protocol):
                 moved = False
                 for sid in list(out):
                     stream = out[sid]
-                    try:
-                        window = conn.local_flow_control_window(sid)
-                    except h2.exceptions.StreamClosedError:
+                    window = engine.window(sid)
+                    if window < 0:  # closed meanwhile
                         self._cancel(sid)
                         continue
                     if window <= 0 and not stream.at_streamed_end():
                         if not stream.blocked:
                             stream.blocked = self.w.loop.time()
+                        if stream.growth is not None and not stream.growth.done:
+                            # A body of unknown length may end while its window is shut: its empty
+                            # END_STREAM frame needs no window, so the end must wake the stream too.
+                            self._watch(stream)
                         continue
                     stream.blocked = 0.0
                     if stream.starved:
                         continue
-                    pending = conn.data_to_send()
-                    if pending:  # h2's frames (HEADERS, WINDOW_UPDATE...) go out before our DATA
+                    pending = engine.data_to_send()
+                    if pending:  # the engine's frames (HEADERS, WINDOW_UPDATE...) go out before our DATA
                         if pos + len(pending) + 9 + cap > len(buf):
+                            self._write(view[:pos])
+                            self._write(pending)
                             view.release()
-                            self._write(buf, pos)
-                            self._write(pending, len(pending))
                             buf = bytearray(BATCH + 2 * MAX_FRAME)
                             view = memoryview(buf)
                             pos = 0
                         else:
                             view[pos:pos + len(pending)] = pending
                             pos += len(pending)
-                    pos = self._frame(stream, min(window, cap), view, pos)
+                    # The only stream with a body takes the batch in frames read by one preadv; several
+                    # take turns, a frame each.
+                    frames = max(1, (BATCH - pos) // (cap + 9)) if len(out) == 1 else 1
+                    pos = self._frame(stream, window, cap, frames, view, pos)
                     if stream.starved:
                         continue
                     if sid in out:
@@ -587,8 +551,10 @@ class H2Connection(asyncio.Protocol):
                     moved = True
                     if pos >= BATCH:
                         break
+            self._write(view[:pos])
             view.release()
-            self._write(buf, pos)
+            if out and self.transport is not None and not self.transport.get_write_buffer_size():
+                self.buf = buf  # the transport took it all: nothing refers to it, fill it again
             if out and pos >= BATCH and not self.scheduled:
                 self.scheduled = True
                 self.w.loop.call_soon(self._pump)  # let other connections have the loop
@@ -596,18 +562,20 @@ class H2Connection(asyncio.Protocol):
         if self.goaway_final and not self.open and not self.out and self.transport is not None:
             self._linger()
 
-    def _frame(self, stream: _Out, room: int, view: memoryview, pos: int) -> int:
-        """Put up to `room` bytes of `stream` as one DATA frame at view[pos]; returns the new position."""
+    def _frame(self, stream: _Out, window: int, cap: int, frames: int, view: memoryview, pos: int) -> int:
+        """Put up to `frames` DATA frames of `stream` (at most `cap` bytes each, `window` in all) at view[pos];
+        file bytes go in with one preadv for all of them. Returns the new position."""
         part = stream.parts[stream.index]
         done = stream.done
         sid = stream.sid
         if type(part) is bytes:
-            n = min(room, len(part) - done)
+            n = min(window, cap, len(part) - done)
             view[pos + 9:pos + 9 + n] = part[done:done + n]
+            sizes = [n]
             length = len(part)
         else:
             offset, length = part
-            want = min(room, length - done)
+            want = min(window, cap * frames, length - done)
             growth = stream.growth
             if growth is not None:
                 if growth.failed:  # the origin cut the body short: so is this response
@@ -618,25 +586,33 @@ class H2Connection(asyncio.Protocol):
                     length = done  # a STREAMED body ended here: an empty DATA frame ends the stream
                 elif want <= 0:
                     stream.starved = True
-                    growth.wait(lambda: self._grown(stream))
+                    self._watch(stream)
                     return pos
+            sizes = [cap] * (want // cap) + ([want % cap] if want % cap else []) if want > 0 else [0]
+            at, slots = pos, []
+            for size in sizes:
+                slots.append(view[at + 9:at + 9 + size])
+                at += 9 + size
             try:
-                n = os.preadv(stream.entry.fd, [view[pos + 9:pos + 9 + want]], offset + done) if want > 0 else 0
+                n = os.preadv(stream.entry.fd, slots, offset + done) if want > 0 else 0
             except OSError:
-                n = 0
-            if n <= 0 and length != done:  # the file shrank under us: never let a short body pass as complete
+                n = -1
+            if n != max(want, 0):  # the file shrank under us: never let a short body pass as complete
                 self.w.cache.purge(stream.entry.path)
                 self._reset(sid, INTERNAL, self.w.loop.time())
                 return pos
-        last = False
-        if done + n < length:
-            stream.done = done + n
-        else:
-            stream.index += 1
-            stream.done = 0
-            last = stream.index == len(stream.parts)
-        flags = self._sent_data(self.h2.streams[sid], n, last)
-        _FRAME_HEAD.pack_into(view, pos, n >> 16, n & 0xFFFF, DATA_TYPE, flags, sid)
+        engine = self.engine
+        for size in sizes:
+            last = False
+            done += size
+            if done < length:
+                stream.done = done
+            else:
+                stream.index += 1
+                stream.done = 0
+                last = stream.index == len(stream.parts)
+            _FRAME_HEAD.pack_into(view, pos, size >> 16, size & 0xFFFF, DATA_TYPE, engine.sent_data(sid, size, last), sid)
+            pos += 9 + size
         if last:
             del self.out[sid]
             if stream.log is not None:
@@ -644,38 +620,31 @@ class H2Connection(asyncio.Protocol):
             if stream.entry is not None:
                 stream.entry.release()
             self._finished(sid)
-        return pos + 9 + n
+        return pos
+
+    def _watch(self, stream: _Out) -> None:
+        """Wake this stream at the next change of its growing body (once, however often asked)."""
+        if not stream.watching:
+            stream.watching = True
+            stream.growth.wait(lambda: self._grown(stream))
 
     def _grown(self, stream: _Out) -> None:
         """More of an origin body is on disk (or it failed): frame on at the next turn."""
         stream.starved = False
+        stream.watching = False
         if not self.scheduled and self.transport is not None:
             self.scheduled = True
             self.w.loop.call_soon(self._pump)
 
-    def _sent_data(self, stream: h2.stream.H2Stream, n: int, last: bool) -> int:
-        """Account a DATA frame built here in h2's state: debit both windows, close our side when `last`.
-
-        Returns the frame's flags.
-        """
-        self.h2.outbound_flow_control_window -= n
-        stream.outbound_flow_control_window -= n
-        if last:
-            stream.state_machine.process_input(SEND_END_STREAM)
-            return END_STREAM
-        return 0
-
-    def _write(self, data: bytes | bytearray, length: int) -> None:
-        """Hand `data[:length]` to the transport (a bytearray is handed over, never reused)."""
-        if length and self.transport is not None:
-            if length < len(data):
-                del data[length:]
-            self.w.stats[BYTES_OUT] += length
+    def _write(self, data: bytes | memoryview) -> None:
+        """Hand `data` to the transport."""
+        if data and self.transport is not None:
+            self.w.stats[BYTES_OUT] += len(data)
             self.transport.write(data)
 
     def _flush(self) -> None:
-        """Write our queued frames and h2's, in order, in one write."""
-        data = self.h2.data_to_send()
+        """Write our queued frames and the engine's, in order, in one write."""
+        data = self.engine.data_to_send()
         wbuf = self.wbuf
         if wbuf:
             if data:
@@ -705,29 +674,21 @@ class H2Connection(asyncio.Protocol):
         """Reset a stream from our side; these count against the reset budget too (MadeYouReset)."""
         self._cancel(sid)
         self.w.stats[ERRORS] += 1
-        try:
-            self.h2.reset_stream(sid, code)
-        except h2.exceptions.StreamClosedError:
-            pass
+        self.engine.reset(sid, code)
         if not self.resets.take(now):
             self._die(CALM)
 
     def _send_goaway(self, last: int, *, final: bool = True) -> None:
-        """Graceful GOAWAY: streams up to `last` are still answered; later ones are refused.
-
-        Written by hand: h2's close_connection() would close its state machine and forbid the
-        DATA frames still owed on open streams.
-        """
+        """Graceful GOAWAY: streams up to `last` are still answered; later ones are refused."""
         self.goaway = max(last, 1)
         self.goaway_final = final
+        self.engine.goaway(last)
         self._flush()
-        if self.transport is not None:
-            self.transport.write(GoAwayFrame(0, last_stream_id=last, error_code=NO_ERROR).serialize())
 
     def _die(self, code: int) -> None:
         """End the connection now with GOAWAY(code) and free everything it held.
 
-        Whatever h2 queued in reply to the offending batch (PING ACKs of a flood...) is dropped.
+        Whatever the engine queued in reply to the offending batch (PING ACKs of a flood...) is dropped.
         Then the connection lingers, reading and discarding, for LINGER seconds: closing with
         unread input would make the kernel send a RST that can destroy the GOAWAY in flight.
         """
@@ -735,12 +696,8 @@ class H2Connection(asyncio.Protocol):
         if transport is None or self.lingering:
             return
         self.w.stats[ERRORS] += 1
-        self.h2.clear_outbound_data_buffer()
         self.wbuf.clear()
-        try:
-            self.h2.close_connection(error_code=code)
-        except h2.exceptions.ProtocolError:
-            pass
+        self.engine.close(code)
         self._flush()
         for sid in list(self.out):
             self._cancel(sid)
@@ -805,11 +762,11 @@ class H2Connection(asyncio.Protocol):
                 return
         if self.final_at and now >= self.final_at:
             self.final_at = 0.0
-            self._send_goaway(self.h2.highest_inbound_stream_id)
+            self._send_goaway(self.engine.highest_inbound)
         if not self.open and not self.out:
             if self.goaway_final or now - self.last_active > self.w.keepalive_timeout:
                 if not self.goaway_final:
-                    self._send_goaway(self.h2.highest_inbound_stream_id)
+                    self._send_goaway(self.engine.highest_inbound)
                 self._linger()
 
     def shutdown(self, idle_deadline: float) -> None:

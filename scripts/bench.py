@@ -102,7 +102,7 @@ SERVER_CPU = "1"
 CLIENT_CPU = 0
 MULTI_SERVERS = ("edge", "nginx")    # the servers of the unpinned multi-worker rows
 H1_SERVERS = ("edge", "nginx", "granian", "aiohttp", "uvicorn")     # HTTP/1.1 rows
-H2_SERVERS = ("edge", "nginx", "granian", "hypercorn", "h2o")       # HTTP/2 rows
+H2_SERVERS = ("edge", "edge-h2lib", "nginx", "granian", "hypercorn", "h2o")       # HTTP/2 rows
 H2_LOAD = (16, 10)                   # h2load -c16 -m10: the 1 KiB and 1 MiB HTTP/2 rows
 H2_DURATION = 4.0                    # default seconds per run of the HTTP/2 rows
 # h2c 1 KiB req/s that the HTTP/2 issue quotes (h2load -c16 -m10, one pinned core,
@@ -129,9 +129,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 OTHER_LOAD_WARN = 0.15      # warn when others used more than this share of a CPU
 
 FILES = {"1k.bin": 1 << 10, "100k.bin": 100 << 10, "1m.bin": 1 << 20, "64m.bin": 64 << 20}
-ALL_SERVERS = ["edge", "nginx", "granian", "aiohttp", "uvicorn", "hypercorn", "h2o"]
+ALL_SERVERS = ["edge", "edge-h2lib", "nginx", "granian", "aiohttp", "uvicorn", "hypercorn", "h2o"]
 SERVER_LABEL = {
     "edge": "edge",
+    "edge-h2lib": "edge on the h2 library ([http2] engine = \"h2\")",
     "nginx": "nginx",
     "granian": "granian (static route)",
     "aiohttp": "aiohttp web.static",
@@ -351,6 +352,23 @@ def rss_bytes(root: int) -> int:
 # servers
 
 
+def self_signed_cert(directory: Path) -> tuple[str, str]:
+    """A throwaway self-signed P-256 certificate (for localhost and 127.0.0.1) and
+    its PKCS#8 key in `directory`, made with the openssl CLI unless already there."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    if not (cert.exists() and key.exists()):
+        directory.mkdir(parents=True, exist_ok=True)
+        p = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+             "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+             "-addext", f"subjectAltName=DNS:localhost,IP:{HOST}"],
+            capture_output=True, text=True, timeout=60)
+        if p.returncode != 0 or not key.exists():
+            raise RuntimeError(f"openssl could not make a certificate: {p.stderr.strip()[-300:]}")
+    return str(cert), str(key)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -553,19 +571,7 @@ class Harness:
     def tls_files(self) -> tuple[str, str]:
         """A self-signed P-256 certificate and its PKCS#8 key (granian wants
         PKCS#8), made once per run with the openssl CLI; h2load does not verify it."""
-        d = self.tmp / "tls"
-        cert, key = d / "cert.pem", d / "key.pem"
-        if not (cert.exists() and key.exists()):
-            d.mkdir(exist_ok=True)
-            p = subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                 "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
-                 "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-                 "-addext", f"subjectAltName=DNS:localhost,IP:{HOST}"],
-                capture_output=True, text=True, timeout=60)
-            if p.returncode != 0 or not key.exists():
-                raise RuntimeError(f"openssl could not make a certificate: {p.stderr.strip()[-300:]}")
-        return str(cert), str(key)
+        return self_signed_cert(self.tmp / "tls")
 
     # ---- proxy rows: origin corpus and servers ---------------------------
     def make_origin_corpus(self) -> None:
@@ -650,7 +656,7 @@ class Harness:
         if proto is None and name not in H1_SERVERS:
             raise ValueError(f"{name}: measured in the HTTP/2 rows only")
         cert, key = self.tls_files() if proto == "h2" else ("", "")
-        if name == "edge":
+        if name in ("edge", "edge-h2lib"):
             exe = self.edge_venv / "bin" / "edge"
             if not os.access(exe, os.X_OK):
                 raise RuntimeError(f"{exe} not found (pip install -e . failed or edge not built yet)")
@@ -660,7 +666,8 @@ class Harness:
                 argv += ["--tls-port", str(tls_port), "--tls-cert", cert, "--tls-key", key]
             # Default settings in every row, SO_INCOMING_CPU steering included: on loopback it hands a
             # connection to the worker on the CPU of the wrk thread that opened it (see README).
-            return Spec(name, argv, "")
+            # edge-h2lib: the same edge on the reference HTTP/2 engine, for before/after in one run.
+            return Spec(name, argv, "", env={"EDGE_HTTP2_ENGINE": "h2"} if name == "edge-h2lib" else {})
         if name == "nginx":
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
             ntmp = self.tmp / f"nginx-{port}"
