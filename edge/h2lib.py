@@ -208,14 +208,14 @@ class LibEngine:
         """Give back window for `n` bytes of request body."""
         try:
             self.conn.acknowledge_received_data(n, sid)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             pass
 
     def reset(self, sid: int, code: int) -> None:
         """Reset a stream from our side (nothing when it is closed already)."""
         try:
             self.conn.reset_stream(sid, code)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # closed already (StreamClosedError), or the whole connection
             pass
 
     def goaway(self, last: int, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:

@@ -133,7 +133,7 @@ class H1Connection(asyncio.Protocol):
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "url", "head_size", "error", "cl_seen", "has_body", "host_seen",
                  "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
-                 "tls", "fields", "line")
+                 "tls", "fields", "line", "held")
 
     def __init__(self, worker: Worker, *, tls: bool = False) -> None:
         self.w = worker
@@ -168,6 +168,7 @@ class H1Connection(asyncio.Protocol):
         self.completed = 0  # requests completed in the chunk being parsed
         self.corked = False
         self.line = 0  # bytes of the request-head line still unfinished (the parser buffers them)
+        self.held = b""  # the first bytes of a connection, too few to tell HTTP/2's preface from a request
 
     # -- asyncio protocol -------------------------------------------------------------------------
 
@@ -195,9 +196,16 @@ class H1Connection(asyncio.Protocol):
             return
         parser = self.parser
         if parser is None:
-            if data[0] == 0x50 and PREFACE.startswith(data[:24]) and not self.queue and not self.busy:  # "P"
-                self._switch_to_h2(data)  # HTTP/2 with prior knowledge (RFC 9113 §3.3)
-                return
+            if self.held:
+                data = self.held + data
+                self.held = b""
+            if data[0] == 0x50 and not self.queue and not self.busy:  # "P": the HTTP/2 preface, or POST, PUT...
+                if len(data) < 24 and PREFACE.startswith(data):
+                    self.held = data  # too short to tell yet: wait for the rest
+                    return
+                if data.startswith(PREFACE):
+                    self._switch_to_h2(data)  # HTTP/2 with prior knowledge (RFC 9113 §3.3)
+                    return
             parser = self.parser = httptools.HttpRequestParser(self)
         # The head is bounded as it arrives: httptools reports a field only when its line ends and
         # buffers the pieces until then, so a line that never ends is counted here, before the
@@ -292,6 +300,10 @@ class H1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
         self.w.connections.discard(self)
         self.w.stats[CONNECTIONS_ACTIVE] -= 1
+        # The parser and this connection refer to each other (and an aborted head's buffers hang on
+        # the parser): break the cycle, or it all waits for a full collection, which is rare here.
+        self.parser = None
+        self.req = None
         self.queue.clear()
         self.closing = True
         self.corked = False  # the socket is gone: nothing to uncork

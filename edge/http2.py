@@ -643,7 +643,9 @@ class H2Connection(asyncio.Protocol):
             self.transport.write(data)
 
     def _flush(self) -> None:
-        """Write our queued frames and the engine's, in order, in one write."""
+        """Write our queued frames and the engine's, in order, in one write (none once lingering)."""
+        if self.lingering:
+            return
         data = self.engine.data_to_send()
         wbuf = self.wbuf
         if wbuf:
@@ -773,7 +775,7 @@ class H2Connection(asyncio.Protocol):
         """Graceful stop in two steps (RFC 9113 §6.8): GOAWAY(2^31-1) now, so requests already on their
         way are still taken; the real last stream id about a second later; close once those are answered.
         """
-        if self.transport is None or self.goaway:
-            return
+        if self.transport is None or self.goaway or self.lingering:
+            return  # (lingering: our last frame, a GOAWAY, is out already)
         self._send_goaway(MAX_STREAM_ID, final=False)
         self.final_at = idle_deadline

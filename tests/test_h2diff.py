@@ -325,3 +325,18 @@ def test_difference_1_frames_after_our_own_reset(engine_class, answer):
     assert kinds(engine.data_to_send()) == [3]
     assert normalise(engine.receive(frame(0, 0, 1, b"x"))) == []
     assert [k for k in kinds(engine.data_to_send()) if k != 8 or engine_class is Engine] == answer
+
+
+@pytest.mark.parametrize("engine_class", [Engine, LibEngine], ids=["edge", "h2"])
+def test_a_reset_after_the_peers_goaway_is_quiet(engine_class):
+    # Our RST_STREAM(NO_ERROR) for a stream whose body we do not read, after the client's GOAWAY in the
+    # same read: nothing to send, no exception (h2 raised ProtocolError, which aborted the transport).
+    block = hpack.Encoder().encode([(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"x"),
+                                    (b":path", b"/")])
+    engine = engine_class()
+    engine.initiate()
+    events = engine.receive(PREFACE + frame(4, 0, 0, b"") + frame(1, 4, 1, block) + frame(0, 1, 1, b"x")
+                            + frame(7, 0, 0, struct.pack(">II", 0, 0)))
+    assert [e[0] for e in events][-1] == GOAWAY
+    engine.reset(1, 0)
+    engine.acknowledge(1, 1)

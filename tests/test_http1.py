@@ -578,3 +578,29 @@ def test_accepted_sockets_have_tcp_nodelay(server):
     finally:
         client.close()
     assert_alive(server)
+
+
+def test_a_first_segment_of_one_byte_is_not_taken_for_the_http2_preface(server):
+    # "P" begins both the HTTP/2 preface and POST, PUT, PATCH: the rest decides.
+    for first, rest in ((b"P", b"OST /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n"), (b"PU", b"T /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")):
+        client = Client(server.connect())
+        try:
+            client.send(first)
+            time.sleep(0.05)
+            client.send(rest)
+            assert client.response()[0] == 405
+        finally:
+            client.close()
+
+
+def test_the_http2_preface_may_come_a_byte_at_a_time(server):
+    sock = server.connect()
+    try:
+        for octet in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n":
+            sock.sendall(bytes([octet]))
+            time.sleep(0.002)
+        sock.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # an empty SETTINGS
+        sock.settimeout(5)
+        assert sock.recv(9)[3] == 0x04, "the server's SETTINGS come first"
+    finally:
+        sock.close()

@@ -1026,3 +1026,21 @@ def test_client_goaway_mid_download_releases_the_file(edge, www: Path, tmp_path:
     client.close()
     assert request(server, "/hello.txt")[0] == 200  # evicts the big file from the one-entry cache
     assert wait_for(lambda: big not in fd_targets(server.worker_pid), 5), "the file's fd leaked"
+
+
+def test_a_drain_while_a_failed_connection_lingers_stops_cleanly(edge):
+    # After a connection error the connection lingers (GOAWAY out, reading until the peer closes): a drain
+    # then must not write to it again.
+    server = edge()
+    sock = server.connect()
+    try:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+                     + b"\x00\x00\x07\x06\x00\x00\x00\x00\x00" + b"1234567")  # a PING of 7 bytes
+        sock.settimeout(5)
+        time.sleep(0.3)
+        assert b"\x07\x00\x00\x00\x00\x00" in sock.recv(1000), "GOAWAY"
+        assert server.stop(signal.SIGTERM) == 0
+    finally:
+        sock.close()
+    assert "Traceback" not in server.stderr() and "RuntimeError" not in server.stderr(), server.stderr()[-1500:]
+    assert "served 0 requests, 0 bytes" not in server.stderr(), "the worker's stats were lost"
