@@ -7,17 +7,14 @@ import errno
 import os
 import re
 import socket
-from typing import TYPE_CHECKING
 
 import httptools
 
-from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
+from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Plan, Request, apply_field
+from .exchange import Services, begin, finish
 from .stored import STREAMED, settled, streamed_sent
-from .filecache import FileEntry, NotFound
+from .filecache import FileEntry
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 MAX_TARGET = 8 * 1024
 MAX_HEAD = 64 * 1024
@@ -135,7 +132,7 @@ class H1Connection(asyncio.Protocol):
                  "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
                  "tls", "fields", "line", "held")
 
-    def __init__(self, worker: Worker, *, tls: bool = False) -> None:
+    def __init__(self, worker: Services, *, tls: bool = False) -> None:
         self.w = worker
         self.tls = tls  # bytes must pass through the TLS layer: pread + write instead of sendfile
         self.fields = worker.h1_fields  # _FIELDS plus the fields this worker forwards to origins
@@ -247,11 +244,9 @@ class H1Connection(asyncio.Protocol):
         return False
 
     def _switch_to_h2(self, data: bytes) -> None:
-        from .http2 import H2Connection
-
         self.w.connections.discard(self)
         self.closing = True
-        H2Connection(self.w).take_over(self.transport, data)
+        self.w.start_h2(self.transport, data)
 
     def _h2c_upgrade(self, rest: bytes) -> bool:
         """Upgrade: h2c (RFC 7540 §3.2): 101, then the request is answered on HTTP/2 stream 1."""
@@ -262,15 +257,13 @@ class H1Connection(asyncio.Protocol):
         tokens = {t.strip().lower() for t in getattr(pending, "upgrade", b"").split(b",")}
         if b"h2c" not in tokens or settings is None or pending.method not in (b"GET", b"HEAD") or self.has_body:
             return False
-        from .http2 import H2Connection
-
         self.queue.clear()
         self.parser = None
         self.w.connections.discard(self)
         self.closing = True
         self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
         pending.plan = None
-        H2Connection(self.w).upgrade(self.transport, settings, pending, rest)
+        self.w.upgrade_h2(self.transport, settings, pending, rest)
         return True
 
     def eof_received(self) -> bool:  # noqa: D102
@@ -422,7 +415,6 @@ class H1Connection(asyncio.Protocol):
     def _pump(self) -> None:
         """Answer queued requests in order until one must wait (miss, slow socket)."""
         w = self.w
-        site = w.site
         queue = self.queue
         while queue and not self.busy and not self.write_paused:
             pending = queue[0]
@@ -431,14 +423,11 @@ class H1Connection(asyncio.Protocol):
                 if w.early_hints and pending.method == b"GET" and not pending.version10:
                     self._early_hints(pending)
                 now = w.loop.time()
-                plan = site.resolve(pending, now)
-                if type(plan) is Miss:
-                    plan = w.still_missing(pending, plan, now) or plan
-                if type(plan) is not Plan:
-                    if type(plan) is Miss:
-                        self._load(pending, plan)
-                    else:
-                        self._pull(pending, plan)
+                plan = begin(w, pending, now)
+                if type(plan) is not Plan:  # a file to open off the loop, or the puller: answered later
+                    self.busy = True
+                    self._pause_reading()
+                    finish(w, pending, plan, now, lambda answer: self._delivered(pending, answer), self._alive)
                     return
                 if self.write_paused:  # the 103 is still buffered: the response waits for it
                     pending.plan = plan
@@ -460,37 +449,14 @@ class H1Connection(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
 
-    def _load(self, pending: Pending, miss: Miss) -> None:
-        """Open or revalidate a file off the event loop, then answer."""
-        self.busy = True
-        self._pause_reading()
-        self._start_load(pending, miss, self.w.cache.stale(miss.path), self.w.loop.time())
+    def _alive(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
 
-    def _start_load(self, pending: Pending, miss: Miss, old: FileEntry | None, started: float) -> None:
-        w = self.w
-        fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
-        fut.add_done_callback(lambda f: self._loaded(f, pending, miss, started))
-
-    def _loaded(self, fut: asyncio.Future, pending: Pending, miss: Miss, started: float) -> None:
-        w = self.w
-        try:
-            result = fut.result()
-            found = w.cache.store(miss.path, result, w.loop.time())
-        except LookupError:  # the entry was evicted while it was being revalidated: load it afresh
-            self._start_load(pending, miss, None, started)
-            return
-        except Exception:
-            found = NotFound(500)
+    def _delivered(self, pending: Pending, plan: Plan) -> None:
+        """The plan of a request that waited (file opened off the loop, or the puller): answer it in turn."""
         self.busy = False
-        if self.transport is None or self.transport.is_closing():
-            return
-        now = w.loop.time()
-        plan = w.site.respond(pending, found, miss.query, miss.path, now)
-        if type(plan) is Fetch:
-            self._pull(pending, plan, started)
-            return
-        w.observe(now - started)
-        self._answer_loaded(pending, plan)
+        if self.queue:
+            self._answer_loaded(pending, plan)
 
     def _answer_loaded(self, pending: Pending, plan: Plan) -> None:
         if self.write_paused:  # bytes (a 103) still buffered: sendfile must not overtake them
@@ -500,26 +466,6 @@ class H1Connection(asyncio.Protocol):
         self._send(pending, plan)
         if not self.busy:
             self._pump()
-
-    def _pull(self, pending: Pending, fetch: Fetch, started: float = 0.0) -> None:
-        """Ask the disk cache or an origin (the worker's puller), then answer."""
-        self.busy = True
-        self._pause_reading()
-        w = self.w
-        started = started or w.loop.time()
-        task = w.loop.create_task(w.puller.serve(pending, fetch))
-        task.add_done_callback(lambda t: self._pulled(t, pending, started))
-
-    def _pulled(self, task: asyncio.Task, pending: Pending, started: float) -> None:
-        plan = task.result()  # serve() answers every failure with an error plan
-        self.busy = False
-        self.w.observe(self.w.loop.time() - started)
-        try:
-            if self.transport is not None and not self.transport.is_closing() and self.queue:
-                self._answer_loaded(pending, plan)
-        finally:
-            if plan.entry is not None:
-                plan.entry.release()  # the puller's reference; a transfer holds its own
 
     def _early_hints(self, pending: Pending) -> None:
         """103 Early Hints with the page's Link rel=preload values, before the response is ready."""

@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import struct
-from typing import TYPE_CHECKING
 
 from . import h2engine
 from .h2engine import (
@@ -25,21 +24,18 @@ from .h2engine import (
     SETTINGS,
     STREAM_ERROR,
     TRAILERS,
-    WINDOW,
     ConnectionFailed,
     Engine,
     RefusedPush,
 )
-from .core import SEMANTIC_FIELDS, Fetch, Miss, Plan, Request, apply_field
+from .core import SEMANTIC_FIELDS, Miss, Plan, Request, apply_field
+from .exchange import Services, begin, finish
 from .stored import STREAMED, settled, streamed_sent
-from .filecache import FileEntry, NotFound
+from .filecache import FileEntry
 from .hints import PageHints
 from .hpackblock import encode_block
 from .ratelimit import TokenBucket
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, H2_STATUS_FIELD
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 PREFACE = h2engine.PREFACE
 BATCH = 256 * 1024  # bytes of DATA framed per turn of the loop before yielding to other connections
@@ -110,7 +106,7 @@ class _Out:
 class H2Connection(asyncio.Protocol):
     """One HTTP/2 connection (h2c by prior knowledge or Upgrade, or TLS with ALPN h2)."""
 
-    def __init__(self, worker: Worker, *, secure: bool = False) -> None:
+    def __init__(self, worker: Services, *, secure: bool = False) -> None:
         self.w = worker
         self.secure = secure
         self.limits = limits = worker.config.http2
@@ -350,58 +346,15 @@ class H2Connection(asyncio.Protocol):
     def _answer(self, sid: int, req: Request, push: tuple[PageHints, bytes] | None = None) -> None:
         w = self.w
         now = w.loop.time()
-        plan = w.site.resolve(req, now)
-        if type(plan) is Miss:
-            plan = w.still_missing(req, plan, now) or plan
-        if type(plan) is not Plan:
-            if type(plan) is Miss:
-                self._load(sid, req, plan, w.cache.stale(plan.path), push, w.loop.time())
-            else:
-                self._pull(sid, req, plan, w.loop.time())
+        plan = begin(w, req, now)
+        if type(plan) is not Plan:  # a file to open off the loop, or the puller: answered later
+            finish(w, req, plan, now, lambda answer: self._delivered(sid, req, answer, push),
+                   lambda: sid in self.open and self.transport is not None)
             return
         self._respond(sid, req, plan, push)
 
-    def _pull(self, sid: int, req: Request, fetch: Fetch, started: float) -> None:
-        """Ask the disk cache or an origin (the worker's puller), then answer the stream if it is still open."""
-        task = self.w.loop.create_task(self.w.puller.serve(req, fetch))
-        task.add_done_callback(lambda t: self._pulled(t, sid, req, started))
-
-    def _pulled(self, task: asyncio.Task, sid: int, req: Request, started: float) -> None:
-        plan = task.result()  # serve() answers every failure with an error plan
-        self.w.observe(self.w.loop.time() - started)
-        try:
-            if sid in self.open and self.transport is not None:
-                self._respond(sid, req, plan)
-                self._pump()
-        finally:
-            if plan.entry is not None:
-                plan.entry.release()  # the puller's reference; a stream holds its own
-
-    def _load(self, sid: int, req: Request, miss: Miss, old: FileEntry | None,
-              push: tuple[PageHints, bytes] | None, started: float) -> None:
-        """Open or revalidate a file off the event loop, then answer the stream (if it is still open)."""
-        w = self.w
-        fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old)
-        fut.add_done_callback(lambda f: self._loaded(f, sid, req, miss, push, started))
-
-    def _loaded(self, fut: asyncio.Future, sid: int, req: Request, miss: Miss,
-                push: tuple[PageHints, bytes] | None, started: float) -> None:
-        w = self.w
-        try:
-            found = w.cache.store(miss.path, fut.result(), w.loop.time())
-        except LookupError:  # evicted while revalidating: load afresh
-            self._load(sid, req, miss, None, push, started)
-            return
-        except Exception:  # noqa: BLE001 - an unreadable file is a 500 for this stream, not a dead worker
-            found = NotFound(500)
-        if sid not in self.open or self.transport is None:
-            return
-        now = w.loop.time()
-        plan = w.site.respond(req, found, miss.query, miss.path, now)
-        if type(plan) is Fetch:
-            self._pull(sid, req, plan, started)
-            return
-        w.observe(now - started)
+    def _delivered(self, sid: int, req: Request, plan: Plan, push: tuple[PageHints, bytes] | None) -> None:
+        """The plan of a stream that waited (file opened off the loop, or the puller): answer it now."""
         self._respond(sid, req, plan, push)
         self._pump()
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from .config import TlsConfig
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 
 def server_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -34,19 +31,14 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
 
 
 class AlpnDispatch(asyncio.Protocol):
-    """Stands in until the handshake is done, then hands the transport to HTTP/2 or HTTP/1.1 by ALPN."""
+    """Stands in until the handshake is done, then hands the transport to the protocol ALPN chose."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.w = worker
+    def __init__(self, protocol_for: Callable[[str | None], asyncio.Protocol]) -> None:
+        self.protocol_for = protocol_for  # the worker's: "h2" -> HTTP/2, anything else -> HTTP/1.1
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # noqa: D102
-        from .http1 import H1Connection
-        from .http2 import H2Connection
-
         ssl_object = transport.get_extra_info("ssl_object")
-        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        proto: asyncio.Protocol
-        proto = H2Connection(self.w, secure=True) if chosen == "h2" else H1Connection(self.w, tls=True)
+        proto = self.protocol_for(ssl_object.selected_alpn_protocol() if ssl_object is not None else None)
         transport.set_protocol(proto)
         proto.connection_made(transport)
 

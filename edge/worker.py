@@ -25,6 +25,7 @@ from .stored import STREAMED
 from .filecache import FileCache, Resolver
 from .http1 import _FIELDS as H1_FIELDS
 from .http1 import FORWARD, H1Connection, Pending
+from .http2 import H2Connection
 from .health import HealthTable
 from .hpackblock import encode_field
 from .httpdate import format_http_date
@@ -155,7 +156,7 @@ class Worker:
         loop = self.loop
         servers = [await loop.create_server(lambda: H1Connection(self), sock=sock, backlog=4096)]
         if tls_sock is not None:
-            servers.append(await loop.create_server(lambda: AlpnDispatch(self), sock=tls_sock, backlog=4096,
+            servers.append(await loop.create_server(lambda: AlpnDispatch(self.alpn_protocol), sock=tls_sock, backlog=4096,
                                                     ssl=tls_context, ssl_handshake_timeout=self.header_timeout))
         self._stopping = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -194,6 +195,20 @@ class Worker:
         if self.log is not None:
             self.log.close()
         self.executor.shutdown(wait=False)
+
+    # -- the one place a connection's protocol is chosen or switched ---------------------------------
+
+    def start_h2(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Go on with an HTTP/2 connection whose first bytes were its preface (prior knowledge, RFC 9113 §3.3)."""
+        H2Connection(self).take_over(transport, data)
+
+    def upgrade_h2(self, transport: asyncio.Transport, settings: bytes, req: Request, rest: bytes) -> None:
+        """Go on over HTTP/2 after `101 Switching Protocols` (h2c Upgrade), answering `req` on stream 1."""
+        H2Connection(self).upgrade(transport, settings, req, rest)
+
+    def alpn_protocol(self, chosen: str | None) -> asyncio.Protocol:
+        """The protocol of a TLS connection by the ALPN protocol its handshake chose."""
+        return H2Connection(self, secure=True) if chosen == "h2" else H1Connection(self, tls=True)
 
     def observe(self, seconds: float) -> None:
         """Count the response time of a request that had to wait (a file open, the disk cache, an origin)."""

@@ -10,7 +10,6 @@ import errno
 import hashlib
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest

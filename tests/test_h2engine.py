@@ -17,7 +17,6 @@ from hyperframe.frame import (
     HeadersFrame,
     PingFrame,
     PriorityFrame,
-    PushPromiseFrame,
     RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,

@@ -1,0 +1,108 @@
+"""One request's life for every protocol: resolve, open a file off the loop or ask the puller, plan, observe.
+
+The adapters (HTTP/1.1, HTTP/2) call `begin` for each request and, when it cannot be answered from
+memory, `finish`, which brings the plan back through their `deliver` callback. They type against
+`Services`, the few things an adapter needs from its worker, not the worker itself; the worker also
+switches a connection's protocol (HTTP/2 by prior knowledge, h2c Upgrade, ALPN), so the adapters never
+import each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Protocol
+
+from .core import Fetch, Miss, Plan, Request, Site
+from .filecache import FileCache, FileEntry, NotFound, Resolver
+
+
+class Services(Protocol):
+    """What an adapter needs from its worker: clocks, semantics, caches, the origin side, limits, stats."""
+
+    loop: asyncio.AbstractEventLoop
+    site: Site
+    cache: FileCache
+    resolver: Resolver
+    executor: Executor
+    puller: Any  # pull.Puller, when origins are configured
+    config: Any  # config.Config
+    stats: list[int]
+    connections: set
+    log: Any  # accesslog.AccessLog or None
+    header_timeout: float
+    keepalive_timeout: float
+    send_timeout: float
+    early_hints: bool
+    h1_fields: dict[bytes, int]
+    forward: frozenset[bytes]
+    date_h2: bytes
+    date_value: bytes
+
+    def still_missing(self, req: Request, miss: Miss, now: float) -> Plan | Fetch | None: ...  # noqa: D102
+
+    def observe(self, seconds: float) -> None: ...  # noqa: D102
+
+    def start_h2(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Go on with an HTTP/2 connection whose first bytes were its preface (prior knowledge)."""
+
+    def upgrade_h2(self, transport: asyncio.Transport, settings: bytes, req: Request, rest: bytes) -> None:
+        """Go on over HTTP/2 after `101 Switching Protocols`, answering `req` on stream 1."""
+
+
+def begin(w: Services, req: Request, now: float) -> Plan | Miss | Fetch:
+    """The plan, when memory has what it takes; else what must happen off the loop (a Miss: open the
+    file; a Fetch: the disk cache or an origin), for `finish`."""
+    plan = w.site.resolve(req, now)
+    if type(plan) is Miss:
+        plan = w.still_missing(req, plan, now) or plan
+    return plan
+
+
+def finish(w: Services, req: Request, step: Miss | Fetch, started: float, deliver: Callable[[Plan], None],
+           alive: Callable[[], bool], old: FileEntry | None | bool = True) -> None:
+    """Carry `step` through to a plan and hand it to `deliver` (once, later); `alive()` false means the
+    client is gone: no plan is made for it, and `deliver` is not called. `old`: the entry to revalidate
+    (True: the cache's stale one). A plan from the puller holds an entry reference, released after deliver.
+    """
+    if type(step) is Fetch:
+        task = w.loop.create_task(w.puller.serve(req, step))
+        task.add_done_callback(lambda t: _pulled(w, t, started, deliver, alive))
+        return
+    miss = step
+    stale = w.cache.stale(miss.path) if old is True else old
+    fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, stale)
+    fut.add_done_callback(lambda f: _loaded(w, f, req, miss, started, deliver, alive))
+
+
+def _loaded(w: Services, fut: asyncio.Future, req: Request, miss: Miss, started: float,
+            deliver: Callable[[Plan], None], alive: Callable[[], bool]) -> None:
+    try:
+        found = w.cache.store(miss.path, fut.result(), w.loop.time())
+    except LookupError:  # the entry was evicted while it was being revalidated: load it afresh
+        finish(w, req, miss, started, deliver, alive, None)
+        return
+    except Exception:  # noqa: BLE001 - an unreadable file is a 500 for its request, not a dead worker
+        found = NotFound(500)
+    if not alive():
+        return
+    now = w.loop.time()
+    plan = w.site.respond(req, found, miss.query, miss.path, now)
+    if type(plan) is Fetch:
+        finish(w, req, plan, started, deliver, alive)
+        return
+    w.observe(now - started)
+    deliver(plan)
+
+
+def _pulled(w: Services, task: asyncio.Task, started: float, deliver: Callable[[Plan], None],
+            alive: Callable[[], bool]) -> None:
+    plan = task.result()  # serve() answers every failure with an error plan
+    w.observe(w.loop.time() - started)
+    try:
+        if alive():
+            deliver(plan)
+    finally:
+        if plan.entry is not None:
+            plan.entry.release()  # the puller's reference; a transfer holds its own
