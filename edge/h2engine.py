@@ -78,13 +78,14 @@ class RefusedPush(Exception):
 class _Stream:
     """One stream's state and windows."""
 
-    __slots__ = ("state", "send_window", "recv_window", "trailers")
+    __slots__ = ("state", "send_window", "recv_window", "trailers", "remaining")
 
     def __init__(self, state: int, send_window: int, recv_window: int) -> None:
         self.state = state
         self.send_window = send_window
         self.recv_window = recv_window
         self.trailers = False  # the request head came; a later HEADERS is trailers
+        self.remaining = -1  # body bytes its content-length still announces (-1: none given)
 
 
 def frame_head(length: int, kind: int, flags: int, sid: int) -> bytes:
@@ -370,9 +371,19 @@ class Engine:
         stream = self.streams[sid]
         end_stream = self.block_end
         if stream.trailers:
+            if stream.remaining > 0:
+                self._stream_error(sid, PROTOCOL_ERROR, events)  # §8.1.1: less body than content-length
+                return
             events.append((TRAILERS, sid, fields))
         else:
             stream.trailers = True
+            lengths = {value for name, value in fields if name == b"content-length"}
+            if lengths:  # §8.1.1: it must match the DATA that follows (a malformed request otherwise)
+                length = lengths.pop()
+                if lengths or not length.isdigit() or (end_stream and int(length)):
+                    self._stream_error(sid, PROTOCOL_ERROR, events)
+                    return
+                stream.remaining = int(length)
             events.append((REQUEST, sid, fields, end_stream))
         if self.block_priority:
             events.append((PRIORITY, sid))  # counted with PRIORITY frames (floods), as the h2 library does
@@ -393,6 +404,7 @@ class Engine:
         if length > self.recv_window:
             raise ConnectionFailed(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         self.recv_window -= length
+        begin, end = self._payload(flags, view, start, length, False)  # bad padding: a connection error (§6.1)
         stream = self.streams.get(sid)
         if stream is None or stream.state not in (OPEN, HALF_CLOSED_LOCAL):
             self._credit(0, length)  # nobody will read it: the connection's window is given back at once
@@ -414,8 +426,13 @@ class Engine:
             self._stream_error(sid, FLOW_CONTROL_ERROR, events)
             return
         stream.recv_window -= length
-        begin, end = self._payload(flags, view, start, length, False)
         end_stream = bool(flags & END_STREAM)
+        if stream.remaining >= 0:
+            stream.remaining -= end - begin
+            if stream.remaining < 0 or (end_stream and stream.remaining):  # §8.1.1: not its content-length
+                self._credit(0, length)
+                self._stream_error(sid, PROTOCOL_ERROR, events)
+                return
         events.append((DATA_EVENT, sid, bytes(view[begin:end]), length, end_stream))
         if end_stream:
             self._remote_end(sid, stream)

@@ -228,8 +228,9 @@ class H2Connection(asyncio.Protocol):
             elif kind == GOAWAY:  # the peer's GOAWAY: nothing more goes out
                 for sid in list(self.out):
                     self._cancel(sid)  # releases the files (their refs keep evicted fds open)
+                self.open.clear()
                 self._flush()
-                self.transport.close()
+                self._linger()  # closing with its later frames unread would answer them with a RST
                 return
             if self.transport is None:
                 return
@@ -466,10 +467,10 @@ class H2Connection(asyncio.Protocol):
                 moved = False
                 for sid in list(out):
                     stream = out[sid]
-                    window = engine.window(sid)
-                    if window < 0:  # closed meanwhile
+                    if not engine.is_open(sid):  # closed meanwhile
                         self._cancel(sid)
                         continue
+                    window = engine.window(sid)  # below 0 when the peer lowered INITIAL_WINDOW_SIZE (§6.9.2)
                     if window <= 0 and not stream.at_streamed_end():
                         if not stream.blocked:
                             stream.blocked = self.w.loop.time()

@@ -358,3 +358,47 @@ def test_rst_stream_from_the_peer():
     assert peer.feed(RstStreamFrame(1, error_code=8)) == [(RESET, 1, 8)]
     assert peer.engine.window(1) == -1
     assert peer.feed(RstStreamFrame(1, error_code=8)) == []  # closed already
+
+
+@pytest.mark.parametrize("length, bodies, error_at", [
+    (b"5", [(b"abc", []), (b"de", ["END_STREAM"])], None),  # the announced length: fine
+    (b"5", [(b"abc", ["END_STREAM"])], 0),  # less (RFC 9113 §8.1.1)
+    (b"2", [(b"abc", [])], 0),  # more
+    (b"4", [(b"ab", []), (b"cde", [])], 1),  # more, over two frames
+    (b"0", [(b"", ["END_STREAM"])], None),
+])
+def test_a_body_must_match_its_content_length(length, bodies, error_at):
+    peer = Peer()
+    head = [(b":method", b"POST")] + GET[1:] + [(b"content-length", length)]
+    assert peer.feed(HeadersFrame(1, data=peer.block(head), flags=["END_HEADERS"]))[0][0] == REQUEST
+    peer.out()
+    for i, (data, flags) in enumerate(bodies):
+        events = peer.feed(DataFrame(1, data=data, flags=flags))
+        if i == error_at:
+            assert events == [(STREAM_ERROR, 1, PROTOCOL_ERROR)]
+            assert peer.out()[-1] == (3, 0, 1, struct.pack(">I", PROTOCOL_ERROR))
+            delivered = sum(len(d) for d, _ in bodies[:i])  # the adapter gives those back as it reads them
+            assert peer.engine.recv_window == 65_535 - delivered  # the refused DATA's window given back
+            return
+        assert events == [(DATA_EVENT, 1, data, len(data), "END_STREAM" in flags)]
+    assert error_at is None
+
+
+@pytest.mark.parametrize("length", [b"five", b"-1", b"5"], ids=["not-a-number", "negative", "with-end-stream"])
+def test_a_malformed_content_length_resets_the_stream_before_its_request_is_seen(length):
+    peer = Peer()
+    flags = ["END_HEADERS", "END_STREAM"] if length == b"5" else ["END_HEADERS"]
+    assert peer.feed(HeadersFrame(1, data=peer.block(GET + [(b"content-length", length)]), flags=flags)) == \
+        [(STREAM_ERROR, 1, PROTOCOL_ERROR)]
+    assert peer.feed(HeadersFrame(1, data=peer.block(GET + [(b"content-length", b"1"), (b"content-length", b"2")]),
+                                  flags=["END_HEADERS"])) == []  # (stream 1 is reset: ignored, §5.1)
+    assert peer.feed(HeadersFrame(3, data=peer.block(GET + [(b"content-length", b"1"), (b"content-length", b"2")]),
+                                  flags=["END_HEADERS"])) == [(STREAM_ERROR, 3, PROTOCOL_ERROR)]
+
+
+def test_bad_padding_is_a_connection_error_on_any_stream():
+    # RFC 9113 §6.1: padding as long as the payload is a connection error, whatever the stream's state.
+    peer = Peer()
+    peer.feed(HeadersFrame(1, data=peer.block(GET), flags=["END_HEADERS"]))
+    peer.engine.reset(1, 0)
+    assert peer.fails(raw(0, 0x8, 1, b"\x05abc")) == PROTOCOL_ERROR

@@ -1044,3 +1044,21 @@ def test_a_drain_while_a_failed_connection_lingers_stops_cleanly(edge):
         sock.close()
     assert "Traceback" not in server.stderr() and "RuntimeError" not in server.stderr(), server.stderr()[-1500:]
     assert "served 0 requests, 0 bytes" not in server.stderr(), "the worker's stats were lost"
+
+
+def test_a_window_made_negative_by_settings_resumes_when_it_opens(server):
+    # RFC 9113 §6.9.2: lowering SETTINGS_INITIAL_WINDOW_SIZE can make a stream's window negative; the
+    # stream waits until WINDOW_UPDATEs bring it above 0 again (it was dropped as if closed).
+    client = H2Client.connect(server, settings={SettingCodes.INITIAL_WINDOW_SIZE: 3}, auto_window=False)
+    try:
+        sid = client.request("/hello.txt")
+        assert client.wait(lambda: len(client.streams[sid].body) == 3, 10)
+        client.send_frames([SettingsFrame(0, settings={SettingCodes.INITIAL_WINDOW_SIZE: 2})])  # window -1
+        client.pump(0.3)
+        client.grant(2, sid)  # +1: 1 byte may go
+        assert client.wait(lambda: len(client.streams[sid].body) == 4, 10)
+        client.grant(100, sid)
+        assert client.wait(lambda: client.streams[sid].done, 10)
+        assert bytes(client.streams[sid].body) == b"hello world\n"
+    finally:
+        client.close()
