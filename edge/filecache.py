@@ -72,6 +72,7 @@ class FileEntry:
         if self.dead:
             return
         self.dead = True
+        self.plans.clear()  # each plan points back at its entry: a cycle only the cycle collector would free
         for variant in self.variants.values():
             variant.retire()
         if self.refs == 0:

@@ -1,5 +1,6 @@
 """Tests of the sans-I/O core (edge.core): requests and cache answers become plans, for both protocols."""
 
+import gc
 import os
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from edge.conditional import Conditions
 from edge.config import HeaderRule
 from edge.core import Miss, Request, Site
-from edge.filecache import FileCache, Resolver
+from edge.filecache import FileCache, FileEntry, Resolver
 
 
 @pytest.fixture
@@ -157,3 +158,20 @@ def test_changed_file_is_seen_after_valid(root):
     miss = site.resolve(req, now=3.0)
     found = cache.store(miss.path, cache.resolver.load(miss.path, cache.stale(miss.path)), 3.0)
     assert site.respond(req, found, b"").status == 404
+
+
+def test_dropped_entries_need_no_cycle_collector(root):
+    """A plan refers to its entry and the entry keeps its plans: once purged (or evicted) the two must not stay
+    a cycle, or the entry and its inline body wait for the cycle collector (in a worker, for minutes)."""
+    site = make_site(root, inline_max=1024)
+    gc.collect()
+    gc.disable()
+    try:
+        answer(site, b"/a.txt")
+        answer(site, b"/assets/x.css", if_none_match=header(answer(site, b"/assets/x.css"), b"etag"))  # 200 and 304
+        answer(site, b"/app.js", accept_encoding=b"gzip")  # a plan on a variant's entry
+        site.cache.purge(None)
+        left = [o for o in gc.get_objects() if isinstance(o, FileEntry)]
+    finally:
+        gc.enable()
+    assert left == []
