@@ -283,7 +283,9 @@ class Decoder:
                     pos = stop
                     if octet & 0x80:
                         name = cached(name) or _huffman(name)
-                octet = data[pos]  # §5.2 value string
+                # §5.2 value string: parsed inline like the name above (a call per string costs more than
+                # the rest of a literal's decoding on this path).
+                octet = data[pos]
                 pos += 1
                 length = octet & 0x7F
                 if length == 0x7F:
