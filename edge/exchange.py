@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .core import Fetch, Miss, Plan, Request, Site
 from .filecache import FileCache, FileEntry, NotFound, Resolver
+from .stored import STREAMED, settled
 
 
 class Services(Protocol):
@@ -39,6 +40,7 @@ class Services(Protocol):
     forward: frozenset[bytes]
     date_h2: bytes
     date_value: bytes
+    date_line: bytes
 
     def still_missing(self, req: Request, miss: Miss, now: float) -> Plan | Fetch | None: ...  # noqa: D102
 
@@ -49,6 +51,35 @@ class Services(Protocol):
 
     def upgrade_h2(self, transport: asyncio.Transport, settings: bytes, req: Request, rest: bytes) -> None:
         """Go on over HTTP/2 after `101 Switching Protocols`, answering `req` on stream 1."""
+
+
+HEADLESS = -1  # outline's count for a body still growing: its log line and byte count wait for its end
+
+
+def outline(plan: Plan, method: bytes) -> tuple[bool, int]:
+    """How `plan` goes out for a request with `method`: (bodiless, body bytes to count and log now).
+
+    Bodiless: RFC 9110 §9.3.2 (HEAD) and §15.4.5 (304) send the head only; a plan without parts has no
+    body either. The count is the body's length, the stored size for a body planned while it streamed
+    (STREAMED) and complete since, or HEADLESS while it still grows (its length known only at its end).
+    """
+    if not plan.parts or method == b"HEAD" or plan.status == 304:
+        return True, 0
+    if plan.length < STREAMED:
+        return False, plan.length
+    entry = plan.entry
+    if entry is None:
+        return False, 0
+    return False, HEADLESS if entry.growth is not None else entry.size
+
+
+def body_parts(plan: Plan) -> tuple | list:
+    """The parts a transfer sends: a plan made while its body streamed, and stored whole since, gets
+    its STREAMED length cut to the stored size (a body still growing keeps it: the transfer follows)."""
+    entry = plan.entry
+    if plan.length >= STREAMED and entry is not None and entry.growth is None:
+        return settled(plan.parts, entry.size)
+    return plan.parts
 
 
 def begin(w: Services, req: Request, now: float) -> Plan | Miss | Fetch:

@@ -11,8 +11,8 @@ import socket
 import httptools
 
 from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Plan, Request, apply_field
-from .exchange import Services, begin, finish
-from .stored import STREAMED, settled, streamed_sent
+from .exchange import HEADLESS, Services, begin, body_parts, finish, outline
+from .stored import STREAMED, streamed_sent
 from .filecache import FileEntry
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
 
@@ -500,11 +500,9 @@ class H1Connection(asyncio.Protocol):
         stats[STATUS_FIELD[plan.status]] += 1
         entry = plan.entry
         parts = plan.parts
-        bodiless = not parts or pending.method == b"HEAD" or plan.status == 304
-        # A body still streaming with its length unknown: its log line waits for the end (_end_transfer).
-        growing = streamed and not bodiless and entry is not None and entry.growth is not None
-        if w.log is not None and not growing:
-            w.access(self.peer, pending, plan, entry.size if streamed and entry is not None else None)
+        bodiless, count = outline(plan, pending.method)
+        if w.log is not None and count != HEADLESS:  # a growing body's line waits for its end (_end_transfer)
+            self._access(pending, plan.status, count)
         if bodiless:
             data = b"".join((status_line, b"" if plan.dated else w.date_line, head))
             stats[BYTES_OUT] += len(data)
@@ -518,8 +516,8 @@ class H1Connection(asyncio.Protocol):
         entry.acquire()
         head = status_line + (b"" if plan.dated else w.date_line) + head
         self.last_progress = w.loop.time()  # the send timeout counts from here, whichever way the body goes
-        if streamed and entry.growth is None:
-            parts = settled(parts, entry.size)  # planned while the body streamed, sent once it was stored
+        parts = body_parts(plan)
+        growing = count == HEADLESS
         if chunked:
             # Still arriving from an origin, its length unknown: chunks as the file grows, and a cut-off
             # origin leaves the last chunk unsent, so the client sees the body as incomplete.
@@ -528,16 +526,16 @@ class H1Connection(asyncio.Protocol):
             self.xfer = _Transfer(entry, list(parts))
             self.xfer.chunked = True
             if growing and w.log is not None:
-                self.xfer.log = (pending, plan)
+                self.xfer.log = (pending, plan.status)
             self.busy = True
             self._drive_buffered()
             return
-        stats[BYTES_OUT] += len(head) + (plan.length if not streamed else 0 if growing else entry.size)
+        stats[BYTES_OUT] += len(head) + (0 if growing else count)
         self.xfer = _Transfer(entry, [head, *parts])
         if growing:
             self.xfer.streamed = True  # HTTP/1.0: its body's bytes are counted when it ends
             if w.log is not None:
-                self.xfer.log = (pending, plan)
+                self.xfer.log = (pending, plan.status)
         if self.tls:
             self.busy = True
             self._drive_buffered()
@@ -627,6 +625,11 @@ class H1Connection(asyncio.Protocol):
         else:
             self.last_progress = self.w.loop.time()
 
+    def _access(self, pending: Pending, status: int, sent: int) -> None:
+        """Record one answered request in the access log, `sent` body bytes (exchange.outline's count)."""
+        self.w.log.write(self.peer, pending.method or b"-", pending.target or b"-",
+                         b"HTTP/1.0" if pending.version10 else b"HTTP/1.1", status, sent, pending.referer, pending.ua)
+
     def _end_transfer(self) -> None:
         xfer = self.xfer
         self.xfer = None
@@ -640,7 +643,7 @@ class H1Connection(asyncio.Protocol):
                 if xfer.streamed:
                     self.w.stats[BYTES_OUT] += sent
                 if xfer.log is not None:
-                    self.w.access(self.peer, *xfer.log, sent)
+                    self._access(*xfer.log, sent)
             xfer.entry.release()
         if self.dup >= 0:
             self.w.loop.remove_writer(self.dup)

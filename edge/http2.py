@@ -29,8 +29,8 @@ from .h2engine import (
     RefusedPush,
 )
 from .core import SEMANTIC_FIELDS, Miss, Plan, Request, apply_field
-from .exchange import Services, begin, finish
-from .stored import STREAMED, settled, streamed_sent
+from .exchange import HEADLESS, Services, begin, body_parts, finish, outline
+from .stored import STREAMED, streamed_sent
 from .filecache import FileEntry
 from .hints import PageHints
 from .hpackblock import encode_block
@@ -393,7 +393,7 @@ class H2Connection(asyncio.Protocol):
         if block is None:
             block = cache["h2"] = encode_block([(b":status", _STATUS[plan.status]), *plan.headers])
         parts = plan.parts
-        bodiless = not parts or req.method == b"HEAD" or plan.status == 304
+        bodiless, count = outline(plan, req.method)
         small = not bodiless and len(parts) == 1 and type(parts[0]) is bytes
         if not engine.is_open(sid):
             self.open.discard(sid)  # the client reset or closed the stream meanwhile
@@ -405,13 +405,9 @@ class H2Connection(asyncio.Protocol):
             block += w.date_h2
         engine.send_headers(sid, block, bodiless)
         w.stats[H2_STATUS_FIELD[plan.status]] += 1
-        streamed = plan.length >= STREAMED and not bodiless
-        entry = plan.entry
-        # A body still streaming with its length unknown: its log line waits for the end (_log_streamed).
-        growing = streamed and entry is not None and entry.growth is not None
-        if w.log is not None and not growing:
-            w.log.write(self.peer, req.method or b"-", req.target or b"-", b"HTTP/2.0", plan.status,
-                        0 if bodiless else entry.size if streamed else plan.length, b"-", b"-")
+        if w.log is not None and count != HEADLESS:  # a growing body's line waits for its end (_log_streamed)
+            w.log.write(self.peer, req.method or b"-", req.target or b"-", b"HTTP/2.0", plan.status, count,
+                        b"-", b"-")
         if bodiless:
             self._finished(sid)
         elif small and len(parts[0]) <= min(engine.window(sid), engine.max_frame_size):
@@ -420,12 +416,11 @@ class H2Connection(asyncio.Protocol):
             self._emit(_FRAME_HEAD.pack(n >> 16, n & 0xFFFF, DATA_TYPE, engine.sent_data(sid, n, True), sid), body)
             self._finished(sid)
         else:
+            entry = plan.entry
             if entry is not None:
                 entry.acquire()
-                if plan.length >= STREAMED and entry.growth is None:
-                    parts = settled(parts, entry.size)  # planned while the body streamed, sent once stored
-            out = self.out[sid] = _Out(sid, parts, entry)
-            if growing and w.log is not None:
+            out = self.out[sid] = _Out(sid, body_parts(plan), entry)
+            if count == HEADLESS and w.log is not None:
                 out.log = (req.method or b"-", req.target or b"-", plan.status)
         for psid, preq, pplan in promised:
             self._respond(psid, preq, pplan)

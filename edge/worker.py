@@ -21,10 +21,9 @@ from .accesslog import AccessLog
 from .cachekey import KeyRule
 from .config import Config
 from .core import Fetch, Miss, Plan, Request, Site
-from .stored import STREAMED
 from .filecache import FileCache, Resolver
 from .http1 import _FIELDS as H1_FIELDS
-from .http1 import FORWARD, H1Connection, Pending
+from .http1 import FORWARD, H1Connection
 from .http2 import H2Connection
 from .health import HealthTable
 from .hpackblock import encode_field
@@ -138,17 +137,6 @@ class Worker:
         if missing is None:
             return None
         return self.site.respond(req, missing, miss.query, miss.path, now)
-
-    def access(self, peer: object, pending: Pending, plan: Plan, length: int | None = None) -> None:
-        """Record one answered request in the access log; `length`: the body's, once a STREAMED one ended."""
-        req = pending
-        if req.method == b"HEAD" or plan.status == 304:
-            sent = 0
-        else:
-            sent = length if length is not None else plan.length if plan.length < STREAMED else 0
-        self.log.write(peer, req.method or b"-", req.target or b"-", b"HTTP/1.0" if pending.version10 else b"HTTP/1.1",
-                       plan.status, sent,
-                       pending.referer, pending.ua)
 
     async def serve(self, sock: socket.socket, on_ready: Callable[[], None] | None = None,
                     tls_sock: socket.socket | None = None, tls_context: ssl.SSLContext | None = None) -> None:
