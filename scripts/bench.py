@@ -35,12 +35,21 @@ ASGI static app, scripts/bench_peers/hypercorn_app.py) and h2o:
                       req/s (and MB/s for 1 MiB)
   h2-64m              h2c, h2load -cK -m1 (K = --conns): MB/s
   h2tls-1k, h2tls-1m  h2 over TLS (ALPN), same load as h2-1k / h2-1m
+  h2-idle             bench_client.H2IdleConnections: server RSS growth per idle
+                      h2c connection (bytes), measured like the idle row: N
+                      connections (N = --idle-conns), each sends the client
+                      preface, an empty SETTINGS and one GET of the 1 KiB file,
+                      reads the whole response (status 200, every byte), then
+                      stays idle
 
 Each server is started once for its h2c rows and once for its TLS rows (with a
 self-signed certificate made for the run); every file is checked byte for
 byte over HTTP/2 with nghttp first.  Any h2load request that failed, errored
 or timed out, or any non-2xx status, fails the cell.  These runs last
---h2-duration seconds (default 4, or --duration when shorter).  After the
+--h2-duration seconds (default 4, or --duration when shorter).  The two RSS
+rows (idle, h2-idle) start a fresh server for each run; edge runs them with
+--keepalive-timeout 600 (its idle timeout for HTTP/1.1 and HTTP/2 alike), the
+peers' idle timeouts are set long in every row.  After the
 table, edge's figures are set against the targets of the HTTP/2 issue.
 
 Proxy-cache rows, edge against nginx proxy_cache (edge and nginx only).  The
@@ -127,6 +136,7 @@ PROXY_MISS_TARGET = 0.5              # edge / nginx proxy-miss req/s, printed no
 CACHE_FIELD = {"edge": "cache-status", "nginx": "x-cache-status"}   # where each says hit or miss
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 OTHER_LOAD_WARN = 0.15      # warn when others used more than this share of a CPU
+IDLE_TIMEOUT = 600          # edge --keepalive-timeout in the RSS rows (s): nothing closes them
 
 FILES = {"1k.bin": 1 << 10, "100k.bin": 100 << 10, "1m.bin": 1 << 20, "64m.bin": 64 << 20}
 ALL_SERVERS = ["edge", "edge-h2lib", "nginx", "granian", "aiohttp", "uvicorn", "hypercorn", "h2o"]
@@ -153,7 +163,7 @@ PROXY_LABEL = {
 class Row:
     key: str
     label: str
-    kind: str          # "wrk", "bulk", "idle" or "h2load"
+    kind: str          # "wrk", "bulk", "idle" (RSS; proto h2c: h2-idle) or "h2load"
     file: str
     unit: str
     workers: str | None = None   # "auto" or N: unpinned multi-worker row; None: pinned
@@ -169,6 +179,8 @@ ROWS = [
     Row("1m", "1 MiB GET (MB/s)", "bulk", "1m.bin", "MB/s"),
     Row("64m", "64 MiB GET (MB/s)", "bulk", "64m.bin", "MB/s"),
     Row("idle", "RSS per idle keep-alive conn (B, lower is better)", "idle", "1k.bin", "B"),
+    Row("h2-idle", "RSS per idle HTTP/2 h2c conn (B, lower is better)", "idle", "1k.bin", "B",
+        servers=H2_SERVERS, proto="h2c"),
     Row("h2-1k", "HTTP/2 h2c 1 KiB GET (req/s)", "h2load", "1k.bin", "req/s",
         servers=H2_SERVERS, proto="h2c", load=H2_LOAD),
     Row("h2-1m", "HTTP/2 h2c 1 MiB GET (MB/s)", "h2load", "1m.bin", "MB/s",
@@ -196,7 +208,7 @@ ROWS = [
 ROW_BY_KEY = {r.key: r for r in ROWS}
 ROW_GROUPS = {"scaling": ("scaling-1", "scaling-2"),   # --rows names that select several rows
               "proxy": ("proxy-hot", "proxy-miss", "proxy-coalesce")}
-ROW_NAMES = ["1k", "100k", "1m", "64m", "idle", "h2-1k", "h2-1m", "h2-64m", "h2tls-1k",
+ROW_NAMES = ["1k", "100k", "1m", "64m", "idle", "h2-idle", "h2-1k", "h2-1m", "h2-64m", "h2tls-1k",
              "h2tls-1m", "machine", "scaling", "proxy-hot", "proxy-miss",
              "proxy-coalesce", "purge"]   # --rows choices (and "proxy": the three proxy rows)
 
@@ -1005,13 +1017,25 @@ class Harness:
                  cpu_metric=acct["cpu"] / (r["bytes"] / 2**30))
         return r
 
-    def run_idle(self, pid: int, port: int, path: str, size: int) -> dict:
+    def run_idle(self, pid: int, port: int, path: str, size: int,
+                 proto: str | None = None) -> dict:
+        """RSS growth of the server's tree per idle connection: --idle-conns
+        keep-alive HTTP/1.1 connections, or h2c ones (proto "h2c"), one GET each."""
         # light warm-up so lazily-initialised code paths are already paid for
-        for _ in range(3):
-            http_get_many(port, path, 100)
+        if proto == "h2c":
+            for _ in range(3):   # a few h2c connections, one GET each, closed again
+                warm = bench_client.H2IdleConnections(HOST, port, path, size, 20)
+                try:
+                    warm.open()
+                finally:
+                    warm.close()
+        else:
+            for _ in range(3):
+                http_get_many(port, path, 100)
         time.sleep(0.5)
         before = rss_bytes(pid)
-        ic = bench_client.IdleConnections(HOST, port, path, size, self.a.idle_conns)
+        client = bench_client.H2IdleConnections if proto == "h2c" else bench_client.IdleConnections
+        ic = client(HOST, port, path, size, self.a.idle_conns)
         try:
             n = ic.open()
             time.sleep(1.0)
@@ -1247,7 +1271,7 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
                "charged to whichever side triggers it: when a server queues more than the "
                "window (nginx's 1 MiB sendfile), the client's ACKs send the rest and the "
                "client pays for it, so read server CPU together with client busy. "
-               "\"vs nginx\" is median / nginx median (for the RSS row, lower is better).")
+               "\"vs nginx\" is median / nginx median (for the RSS rows, lower is better).")
     if any(r.kind == "h2load" for r in rows):
         out.append("")
         out.append("HTTP/2 rows: h2load reports no latency percentiles (mean and max request "
@@ -1615,6 +1639,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.idle_conns} keep-alive connections, one GET each, then idle "
         "(VmRSS after − before, divided by connections).",
     ]
+    if any(r.key == "h2-idle" for r in rows):
+        meta += ["", f"h2-idle row: {a.idle_conns} h2c connections (prior knowledge: preface, "
+                 "empty SETTINGS, one GET of 1 KiB, whole response read, server SETTINGS "
+                 "acknowledged), then idle; measured like the RSS row; servers without h2c "
+                 "by prior knowledge are not in it."]
     h2_rows = [r for r in rows if r.kind == "h2load"]
     if h2_rows:
         d = h2load_duration(a.h2_duration)
@@ -1662,7 +1691,7 @@ def main(argv: list[str] | None = None) -> int:
                 if row.kind == "idle":
                     run_idle_row(h, s, row, results, failures, raw)
             for proto in ("h2c", "h2"):   # a server instance of its own for each
-                h2_rows = [r for r in pinned if r.proto == proto]
+                h2_rows = [r for r in pinned if r.proto == proto and r.kind != "idle"]
                 if h2_rows:
                     run_throughput(h, s, h2_rows, results, failures, raw, proto)
         if multi_rows and multi_servers:
@@ -2160,22 +2189,34 @@ def run_coalesce(h: Harness, row: Row, cells: list[str], live, oport: int,
 
 
 def run_idle_row(h: Harness, s: str, row: Row, results, failures, raw) -> None:
+    """An RSS row (idle: HTTP/1.1; h2-idle: h2c) of one server, a fresh instance per run."""
     cell = results.setdefault((row.key, s), Cell())
     path_file, size = row.file, FILES[row.file]
+
+    def idle_spec(port: int) -> Spec:
+        spec = h.spec(s, port, None, row.proto)
+        if s in ("edge", "edge-h2lib"):   # its idle timeout (75 s) must not close any
+            spec.argv += ["--keepalive-timeout", str(IDLE_TIMEOUT)]
+        return spec
+
     for i in range(h.a.runs):
         try:
-            proc, port, prefix = h.start(s)   # fresh server for each RSS run
+            if row.proto and not shutil.which("nghttp"):
+                raise RuntimeError("nghttp not installed (apt-get install nghttp2-client)")
+            # fresh server for each RSS run
+            proc, port, prefix = h.start(s, proto=row.proto, make_spec=idle_spec)
         except Exception as e:  # noqa: BLE001
             cell.error = str(e)
             failures.append(f"{row.key} / {s}: could not start: {e}")
             return
         try:
-            r = h.run_idle(proc.pid, port, prefix + "/" + path_file, size)
+            r = h.run_idle(proc.pid, port, prefix + "/" + path_file, size, row.proto)
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited (code {proc.returncode}); "
                                    f"{h.log_tail(proc)}")
             cell.runs.append(r)
-            line = f"{row.key:5} {s:8} run {i + 1}: {describe_run(row, r)}"
+            width = (5, 8) if row.proto is None else (8, 10)
+            line = f"{row.key:{width[0]}} {s:{width[1]}} run {i + 1}: {describe_run(row, r)}"
             raw.append(line)
             log(line)
             if r["established"] < h.a.idle_conns or r["alive"] < r["established"]:

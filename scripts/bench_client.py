@@ -1,6 +1,6 @@
-"""Load clients for scripts/bench (stdlib only).
+"""Load clients for scripts/bench (stdlib only, but for hpack in the h2c idle client).
 
-Three clients live here:
+Four clients live here:
 
 * ``bulk_download`` -- K keep-alive connections that GET one large file over
   and over, reading up to 1 MiB per ``recv_into`` on sockets with a large
@@ -17,10 +17,18 @@ Three clients live here:
   open and idle until closed.  Used to measure server RSS per idle
   connection.
 
-Both are single-threaded selectors loops.  Run standalone for debugging:
+* ``H2IdleConnections`` -- the same over HTTP/2 by prior knowledge (h2c):
+  client preface, an empty SETTINGS and one GET (HEADERS, END_STREAM) sent in
+  one write, the whole response read (status 200 and every DATA byte), the
+  server's SETTINGS acknowledged, then idle.  The bytes it sends are built
+  once for all connections; the request's HPACK block is encoded once with the
+  ``hpack`` package (the one import outside the stdlib, made only here).
 
-    python scripts/bench_client.py bulk  127.0.0.1 8080 /1m.bin 1048576 --seconds 5
-    python scripts/bench_client.py idle  127.0.0.1 8080 /1k.bin 1024 --count 5000
+All are single-threaded selectors loops.  Run standalone for debugging:
+
+    python scripts/bench_client.py bulk    127.0.0.1 8080 /1m.bin 1048576 --seconds 5
+    python scripts/bench_client.py idle    127.0.0.1 8080 /1k.bin 1024 --count 5000
+    python scripts/bench_client.py h2idle  127.0.0.1 8080 /1k.bin 1024 --count 5000
 """
 
 from __future__ import annotations
@@ -578,21 +586,273 @@ class IdleConnections:
         self.idle.clear()
 
 
+# --------------------------------------------------------------------------
+# idle HTTP/2 connections (h2c by prior knowledge)
+
+H2_MAGIC = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_SETTINGS, H2_PING, H2_GOAWAY, H2_CONTINUATION = \
+    0x0, 0x1, 0x3, 0x4, 0x6, 0x7, 0x9
+H2_END_STREAM, H2_ACK, H2_END_HEADERS, H2_PADDED, H2_PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+
+
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return (len(payload).to_bytes(3, "big") + bytes((kind, flags))
+            + stream.to_bytes(4, "big") + payload)
+
+
+def h2_preface(host: str, port: int, path: str) -> bytes:
+    """Client preface + empty SETTINGS + HEADERS (GET ``path``, stream 1, END_STREAM):
+    what every connection sends first, identical for all of them (each connection
+    starts with fresh HPACK tables, so one encoding serves every one)."""
+    import hpack  # third-party: only this client needs it (in .bench-venv through h2)
+
+    block = hpack.Encoder().encode([(":method", "GET"), (":scheme", "http"),
+                                    (":authority", f"{host}:{port}"), (":path", path),
+                                    ("user-agent", "edge-bench"), ("accept", "*/*")])
+    return (H2_MAGIC + h2_frame(H2_SETTINGS, 0, 0)
+            + h2_frame(H2_HEADERS, H2_END_STREAM | H2_END_HEADERS, 1, block))
+
+
+H2_SETTINGS_ACK = h2_frame(H2_SETTINGS, H2_ACK, 0)
+
+
+class _H2Conn:
+    """Response state of one connection while its GET is in flight."""
+
+    __slots__ = ("phase", "buf", "block", "status", "body", "done", "error")
+
+    def __init__(self) -> None:
+        self.phase = "connecting"
+        self.buf = b""             # unparsed bytes (less than one whole frame)
+        self.block = bytearray()   # header block of stream 1 (HEADERS + CONTINUATION)
+        self.status = 0
+        self.body = 0              # DATA payload bytes of stream 1 (padding excluded)
+        self.done = False          # stream 1 ended (END_STREAM seen)
+        self.error = ""
+
+
+class H2IdleConnections:
+    """Open ``count`` h2c connections, do one complete GET on each, keep them idle.
+
+    Same interface as IdleConnections (open, alive, close, idle, failed, errors).
+    """
+
+    def __init__(self, host: str, port: int, path: str, expect_len: int,
+                 count: int, in_flight: int = 200, timeout: float = 120.0) -> None:
+        self.host, self.port, self.path = host, port, path
+        self.expect_len = expect_len
+        self.count = count
+        self.in_flight = in_flight
+        self.timeout = timeout
+        self.preface = h2_preface(host, port, path)
+        self.idle: list[socket.socket] = []
+        self.leftover: dict[socket.socket, bytes] = {}   # bytes after the last whole frame
+        self.failed = 0
+        self.errors: dict[str, int] = {}
+
+    def _err(self, what: str) -> None:
+        self.failed += 1
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    def _frames(self, s: socket.socket, c: _H2Conn, data: bytes) -> None:
+        """Parse the whole frames in c.buf + data; answer SETTINGS; note the response."""
+        buf = c.buf + data if c.buf else data
+        pos, n = 0, len(buf)
+        while n - pos >= 9:
+            length = int.from_bytes(buf[pos:pos + 3], "big")
+            if n - pos < 9 + length:
+                break
+            kind, flags = buf[pos + 3], buf[pos + 4]
+            sid = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            payload = buf[pos + 9:pos + 9 + length]
+            pos += 9 + length
+            if kind == H2_SETTINGS:
+                if not flags & H2_ACK:
+                    s.send(H2_SETTINGS_ACK)   # 9 bytes: never blocks here
+            elif kind == H2_PING:
+                if not flags & H2_ACK:
+                    s.send(h2_frame(H2_PING, H2_ACK, 0, payload))
+            elif kind == H2_GOAWAY:
+                code = int.from_bytes(payload[4:8], "big") if len(payload) >= 8 else -1
+                c.error = c.error or f"GOAWAY error code {code}"
+            elif sid != 1:
+                continue   # WINDOW_UPDATE, PRIORITY, ... of the connection or another stream
+            elif kind == H2_RST_STREAM:
+                c.error = c.error or f"RST_STREAM error code {int.from_bytes(payload, 'big')}"
+            elif kind in (H2_HEADERS, H2_CONTINUATION):
+                if kind == H2_HEADERS:
+                    pad = payload[0] if flags & H2_PADDED else 0
+                    start = (1 if flags & H2_PADDED else 0) + (5 if flags & H2_PRIORITY else 0)
+                    payload = payload[start:len(payload) - pad]
+                c.block += payload
+                if flags & H2_END_HEADERS:
+                    if not c.status:   # the response head (a trailer block would follow DATA)
+                        import hpack
+                        try:
+                            fields = hpack.Decoder().decode(bytes(c.block), raw=True)
+                        except Exception as e:  # noqa: BLE001 - hpack's own errors
+                            c.error = c.error or f"bad header block: {e.__class__.__name__}"
+                        else:
+                            st = dict(fields).get(b":status", b"0")
+                            c.status = int(st) if st.isdigit() else -1
+                    c.block.clear()
+                if flags & H2_END_STREAM:
+                    c.done = True
+            elif kind == H2_DATA:
+                pad = payload[0] + 1 if flags & H2_PADDED and payload else 0
+                c.body += len(payload) - pad
+                if flags & H2_END_STREAM:
+                    c.done = True
+        c.buf = buf[pos:]
+
+    def open(self) -> int:
+        """Establish the connections; returns how many are idle and usable."""
+        sel = selectors.DefaultSelector()
+        started = 0
+        active = 0
+        deadline = time.monotonic() + self.timeout
+
+        def launch() -> None:
+            nonlocal started, active
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)   # cheap idle sockets
+            err = s.connect_ex((self.host, self.port))
+            started += 1
+            if err not in (0, errno.EINPROGRESS):
+                s.close()
+                self._err(f"connect: {errno.errorcode.get(err, err)}")
+                return
+            active += 1
+            sel.register(s, selectors.EVENT_WRITE, _H2Conn())
+
+        def drop(s: socket.socket, what: str) -> None:
+            nonlocal active
+            sel.unregister(s)
+            s.close()
+            active -= 1
+            self._err(what)
+
+        try:
+            while len(self.idle) + self.failed < self.count:
+                while active < self.in_flight and started < self.count:
+                    launch()
+                if time.monotonic() > deadline:
+                    raise ClientError(
+                        f"timed out with {len(self.idle)} of {self.count} connections idle")
+                if active == 0:
+                    continue
+                for key, _ in sel.select(1.0):
+                    s: socket.socket = key.fileobj  # type: ignore[assignment]
+                    c: _H2Conn = key.data
+                    if c.phase == "connecting":
+                        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if err:
+                            drop(s, f"connect: {errno.errorcode.get(err, err)}")
+                            continue
+                        try:
+                            sent = s.send(self.preface)
+                        except OSError as e:
+                            drop(s, f"send: {e.__class__.__name__}")
+                            continue
+                        if sent != len(self.preface):   # ~100 bytes on a fresh socket
+                            drop(s, "short send of the preface")
+                            continue
+                        c.phase = "reading"
+                        sel.modify(s, selectors.EVENT_READ, c)
+                        continue
+                    try:
+                        data = s.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError as e:
+                        drop(s, f"recv: {e.__class__.__name__}")
+                        continue
+                    if not data:
+                        drop(s, "closed before response completed")
+                        continue
+                    try:
+                        self._frames(s, c, data)
+                    except OSError as e:
+                        drop(s, f"send: {e.__class__.__name__}")
+                        continue
+                    if c.error:
+                        drop(s, c.error)
+                        continue
+                    if not c.done:
+                        continue
+                    if c.status != 200 or c.body != self.expect_len:
+                        drop(s, f"status {c.status} length {c.body}")
+                        continue
+                    sel.unregister(s)
+                    active -= 1
+                    self.idle.append(s)
+                    if c.buf:
+                        self.leftover[s] = c.buf
+        finally:
+            # anything still in the selector is half-done: drop it
+            for key in list(sel.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            sel.close()
+        return len(self.idle)
+
+    def alive(self) -> int:
+        """How many idle connections are still open: not closed by the server and
+        no GOAWAY from it (what arrived since the response is read and parsed)."""
+        n = 0
+        for s in self.idle:
+            c = _H2Conn()
+            c.buf = self.leftover.pop(s, b"")
+            closed = False
+            while True:
+                try:
+                    data = s.recv(65536, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    closed = True
+                    break
+                if not data:
+                    closed = True
+                    break
+                try:
+                    self._frames(s, c, data)
+                except OSError:
+                    closed = True
+                    break
+            if c.buf:
+                self.leftover[s] = c.buf
+            if not closed and not c.error:
+                n += 1
+        return n
+
+    def close(self) -> None:
+        for s in self.idle:
+            try:
+                s.close()
+            except OSError:
+                pass
+        self.idle.clear()
+        self.leftover.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bulk")
     i = sub.add_parser("idle")
-    for p in (b, i):
+    i2 = sub.add_parser("h2idle")
+    for p in (b, i, i2):
         p.add_argument("host")
         p.add_argument("port", type=int)
         p.add_argument("path")
         p.add_argument("length", type=int, help="expected body length")
     b.add_argument("--seconds", type=float, default=10)
     b.add_argument("--conns", type=int, default=4)
-    i.add_argument("--count", type=int, default=5000)
-    i.add_argument("--hold", type=float, default=5, help="seconds to keep them open")
+    for p in (i, i2):
+        p.add_argument("--count", type=int, default=5000)
+        p.add_argument("--hold", type=float, default=5, help="seconds to keep them open")
     a = ap.parse_args(argv)
     raise_nofile()
     if a.cmd == "bulk":
@@ -600,7 +860,8 @@ def main(argv: list[str] | None = None) -> int:
         r["MB_per_s"] = r["bytes"] / r["elapsed"] / 1e6
         print(json.dumps(r))
     else:
-        ic = IdleConnections(a.host, a.port, a.path, a.length, a.count)
+        cls = H2IdleConnections if a.cmd == "h2idle" else IdleConnections
+        ic = cls(a.host, a.port, a.path, a.length, a.count)
         n = ic.open()
         print(json.dumps({"idle": n, "failed": ic.failed, "errors": ic.errors}))
         time.sleep(a.hold)
