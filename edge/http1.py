@@ -107,7 +107,9 @@ class Pending(Request):
     """
 
     # upgrade and h2_settings are set only when sent (read with getattr on the rare upgrade path).
-    __slots__ = ("keep_alive", "version10", "plan", "ua", "referer", "upgrade", "h2_settings")
+    # The head's framing facts live here, not on the connection, so an idle connection holds none.
+    __slots__ = ("keep_alive", "version10", "plan", "ua", "referer", "upgrade", "h2_settings", "cl_seen",
+                 "has_body", "host_seen")
 
     def __init__(self, target: bytes) -> None:
         super().__init__(b"", target)
@@ -116,6 +118,9 @@ class Pending(Request):
         self.plan: Plan | None = None
         self.ua = b"-"
         self.referer = b"-"
+        self.cl_seen = False  # a Content-Length field was seen (a second one is refused)
+        self.has_body = False  # Content-Length > 0 or Transfer-Encoding: a body edge does not read
+        self.host_seen = 0  # Host fields seen (RFC 9112 §3.2: exactly one in HTTP/1.1)
 
 
 def _failed(plan: Plan) -> Pending:
@@ -128,8 +133,7 @@ class H1Connection(asyncio.Protocol):
     """One HTTP/1.x connection: parse, queue, answer in order, send files zero-copy."""
 
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
-                 "write_paused", "busy", "req", "url", "head_size", "error", "cl_seen", "has_body", "host_seen",
-                 "ua", "referer", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
+                 "write_paused", "busy", "req", "head_size", "error", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
                  "tls", "fields", "line", "held")
 
     def __init__(self, worker: Services, *, tls: bool = False) -> None:
@@ -141,22 +145,16 @@ class H1Connection(asyncio.Protocol):
         # connections stay small, and making one costs well under a microsecond.
         self.parser: httptools.HttpRequestParser | None = None
         self.fd = -1
-        self.queue: list[Pending] = []
+        self.queue: list[Pending] | None = None  # made by the first request: an idle connection holds none
         self.state = IDLE
         self.deadline = 0.0
         self.in_message = False
         self.closing = False
         self.write_paused = False
         self.busy = False
-        self.req: Pending | None = None
-        self.url = b""
+        self.req: Pending | None = None  # the request whose head is being parsed
         self.head_size = 0
         self.error = 0
-        self.cl_seen = False
-        self.has_body = False
-        self.host_seen = 0
-        self.ua = b"-"
-        self.referer = b"-"
         self.xfer: _Transfer | None = None
         self.dup = -1
         self.peer = None
@@ -250,14 +248,14 @@ class H1Connection(asyncio.Protocol):
 
     def _h2c_upgrade(self, rest: bytes) -> bool:
         """Upgrade: h2c (RFC 7540 §3.2): 101, then the request is answered on HTTP/2 stream 1."""
-        if len(self.queue) != 1 or self.busy or self.tls:
+        if not self.queue or len(self.queue) != 1 or self.busy or self.tls:
             return False
         pending = self.queue[0]
         settings = getattr(pending, "h2_settings", None)
         tokens = {t.strip().lower() for t in getattr(pending, "upgrade", b"").split(b",")}
-        if b"h2c" not in tokens or settings is None or pending.method not in (b"GET", b"HEAD") or self.has_body:
+        if b"h2c" not in tokens or settings is None or pending.method not in (b"GET", b"HEAD") or pending.has_body:
             return False
-        self.queue.clear()
+        self.queue = None
         self.parser = None
         self.w.connections.discard(self)
         self.closing = True
@@ -297,7 +295,7 @@ class H1Connection(asyncio.Protocol):
         # the parser): break the cycle, or it all waits for a full collection, which is rare here.
         self.parser = None
         self.req = None
-        self.queue.clear()
+        self.queue = None
         self.closing = True
         self.corked = False  # the socket is gone: nothing to uncork
         if self.xfer is not None:
@@ -310,16 +308,13 @@ class H1Connection(asyncio.Protocol):
         if self.state == IDLE:
             self.state = HEAD
             self.deadline = self.w.loop.time() + self.w.header_timeout
-        self.url = b""
         self.head_size = 0
-        self.cl_seen = False
-        self.has_body = False
-        self.host_seen = 0
-        self.req = None
+        self.req = Pending(b"")
 
     def on_url(self, url: bytes) -> None:  # noqa: D102
-        self.url = self.url + url if self.url else url
-        if len(self.url) > MAX_TARGET:
+        req = self.req
+        target = req.target = req.target + url if req.target else url
+        if len(target) > MAX_TARGET:
             self.error = 414
             raise _Abort
         self.head_size += len(url)
@@ -333,25 +328,23 @@ class H1Connection(asyncio.Protocol):
         if field is None:
             return
         req = self.req
-        if req is None:
-            req = self.req = Pending(self.url)
         if field <= ACCEPT_ENCODING:
             apply_field(req, field, value)
         elif field == _CONTENT_LENGTH:
-            if self.cl_seen:
+            if req.cl_seen:
                 self.error = 400
                 raise _Abort
-            self.cl_seen = True
+            req.cl_seen = True
             if value.strip() not in (b"0", b""):
-                self.has_body = True
+                req.has_body = True
         elif field == _TRANSFER_ENCODING:
-            self.has_body = True
+            req.has_body = True
         elif field == _HOST:
-            self.host_seen += 1
+            req.host_seen += 1
         elif field == _USER_AGENT:
-            self.ua = value
+            req.ua = value
         elif field == _REFERER:
-            self.referer = value
+            req.referer = value
         elif field == _UPGRADE:
             req.upgrade = value
         elif field == _HTTP2_SETTINGS:
@@ -365,7 +358,7 @@ class H1Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:  # noqa: D102
         self.state = BUSY
         self.head_size = 0  # what follows in this read belongs to the next head
-        if self.has_body:
+        if self.req.has_body:
             # No method here takes a body: answer now, close after, and never read the body
             # (a huge or endless upload must not keep the connection busy).
             self.on_message_complete()
@@ -379,27 +372,23 @@ class H1Connection(asyncio.Protocol):
         self.completed += 1
         parser = self.parser
         pending = self.req
-        if pending is None:
-            pending = Pending(self.url)
-        else:
-            pending.target = self.url
         self.req = None
         pending.method = parser.get_method()
         version = parser.get_http_version()
         version10 = pending.version10 = version == "1.0"
-        pending.keep_alive = parser.should_keep_alive() and not self.has_body and not self.closing
-        if (version != "1.1" and not version10) or (not version10 and self.host_seen != 1) or self.host_seen > 1:
+        pending.keep_alive = parser.should_keep_alive() and not pending.has_body and not self.closing
+        host_seen = pending.host_seen
+        if (version != "1.1" and not version10) or (not version10 and host_seen != 1) or host_seen > 1:
             pending.plan = self.w.site.error(400)
             pending.keep_alive = False
             self.error = -1
-        if self.w.log is not None:
-            pending.ua = self.ua
-            pending.referer = self.referer
-            self.ua = self.referer = b"-"
-        self.queue.append(pending)
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = []
+        queue.append(pending)
         if not pending.keep_alive:
             self.error = -1  # RFC 9112 §9.6: nothing after a closing request is read or answered
-        if len(self.queue) >= MAX_QUEUE:
+        if len(queue) >= MAX_QUEUE:
             self._pause_reading()
 
     # -- answering --------------------------------------------------------------------------------
@@ -408,6 +397,8 @@ class H1Connection(asyncio.Protocol):
         """Queue an error answer for the malformed request, stop reading, close after it."""
         self.error = status
         self.w.stats[ERRORS] += 1
+        if self.queue is None:
+            self.queue = []
         self.queue.append(_failed(self.w.site.error(status)))
         self.in_message = False
         self._pause_reading()
@@ -444,7 +435,7 @@ class H1Connection(asyncio.Protocol):
             self.state = IDLE
             self.deadline = w.loop.time() + w.keepalive_timeout
             self.parser = None
-            self.url = b""
+            self.queue = None
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
@@ -661,7 +652,7 @@ class H1Connection(asyncio.Protocol):
                 self.w.cache.purge(xfer.entry.path)
         self._end_transfer()
         self.closing = True
-        self.queue.clear()
+        self.queue = None
         if self.transport is not None:
             self.transport.abort()
 

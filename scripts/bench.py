@@ -110,8 +110,9 @@ HOST = "127.0.0.1"
 SERVER_CPU = "1"
 CLIENT_CPU = 0
 MULTI_SERVERS = ("edge", "nginx")    # the servers of the unpinned multi-worker rows
-H1_SERVERS = ("edge", "nginx", "granian", "aiohttp", "uvicorn")     # HTTP/1.1 rows
-H2_SERVERS = ("edge", "edge-h2lib", "nginx", "granian", "hypercorn", "h2o")       # HTTP/2 rows
+H1_SERVERS = ("edge", "edge-base", "nginx", "granian", "aiohttp", "uvicorn")     # HTTP/1.1 rows
+H2_SERVERS = ("edge", "edge-base", "edge-h2lib", "nginx", "granian", "hypercorn", "h2o")       # HTTP/2 rows
+EDGE_SERVERS = ("edge", "edge-base", "edge-h2lib")  # edge itself: this tree, --baseline's, the h2 engine
 H2_LOAD = (16, 10)                   # h2load -c16 -m10: the 1 KiB and 1 MiB HTTP/2 rows
 H2_DURATION = 4.0                    # default seconds per run of the HTTP/2 rows
 # h2c 1 KiB req/s that the HTTP/2 issue quotes (h2load -c16 -m10, one pinned core,
@@ -139,9 +140,10 @@ OTHER_LOAD_WARN = 0.15      # warn when others used more than this share of a CP
 IDLE_TIMEOUT = 600          # edge --keepalive-timeout in the RSS rows (s): nothing closes them
 
 FILES = {"1k.bin": 1 << 10, "100k.bin": 100 << 10, "1m.bin": 1 << 20, "64m.bin": 64 << 20}
-ALL_SERVERS = ["edge", "edge-h2lib", "nginx", "granian", "aiohttp", "uvicorn", "hypercorn", "h2o"]
+ALL_SERVERS = ["edge", "edge-base", "edge-h2lib", "nginx", "granian", "aiohttp", "uvicorn", "hypercorn", "h2o"]
 SERVER_LABEL = {
     "edge": "edge",
+    "edge-base": "edge before (--baseline)",  # named after the revision when --baseline is given
     "edge-h2lib": "edge on the h2 library ([http2] engine = \"h2\")",
     "nginx": "nginx",
     "granian": "granian (static route)",
@@ -563,6 +565,15 @@ class Harness:
         self.pidfile = self.tmp / "server-pgids"
         self.digests: dict[str, str] = {}
         self.nofile = bench_client.raise_nofile()
+        self.base_tree: Path | None = None
+        if args.baseline:
+            # edge's package as it was at --baseline, run by the same venv: PYTHONPATH comes before the
+            # editable install's finder, so "edge-base" is the old code with the same libraries.
+            self.base_tree = self.tmp / "edge-base"
+            self.base_tree.mkdir(exist_ok=True)
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline, "edge"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(self.base_tree)], input=archive, check=True)
 
     # ---- corpus --------------------------------------------------------
     def make_corpus(self) -> None:
@@ -668,7 +679,7 @@ class Harness:
         if proto is None and name not in H1_SERVERS:
             raise ValueError(f"{name}: measured in the HTTP/2 rows only")
         cert, key = self.tls_files() if proto == "h2" else ("", "")
-        if name in ("edge", "edge-h2lib"):
+        if name in EDGE_SERVERS:
             exe = self.edge_venv / "bin" / "edge"
             if not os.access(exe, os.X_OK):
                 raise RuntimeError(f"{exe} not found (pip install -e . failed or edge not built yet)")
@@ -679,7 +690,12 @@ class Harness:
             # Default settings in every row, SO_INCOMING_CPU steering included: on loopback it hands a
             # connection to the worker on the CPU of the wrk thread that opened it (see README).
             # edge-h2lib: the same edge on the reference HTTP/2 engine, for before/after in one run.
-            return Spec(name, argv, "", env={"EDGE_HTTP2_ENGINE": "h2"} if name == "edge-h2lib" else {})
+            env = {"EDGE_HTTP2_ENGINE": "h2"} if name == "edge-h2lib" else {}
+            if name == "edge-base":
+                if self.base_tree is None:
+                    raise RuntimeError("edge-base needs --baseline REV")
+                env = {"PYTHONPATH": str(self.base_tree)}
+            return Spec(name, argv, "", env=env)
         if name == "nginx":
             nginx = shutil.which("nginx") or "/usr/sbin/nginx"
             ntmp = self.tmp / f"nginx-{port}"
@@ -1571,8 +1587,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10, help="seconds per run")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: --runs 1 --duration 3")
-    ap.add_argument("--only", default=",".join(ALL_SERVERS),
-                    help=f"comma-separated servers ({','.join(ALL_SERVERS)})")
+    ap.add_argument("--only", default=",".join(s for s in ALL_SERVERS if s != "edge-base"),
+                    help=f"comma-separated servers ({','.join(s for s in ALL_SERVERS if s != 'edge-base')})")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run edge as it was at git revision REV (server edge-base, same venv), "
+                         "for before/after figures in one run")
     ap.add_argument("--rows", default=",".join(ROW_NAMES),
                     help=f"comma-separated rows ({','.join(ROW_NAMES)})")
     ap.add_argument("--out", default="bench-results.md", help="markdown output file")
@@ -1604,6 +1623,11 @@ def main(argv: list[str] | None = None) -> int:
     purge = "purge" in keys  # admin purge latency with a big disk cache (scripts/bench_purge.py)
     if bad or not servers or not (rows or purge):
         ap.error(f"unknown server(s) {bad}" if bad else "nothing selected")
+    if a.baseline:
+        servers.append("edge-base")
+        SERVER_LABEL["edge-base"] = f"edge at {a.baseline} (before)"
+    elif "edge-base" in servers:
+        ap.error("edge-base runs the revision given by --baseline REV")
     servers = [s for s in ALL_SERVERS if s in servers]   # stable order, edge first
 
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -2195,7 +2219,7 @@ def run_idle_row(h: Harness, s: str, row: Row, results, failures, raw) -> None:
 
     def idle_spec(port: int) -> Spec:
         spec = h.spec(s, port, None, row.proto)
-        if s in ("edge", "edge-h2lib"):   # its idle timeout (75 s) must not close any
+        if s in EDGE_SERVERS:   # its idle timeout (75 s) must not close any
             spec.argv += ["--keepalive-timeout", str(IDLE_TIMEOUT)]
         return spec
 
