@@ -45,6 +45,7 @@ MAX_FRAME = 65_536
 MAX_REQUESTED = 1024
 MAX_STREAM_ID = (1 << 31) - 1
 LINGER = 2.0
+UNREAD_GRACE = 1.0  # seconds an answered stream may go on sending its request body before RST_STREAM(NO_ERROR)
 _FRAME_HEAD = struct.Struct(">BHBBI")  # 24-bit length (high byte, low 16 bits), type, flags, stream id
 DATA_TYPE = 0x0
 _FORBIDDEN_BYTE = re.compile(rb"[\r\n\0]").search  # in a field value: malformed (§8.2.1); 4x cheaper than 3 `in`s
@@ -122,6 +123,8 @@ class H2Connection(asyncio.Protocol):
         self.out: dict[int, _Out] = {}  # streams with body left to send, in round-robin order
         self.open: set[int] = set()  # streams we still owe a response (loading or sending)
         self.with_body: set[int] = set()  # client streams that carry a request body we do not read
+        # Answered streams whose request body still arrives: reset at the time given (see _finished).
+        self.unread: dict[int, float] = {}
         # :path of every request the client made on this connection (bounded): never pushed to it.
         self.requested: set[bytes] = set()
         self.requests = 0
@@ -209,6 +212,10 @@ class H2Connection(asyncio.Protocol):
                     self.engine.acknowledge(event[1], event[3])
                 elif not event[4] and not self.empty.take(now):
                     return self._die(CALM)
+                if event[4]:
+                    self.with_body.discard(event[1])
+                    if self.unread:
+                        self.unread.pop(event[1], None)
             elif kind == TRAILERS:
                 if _malformed_trailers(event[2]):
                     self._reset(event[1], PROTOCOL_ERROR, now)  # a stream error (§8.1.1)
@@ -435,8 +442,14 @@ class H2Connection(asyncio.Protocol):
     def _finished(self, sid: int) -> None:
         self.open.discard(sid)
         if sid in self.with_body:
+            # RFC 9113 §8.1: the answer is complete while the request body still comes; the server MAY
+            # then ask the client to stop with RST_STREAM(NO_ERROR). It does so at the next sweep, a
+            # second on: a short body finishes first and the stream ends as any other, and frames the
+            # client sent meanwhile meet a half-closed stream (validated as such) instead of racing a
+            # reset. What the client sends meanwhile is bounded by the stream's window (64 KiB), which
+            # is no longer given back once the answer is out (engine.acknowledge).
             self.with_body.discard(sid)
-            self.engine.reset(sid, NO_ERROR)  # RFC 9113 §8.1: the answer is complete, stop sending
+            self.unread[sid] = self.w.loop.time() + UNREAD_GRACE
 
     def _pump(self) -> None:
         """Frame DATA for the streams with body left, one frame each in turn, up to BATCH bytes; then write.
@@ -615,6 +628,8 @@ class H2Connection(asyncio.Protocol):
             stream.entry.release()
         self.open.discard(sid)
         self.with_body.discard(sid)
+        if self.unread:
+            self.unread.pop(sid, None)
 
     def _log_streamed(self, stream: _Out) -> None:
         """The access log line of a body whose length was unknown when its response began."""
@@ -711,6 +726,12 @@ class H2Connection(asyncio.Protocol):
             if stream.blocked and now - stream.blocked > stall:
                 self._die(CALM)
                 return
+        if self.unread:
+            for sid, until in list(self.unread.items()):
+                if now >= until:
+                    del self.unread[sid]
+                    self.engine.reset(sid, NO_ERROR)  # nothing happens if the stream has ended meanwhile
+            self._flush()
         if self.final_at and now >= self.final_at:
             self.final_at = 0.0
             self._send_goaway(self.engine.highest_inbound)
