@@ -18,6 +18,7 @@ from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STA
 
 MAX_TARGET = 8 * 1024
 MAX_HEAD = 64 * 1024
+LINE_HOLD = MAX_TARGET + 64  # bytes of an unfinished first request line held before the parser sees them
 MAX_QUEUE = 64  # pipelined requests parsed ahead of the responses before reading pauses
 SENDFILE_CHUNK = 1 << 30
 CORK_MIN = 1 << 20
@@ -26,10 +27,11 @@ TLS_HIGH = 256 * 1024
 
 # Interesting request header fields -> small ints (the rest are skipped without allocation): core's
 # semantic fields first, then the ones framing and logging need.
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _USER_AGENT, _REFERER, _UPGRADE, _HTTP2_SETTINGS, FORWARD = range(7, 15)
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _USER_AGENT, _REFERER, _UPGRADE, _HTTP2_SETTINGS, _CONNECTION, FORWARD = \
+    range(7, 16)
 _FIELDS = {**SEMANTIC_FIELDS, b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
            b"host": _HOST, b"user-agent": _USER_AGENT, b"referer": _REFERER, b"upgrade": _UPGRADE,
-           b"http2-settings": _HTTP2_SETTINGS}
+           b"http2-settings": _HTTP2_SETTINGS, b"connection": _CONNECTION}
 
 _SPECIAL_CASE = {b"etag": b"ETag", b"www-authenticate": b"WWW-Authenticate", b"content-md5": b"Content-MD5"}
 
@@ -109,7 +111,7 @@ class Pending(Request):
     # upgrade and h2_settings are set only when sent (read with getattr on the rare upgrade path).
     # The head's framing facts live here, not on the connection, so an idle connection holds none.
     __slots__ = ("keep_alive", "version10", "plan", "ua", "referer", "upgrade", "h2_settings", "cl_seen",
-                 "has_body", "host_seen")
+                 "has_body", "host_seen", "close")
 
     def __init__(self, target: bytes) -> None:
         super().__init__(b"", target)
@@ -121,6 +123,7 @@ class Pending(Request):
         self.cl_seen = False  # a Content-Length field was seen (a second one is refused)
         self.has_body = False  # Content-Length > 0 or Transfer-Encoding: a body edge does not read
         self.host_seen = 0  # Host fields seen (RFC 9112 §3.2: exactly one in HTTP/1.1)
+        self.close = False  # Connection names "close": it wins over "keep-alive", whatever the version (RFC 9112 §9.3)
 
 
 def _failed(plan: Plan) -> Pending:
@@ -163,7 +166,7 @@ class H1Connection(asyncio.Protocol):
         self.completed = 0  # requests completed in the chunk being parsed
         self.corked = False
         self.line = 0  # bytes of the request-head line still unfinished (the parser buffers them)
-        self.held = b""  # the first bytes of a connection, too few to tell HTTP/2's preface from a request
+        self.held = b""  # the start of a request line, too short to tell HTTP/2's preface or a method by
 
     # -- asyncio protocol -------------------------------------------------------------------------
 
@@ -201,6 +204,14 @@ class H1Connection(asyncio.Protocol):
                 if data.startswith(PREFACE):
                     self._switch_to_h2(data)  # HTTP/2 with prior knowledge (RFC 9113 §3.3)
                     return
+            if len(data) <= LINE_HOLD and b"\n" not in data:
+                # A request line still unfinished waits here for its end, so the parser sees it whole:
+                # only a whole line tells an unknown method (405) from garbage (400), however it was cut.
+                self.held = data
+                if self.state == IDLE:  # the header timeout runs from its first byte
+                    self.state = HEAD
+                    self.deadline = self.w.loop.time() + self.w.header_timeout
+                return
             parser = self.parser = httptools.HttpRequestParser(self)
         # The head is bounded as it arrives: httptools reports a field only when its line ends and
         # buffers the pieces until then, so a line that never ends is counted here, before the
@@ -349,6 +360,15 @@ class H1Connection(asyncio.Protocol):
             req.upgrade = value
         elif field == _HTTP2_SETTINGS:
             req.h2_settings = value
+        elif field == _CONNECTION:
+            options = value.lower()
+            if b"close" in options and any(t.strip() == b"close" for t in options.split(b",")):
+                req.close = True
+            if self.w.forward:  # the fields it names are never passed on (RFC 9110 §7.6.1, origin.py)
+                forward = getattr(req, "forward", None)
+                if forward is None:
+                    forward = req.forward = []
+                forward.append((name, value))
         else:
             forward = getattr(req, "forward", None)
             if forward is None:
@@ -376,7 +396,8 @@ class H1Connection(asyncio.Protocol):
         pending.method = parser.get_method()
         version = parser.get_http_version()
         version10 = pending.version10 = version == "1.0"
-        pending.keep_alive = parser.should_keep_alive() and not pending.has_body and not self.closing
+        pending.keep_alive = parser.should_keep_alive() and not pending.has_body and not self.closing \
+            and not pending.close
         host_seen = pending.host_seen
         if (version != "1.1" and not version10) or (not version10 and host_seen != 1) or host_seen > 1:
             pending.plan = self.w.site.error(400)
