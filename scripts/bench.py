@@ -784,8 +784,8 @@ class Harness:
         spec = (make_spec(port) if make_spec is not None
                 else self.spec(name, port, workers, proto, tls_port))
         env = dict(os.environ)
+        env.pop("PYTHONPATH", None)  # only a spec's own (edge-base: the --baseline tree) reaches a server
         env.update(spec.env)
-        env.pop("PYTHONPATH", None)
         logf = open(self.tmp / f"{name}-{port}.log", "wb")
         cpus = cpus or (SERVER_CPU if workers is None else self.a.all_cpus)
         argv = ["taskset", "-c", cpus, *spec.argv] if self.a.pin else spec.argv
