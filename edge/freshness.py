@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from .httpdate import parse_http_date
+from .httpdate import parse_http_date_strict
+from .sfv import SFError, parse_dictionary
 
 #: Status codes a shared cache may store without explicit freshness (RFC 9110 §15.1, "heuristically cacheable").
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
@@ -51,9 +53,71 @@ def _split_commas(value: str) -> list[str]:
 def _seconds(directives: dict[str, str | None], name: str) -> float | None:
     """A delta-seconds argument (RFC 9111 §1.2.2): digits only; anything else is as if absent."""
     arg = directives.get(name)
-    if arg is None or not arg.isascii() or not arg.isdigit():
+    if arg is None:
         return None
-    return float(min(int(arg), 2**31))
+    return _delta_seconds(arg)
+
+
+def _delta_seconds(arg: str) -> float | None:
+    """delta-seconds (RFC 9111 §1.2.2): ASCII digits only, capped at 2^31; None if anything else."""
+    if not arg.isascii() or not arg.isdigit():
+        return None
+    return float(min(int(arg), 2**31)) if len(arg) <= 10 else float(2**31)  # no int() of a huge string
+
+
+#: CDN-Cache-Control members (RFC 9213 §2.2) this cache acts on, by the type their value must have.
+_TARGETED_INTEGERS = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
+_TARGETED_FLAGS = frozenset({"no-store", "public", "must-revalidate", "proxy-revalidate"})
+_TARGETED_FLAGS_OR_FIELDS = frozenset({"private", "no-cache"})
+
+
+@functools.lru_cache(maxsize=256)  # the same few values come from an origin again and again
+def parse_targeted(value: str) -> dict[str, str | None] | None:
+    """A CDN-Cache-Control value (RFC 9213) as Cache-Control directives; None if it is to be ignored.
+
+    The dictionary returned is shared between calls (cached): read it, never change it."""
+    # RFC 9213 §2.2: a Dictionary Structured Field (RFC 8941 §3.2), several field lines being one dictionary
+    # whose later duplicate keys overwrite earlier ones (RFC 8941 §4.2.2) - unlike Cache-Control's first-wins
+    # here; a value that fails to parse, or is empty, is ignored as if absent (Cache-Control and Expires apply).
+    try:
+        members = parse_dictionary(value)
+    except SFError:
+        return None
+    if not members:
+        return None
+    out: dict[str, str | None] = {}
+    for name, (item, _params) in members.items():  # parameters are ignored (RFC 9213 §2.2)
+        if name in _TARGETED_INTEGERS:
+            # RFC 9213 §2.2: max-age and its kind are Integers; consumers SHOULD NOT coerce anything else
+            # (a Decimal, a String, a negative number). Such a field is ignored whole, not just the member.
+            if type(item) is not int or item < 0:
+                return None
+            out[name] = str(item)
+        elif name in _TARGETED_FLAGS:
+            if item is not True:  # RFC 9213 §2.2: no-store "always has a Boolean true value" (bare, or ?1)
+                return None
+            out[name] = None
+        elif name in _TARGETED_FLAGS_OR_FIELDS:
+            # RFC 9213 §2.2: no-cache is Boolean true or a String of comma-separated field names, and so is
+            # private (RFC 9111 §5.2.2.7 gives it the same argument); either form then acts as in Cache-Control.
+            if item is True:
+                out[name] = None
+            elif type(item) is str and _field_names(item):
+                out[name] = item
+            else:
+                return None
+        else:
+            out[name] = None  # any other directive: present, its value unused (e.g. RFC 9213 §3.1's "none")
+    return out
+
+
+def _field_names(value: str) -> bool:
+    """Whether `value` is a #field-name list (RFC 9110 §5.6.1, empty elements ignored) with at least one name."""
+    names = [n for n in (e.strip(" \t") for e in value.split(",")) if n]
+    return bool(names) and all(n.isascii() and all(c.isalnum() or c in _TCHAR for c in n) for n in names)
+
+
+_TCHAR = "!#$%&'*+-.^_`|~"  # with ALPHA and DIGIT, a token's characters (RFC 9110 §5.6.2)
 
 
 @dataclass(frozen=True)
@@ -92,16 +156,25 @@ class Freshness:
 
 def assess(status: int, headers: dict[str, str], request_time: float, response_time: float,
            default_ttl: float, *, authorized: bool = False) -> Freshness:
-    """Apply RFC 9111 §3 and §4.2 to a response (header names lower-case) received at `response_time`."""
-    # CDN-Cache-Control (RFC 9213) speaks to CDN caches like this one: when it says anything, Cache-Control
-    # and Expires are for the others (browsers, private caches) and are ignored here.
-    cc = parse_cache_control(headers.get("cdn-cache-control"))
-    targeted = bool(cc)
-    if not targeted:
+    """Apply RFC 9111 §3 and §4.2 to a response (header names lower-case) received at `response_time`.
+
+    `headers` holds one value per name, the field lines of a repeated name joined with ", " (RFC 9110 §5.3).
+    Expires, Date and Last-Modified are read by httpdate.parse_http_date_strict with `response_time` as the
+    clock for RFC 850 years: Expires because RFC 9111 §5.3 makes anything but an exact HTTP-date "already
+    expired"; Date and Last-Modified because they are subtracted from it and from each other (Expires - Date,
+    Date - Last-Modified) and must be read by the same rule. An invalid Date is as if absent: the receipt time
+    stands in (RFC 9110 §6.6.1); an invalid Last-Modified gives no heuristic (the default TTL applies).
+    """
+    # CDN-Cache-Control (RFC 9213 §2.1) speaks to CDN caches like this one: when it is valid and not empty,
+    # Cache-Control and Expires are for the others (browsers, private caches) and are ignored here.
+    targeted_raw = headers.get("cdn-cache-control")
+    cc = parse_targeted(targeted_raw) if targeted_raw is not None else None
+    targeted = cc is not None
+    if cc is None:
         cc = parse_cache_control(headers.get("cache-control"))
     pragma_no_cache = not targeted and "cache-control" not in headers and \
         "no-cache" in headers.get("pragma", "").lower()
-    date = parse_http_date(headers["date"]) if "date" in headers else None
+    date = parse_http_date_strict(headers["date"], response_time) if "date" in headers else None
     if date is None:
         date = response_time
     expires_raw = None if targeted else headers.get("expires")
@@ -124,18 +197,32 @@ def assess(status: int, headers: dict[str, str], request_time: float, response_t
     elif "max-age" in cc:
         lifetime = 0.0
     elif expires_raw is not None:
-        expires = parse_http_date(expires_raw)
-        lifetime = max(0.0, expires - date) if expires is not None else 0.0  # invalid Expires: already stale
+        expires = parse_http_date_strict(expires_raw, response_time)
+        # RFC 9111 §5.3: an invalid date (not exactly one of RFC 9110 §5.6.7's three forms; "0"; two Expires
+        # lines, which arrive joined) is a time in the past: already stale.
+        lifetime = max(0.0, expires - date) if expires is not None else 0.0
     elif "last-modified" in headers and status in HEURISTIC_STATUSES:
-        modified = parse_http_date(headers["last-modified"])
+        modified = parse_http_date_strict(headers["last-modified"], response_time)
         if modified is None:
             lifetime = default_ttl
         else:
             lifetime = min(HEURISTIC_MAX, max(0.0, (date - modified) * HEURISTIC_FRACTION))
     else:
         lifetime = default_ttl
-    age_header = headers.get("age", "")
-    age_value = float(min(int(age_header), 2**31)) if age_header.isascii() and age_header.isdigit() else 0.0
+    age_value = 0.0
+    age_header = headers.get("age")
+    if age_header is not None:
+        # RFC 9111 §5.1: a list (Age: 5, 7, or two field lines, which arrive joined) counts by its first member
+        # (empty list elements ignored, RFC 9110 §5.6.1.2); if that is not delta-seconds, "a cache SHOULD
+        # consider the response to be stale". Stale on arrival is lifetime 0, not a made-up huge age: the
+        # age stays the one Date and the delay give (what Age is sent on with), and stale-while-revalidate
+        # and stale-if-error windows count from arrival as for any stale answer (RFC 9111 §4.2.4, RFC 5861).
+        first = next((m for m in (e.strip(" \t") for e in age_header.split(",")) if m), "")
+        parsed_age = _delta_seconds(first)
+        if parsed_age is None:
+            lifetime = 0.0
+        else:
+            age_value = parsed_age
     apparent_age = max(0.0, response_time - date)
     corrected_age = age_value + max(0.0, response_time - request_time)
     stale_while_revalidate = _seconds(cc, "stale-while-revalidate") or 0.0

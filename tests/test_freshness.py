@@ -122,3 +122,160 @@ def test_cache_status_values():
     assert cache_status(hit=False, fwd="miss", stored=True) == b"edge; fwd=miss; stored"
     assert cache_status(hit=True, fwd="stale") == b"edge; hit; fwd=stale"
     assert cache_status(hit=True, detail="stale-if-error") == b"edge; hit; detail=stale-if-error"
+
+
+# -- Age (RFC 9111 §5.1): the first member counts; an invalid one makes the answer stale on arrival ------------
+
+@pytest.mark.parametrize("age, initial_age", [
+    ("10", 10),
+    ("10, 7", 10),  # a list: the first member (RFC 9111 §5.1)
+    ("10,7", 10),
+    ("10 , 99999", 10),
+    (", 10", 10),  # empty list elements are ignored (RFC 9110 §5.6.1.2)
+    ("0", 0),
+    ("99999999999999999999", 2**31),  # too large to represent: 2^31 (RFC 9111 §1.2.2)
+    ("9" * 5000, 2**31),  # not even parsed
+])
+def test_age_first_member(age, initial_age):
+    f = fresh(cache_control="max-age=100", age=age)
+    assert f.initial_age == initial_age
+    assert f.lifetime == 100
+
+
+def test_age_from_repeated_field_lines_as_the_puller_joins_them():
+    from edge.pull import _header_dict
+
+    joined = _header_dict([("date", DATE), ("age", "5"), ("cache-control", "max-age=100"), ("age", "70")])
+    assert joined["age"] == "5, 70"
+    f = assess(200, joined, NOW, NOW, 60)
+    assert f.initial_age == 5 and f.state(NOW, NOW + 90) == FRESH
+
+
+@pytest.mark.parametrize("age", ["-1", "abc", "1.5", "+5", "5 7", "", " ", "0x10", "1e3", "\u0665",
+                                 "abc, 5", "-3, 10"])
+def test_invalid_age_is_stale_on_arrival(age):
+    f = fresh(cache_control="max-age=100, stale-while-revalidate=30, stale-if-error=300", age=age)
+    assert f.lifetime == 0 and f.state(NOW, NOW) != FRESH
+    assert f.initial_age == 0, "stale by its lifetime, not by a made-up age"
+    # stale-while-revalidate and stale-if-error still count from arrival (RFC 9111 §4.2.4)
+    assert f.state(NOW, NOW + 10) == STALE_REVALIDATE and f.state(NOW, NOW + 31) == STALE
+    assert f.usable_on_error(NOW, NOW + 200)
+
+
+# -- Expires, Date, Last-Modified: the strict HTTP-date (RFC 9111 §5.3, RFC 9110 §5.6.7) -------------------
+
+IN_300 = NOW + 300  # Fri, 15 Jan 2027 08:05:00 GMT
+
+
+@pytest.mark.parametrize("expires, lifetime", [
+    ("Fri, 15 Jan 2027 08:05:00 GMT", 300),  # IMF-fixdate
+    ("Friday, 15-Jan-27 08:05:00 GMT", 300),  # RFC 850
+    ("Fri Jan 15 08:05:00 2027", 300),  # asctime
+    ("Fri, 15 Jan 2027 07:00:00 GMT", 0),  # in the past
+    ("Fri 15 Jan 2027 08:05:00 GMT", 0),  # no comma: invalid, already expired
+    ("Fri, 15 Jan 2027  08:05:00 GMT", 0),  # a doubled space
+    ("Fri, 15-Jan-2027 08:05:00 GMT", 0),  # dashes in an IMF-fixdate
+    ("Fri, 15 Jan 2027 08:05:00 gmt", 0),
+    ("Fri, 15 Jan 2027 08:05:00 +0000", 0),  # a numeric zone
+    ("Fri, 15 Jan 2027 08:05:00 GMT; x", 0),  # trailing garbage
+    ("Fri, 15 Jan 27 08:05:00 GMT", 0),
+    ("Fri Jan 15 08:05:00 2027 GMT", 0),
+    ("0", 0),  # RFC 9111 §5.3's example
+    ("Fri, 15 Jan 2027 08:05:00 GMT, Fri, 15 Jan 2027 09:00:00 GMT", 0),  # two Expires lines
+])
+def test_expires_exact_forms(expires, lifetime):
+    assert IN_300 == 1_800_000_300 and fresh(expires=expires).lifetime == lifetime
+
+
+def test_rfc850_expires_year_is_placed_by_the_response_time():
+    # In 2070 an RFC 850 "71" is 2071 (RFC 9110 §5.6.7: only more than 50 years ahead is the past century).
+    received = 3_155_760_000.0  # Sun, 01 Jan 2070 00:00:00 GMT
+    f = assess(200, {"date": "Sun, 01 Jan 2070 00:00:00 GMT", "expires": "Thursday, 01-Jan-71 00:00:00 GMT"},
+               received, received, 60)
+    assert f.lifetime == 365 * 86400
+
+
+@pytest.mark.parametrize("date", ["Fri, 15 Jan 2027 07:00:00 gmt", "Fri,15 Jan 2027 07:00:00 GMT",
+                                  "Fri, 15 Jan 2027 07:00:00", "yesterday", "Fri, 15 Jan 2027 07:00:00 GMT, x"])
+def test_an_invalid_date_is_as_if_absent(date):
+    # The receipt time stands in (RFC 9110 §6.6.1): no apparent age, and Expires counts from arrival.
+    f = fresh(date=date, expires="Fri, 15 Jan 2027 08:05:00 GMT")
+    assert f.initial_age == 0 and f.lifetime == 300
+
+
+@pytest.mark.parametrize("last_modified, lifetime", [
+    (format_http_date(NOW - 10_000), 1000),
+    ("Fri,  15 Jan 2027 05:13:20 GMT", 60),  # not an HTTP-date: no heuristic, the default TTL
+    ("Fri, 15 Jan 2027 05:13:20 UTC", 60),
+])
+def test_last_modified_heuristic_needs_an_exact_date(last_modified, lifetime):
+    assert fresh(last_modified=last_modified).lifetime == lifetime
+
+
+# -- CDN-Cache-Control (RFC 9213): a Structured Field Dictionary, ignored whole when it does not fit -----------
+
+FALLBACK = {"lifetime": 7, "storable": True}  # what Cache-Control: max-age=7 says when CDN-Cache-Control is ignored
+
+
+@pytest.mark.parametrize("cdn, expected", [
+    ("max-age=60", {"lifetime": 60}),
+    ("max-age=60, stale-while-revalidate=30", {"lifetime": 60, "stale_while_revalidate": 30}),
+    ("s-maxage=10, stale-if-error=5, max-age=99", {"lifetime": 10, "stale_if_error": 5, "must_revalidate": False}),
+    ("s-maxage=10", {"lifetime": 10, "must_revalidate": True}),
+    ("max-age=60, max-age=5", {"lifetime": 5}),  # a later duplicate overwrites (RFC 8941 §4.2.2)
+    ("max-age=60;unit=s", {"lifetime": 60}),  # parameters are ignored (RFC 9213 §2.2)
+    ("max-age=60, extension=(1 2);x, other=:YQ==:", {"lifetime": 60}),  # unknown members: any type
+    ("no-store", {"storable": False}),
+    ("no-store=?1", {"storable": False}),
+    ("private", {"storable": False}),
+    ('private="set-cookie"', {"storable": False}),  # Boolean true or a String of field names
+    ("no-cache, max-age=60", {"no_cache": True}),
+    ('no-cache="set-cookie, x-id", max-age=60', {"no_cache": True}),
+    ("must-revalidate, max-age=60", {"must_revalidate": True}),
+    ("public, max-age=60", {"storable": True}),
+    ("none", {"lifetime": 60, "storable": True}),  # RFC 9213 §3.1: valid, non-empty: Cache-Control is ignored
+    ("  max-age=60  ", {"lifetime": 60}),
+    # ignored as a whole: Cache-Control (max-age=7) applies as if CDN-Cache-Control were absent
+    ("", FALLBACK),
+    ("Max-Age=60", FALLBACK),  # keys are lower case (RFC 8941 §3.2)
+    ("max-age=60,", FALLBACK),  # a parse error
+    ('max-age=60, x="open', FALLBACK),
+    ("max-age=60, é", FALLBACK),
+    ("max-age=1.5", FALLBACK),  # RFC 9213 §2.2: an Integer, never coerced
+    ('max-age="60"', FALLBACK),
+    ("max-age=-1", FALLBACK),
+    ("max-age=sixty", FALLBACK),
+    ("max-age, no-store", FALLBACK),  # Boolean true is not an Integer
+    ("stale-while-revalidate=?1, max-age=60", FALLBACK),
+    ("s-maxage=(60)", FALLBACK),
+    ("no-store=?0", FALLBACK),  # no-store is always Boolean true
+    ('no-store="yes"', FALLBACK),
+    ("no-store=1", FALLBACK),
+    ("must-revalidate=1, max-age=60", FALLBACK),
+    ("public=?0, max-age=60", FALLBACK),
+    ("private=set-cookie", FALLBACK),  # a Token is not a String
+    ('private="a b"', FALLBACK),  # not a field-name list
+    ('no-cache=""', FALLBACK),
+    ("no-cache=5", FALLBACK),
+])
+def test_cdn_cache_control(cdn, expected):
+    f = fresh(cdn_cache_control=cdn, cache_control="max-age=7", expires=format_http_date(NOW + 1000))
+    defaults = {"storable": True, "stale_while_revalidate": 0, "stale_if_error": 0, "no_cache": False,
+                "must_revalidate": False}
+    for name, value in {**defaults, **expected}.items():
+        assert getattr(f, name) == value, name
+
+
+def test_ignored_cdn_cache_control_leaves_expires_in_force():
+    f = fresh(cdn_cache_control="max-age=1.5", expires=format_http_date(NOW + 500))
+    assert f.lifetime == 500
+    g = fresh(cdn_cache_control="no-store=?0", cache_control="no-store")
+    assert not g.storable  # Cache-Control's no-store, once the targeted field is ignored
+
+
+def test_cdn_cache_control_lines_are_one_dictionary():
+    from edge.pull import _header_dict
+
+    joined = _header_dict([("date", DATE), ("cdn-cache-control", "max-age=60"), ("cdn-cache-control", "max-age=5"),
+                           ("cache-control", "max-age=7")])
+    assert assess(200, joined, NOW, NOW, 60).lifetime == 5
