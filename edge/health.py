@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import mmap
 import time
+from collections.abc import Callable, Collection, Sequence
 
 import aiohttp
 
@@ -75,6 +76,37 @@ class CircuitBreaker:
             self.state = OPEN
             self.opened_at = now
             self.trial = False
+
+
+def counts_against_origin(status: int, failure_statuses: Collection[int] = ()) -> bool:
+    """Whether an origin's answer with `status` is a failure of the origin itself (passive check)."""
+    # A status outside 100-599 is not HTTP (RFC 9110 §15): the origin is broken, as with an unparseable
+    # head, which nginx counts whatever proxy_next_upstream says (invalid_header). Any real status, 5xx
+    # included, is the origin's answer about one resource: it counts only if the operator listed it in
+    # health.failure_statuses, as nginx counts http_502 only when proxy_next_upstream names it. Counting
+    # 5xx answers by default let a few failing pages of an origin open its circuit and turn the site into 502s.
+    return not 100 <= status <= 599 or status in failure_statuses
+
+
+def pick_origins(order: Sequence[int], allowed: Callable[[int], bool], up: Callable[[int], bool],
+                 most: int) -> list[int]:
+    """The first `most` origins of `order` to try: those `allowed` (active check and breaker), else the `up` ones."""
+    # `allowed(i)` is asked only until enough are found: a breaker's allow() may hand out its half-open trial.
+    tries: list[int] = []
+    for i in order:
+        if allowed(i):
+            tries.append(i)
+            if len(tries) == most:
+                return tries
+    if tries:
+        return tries
+    # The breaker alone never leaves no origin to try. `up(i)` is the active check's published state (the
+    # shared HealthTable the manager writes); the breaker's state (each worker's own CircuitBreaker, from
+    # its own traffic) is left out. So the origins the active check has not marked down still get the
+    # request, in ring order: a 502 for every request of the site would be worse than asking an origin
+    # that failed a few requests. nginx does the same for a single server (max_fails is ignored there).
+    # With every origin marked down by the active check, the list is empty: a quick 502.
+    return [i for i in order if up(i)][:most]
 
 
 # One row of int64 per origin in the shared table.

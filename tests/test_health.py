@@ -12,7 +12,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edge.health import CLOSED, HALF_OPEN, OPEN, ActiveHealth, CircuitBreaker, HealthTable, check
+from edge.health import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    ActiveHealth,
+    CircuitBreaker,
+    HealthTable,
+    check,
+    counts_against_origin,
+    pick_origins,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,6 +76,80 @@ def test_a_success_resets_the_failure_count():
     for ok in (False, False, True, False, False):
         cb.record(ok, 0)
     assert cb.state == CLOSED
+
+
+# (status, health.failure_statuses, counts against the origin)
+STATUS_VERDICTS = [
+    (200, (), False),
+    (404, (), False),
+    (500, (), False),  # the default: a 5xx is the origin's answer, passed on, never the breaker's business
+    (502, (), False),
+    (503, (), False),
+    (504, (), False),
+    (500, (502, 503, 504), False),  # only the listed statuses count
+    (502, (502, 503, 504), True),
+    (503, (503,), True),
+    (500, (500,), True),
+    (404, (500,), False),
+    (99, (), True),  # not an HTTP status at all (RFC 9110 §15: 100-599): a broken origin
+    (600, (), True),
+    (999, (500,), True),
+    (100, (), False),
+    (599, (), False),
+]
+
+
+@pytest.mark.parametrize("status, listed, verdict", STATUS_VERDICTS,
+                         ids=[f"{s}-{'-'.join(map(str, listed)) or 'default'}" for s, listed, _ in STATUS_VERDICTS])
+def test_which_statuses_count_against_the_origin(status, listed, verdict):
+    assert counts_against_origin(status, frozenset(listed)) is verdict
+
+
+# (ring order, allowed by active check and breaker, up by the active check, most) -> origins to try
+PICKS = [
+    ("all healthy: the first two", [2, 0, 1], {0, 1, 2}, {0, 1, 2}, 2, [2, 0]),
+    ("one try for other methods", [2, 0, 1], {0, 1, 2}, {0, 1, 2}, 1, [2]),
+    ("the breaker skips its open origin", [2, 0, 1], {0, 1}, {0, 1, 2}, 2, [0, 1]),
+    ("one allowed is enough: no last resort", [2, 0, 1], {1}, {0, 1, 2}, 2, [1]),
+    ("single origin, circuit open: still asked", [0], set(), {0}, 2, [0]),
+    ("every circuit open: the up ones, ring order", [1, 0], set(), {0, 1}, 2, [1, 0]),
+    ("every circuit open: most still holds", [2, 0, 1], set(), {0, 1, 2}, 1, [2]),
+    ("circuits open, one marked down: the other", [1, 0], set(), {0}, 2, [0]),
+    ("single origin marked down by the active check", [0], set(), set(), 2, []),
+    ("every origin down: nothing to try (a quick 502)", [1, 0], set(), set(), 2, []),
+]
+
+
+@pytest.mark.parametrize("order, allowed, up, most, expected", [p[1:] for p in PICKS], ids=[p[0] for p in PICKS])
+def test_which_origins_a_request_tries(order, allowed, up, most, expected):
+    asked = []
+
+    def allow(i: int) -> bool:
+        asked.append(i)
+        return i in allowed
+
+    assert pick_origins(order, allow, up.__contains__, most) == expected
+    if len([i for i in order if i in allowed]) >= most:  # a breaker is asked only until enough are found
+        assert asked == order[:order.index(expected[-1]) + 1]
+
+
+def test_a_single_origin_is_never_cut_off_by_its_open_breaker_alone():
+    """The breaker opens (counted as before), but the last origin the active check keeps up is still asked."""
+    cb = CircuitBreaker(threshold=2, cooldown=10)
+    health = HealthTable(1)
+
+    def tries(now: float) -> list[int]:
+        return pick_origins([0], lambda i: health.healthy(i) and cb.allow(now), health.healthy, 2)
+
+    for t in (0, 1):
+        assert tries(t) == [0]
+        cb.record(False, t)
+    assert cb.state == OPEN and not cb.allow(2)
+    assert tries(2) == [0]
+    cb.record(True, 3)  # a success through the last resort closes it
+    assert cb.state == CLOSED
+    health.publish(0, healthy=False, ok=False, latency=0.0)  # the active check, not the breaker, takes it out
+    assert tries(4) == []
 
 
 def test_the_table_is_shared_with_forked_workers():
