@@ -80,6 +80,7 @@ class CacheConfig:
     default_ttl: float = 60.0  # for responses that say nothing about their freshness
     query: str | tuple[str, ...] = "keep"  # query in the cache key: keep, ignore, or the names kept
     min_free: int = 64 << 20  # bytes the cache's filesystem keeps free: no store below, evictions restore it
+    max_variants: int = 16  # stored answers per key that differ by their Vary fields (Varnish-like)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class HealthConfig:
     fall: int = 3  # failed checks in a row that take an origin out
     failures: int = 5  # failed requests in a row that open an origin's circuit in a worker
     cooldown: float = 10.0  # seconds an open circuit waits before one trial request
+    failure_statuses: tuple[int, ...] = ()  # origin answers (5xx) that count as failures and try the next origin
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,8 @@ def _cache_field(name: str, sub: str, item: Any) -> Any:
             raise ConfigError(f"{sub}: {e}") from None
     elif name == "default_ttl":
         return _number(sub, item, kind=float, minimum=0)
+    elif name == "max_variants":
+        return _number(sub, item, kind=int, minimum=1)
     elif name == "query":
         if item in ("keep", "ignore"):
             return item
@@ -381,6 +385,13 @@ def _health_field(name: str, sub: str, item: Any) -> Any:
         return _number(sub, item, kind=float, minimum=0.05)
     elif name in ("rise", "fall", "failures"):
         return _number(sub, item, kind=int, minimum=1, maximum=1000)
+    elif name == "failure_statuses":
+        # Only 5xx: a 4xx is about the request, and a 2xx/3xx counted as a failure would take a working
+        # origin out (nginx's proxy_next_upstream likewise offers 5xx codes, plus 403/404 it never counts).
+        if not isinstance(item, (list, tuple)) or not all(
+                isinstance(code, int) and not isinstance(code, bool) and 500 <= code <= 599 for code in item):
+            raise ConfigError(f"{sub}: expected a list of HTTP status codes from 500 to 599, got {item!r}")
+        return tuple(sorted(set(item)))
 
 
 def _proxy(key: str, value: Any) -> ProxyConfig:

@@ -17,6 +17,7 @@ from .negotiation import choose_encoding
 from .paths import BadTarget, encode_path, has_dot_segment, location_for, normalize_path, split_target
 from .ranges import UNSATISFIABLE, content_range, parse_range
 from .stored import NOT_MODIFIED_FIELDS, STREAMED, StoredEntry, normalise_coding
+from .variants import select
 
 REASONS = {
     200: "OK", 206: "Partial Content", 301: "Moved Permanently", 304: "Not Modified",
@@ -135,6 +136,11 @@ class Fetch:
             self._digest = digest(self.key)
             self._digest_of = self.key
         return self._digest
+
+
+def authorizes(fields: list[tuple[bytes, bytes]] | tuple) -> bool:
+    """Does a request with these fields for the origin carry Authorization (RFC 9111 §3.5)?"""
+    return any(name.lower() == b"authorization" for name, _ in fields)
 
 
 def store_name(key: bytes) -> str:
@@ -301,14 +307,16 @@ class Site:
                 self._store_keys.clear()
             self._store_keys[target] = known
         key, name, path = known
+        forward = getattr(req, "forward", None)  # set only when the request has a field for the origin
+        if forward is not None and authorizes(forward):
+            return Fetch(path, query, key, name, None, None)  # never a stored answer (RFC 9111 §3.5): pull.py
         entry = self._peek(name)
         coding = None
         if entry is not None and entry.vary:
             if now - entry.checked >= self._valid:
                 return Fetch(path, query, key, name, None, None)  # the marker itself is due for a check
-            coding = normalise_coding(req.accept_encoding)
-            key = key + b"\0" + coding.encode("ascii")
-            name = name + "\0" + coding
+            key, name, coding = select(entry.vary, key, name, normalise_coding(req.accept_encoding),
+                                       getattr(req, "forward", None) or ())
             entry = self.cache.peek(name)
         if entry is None or now >= entry.fresh_until or now - entry.checked >= self._valid:
             return Fetch(path, query, key, name, entry, coding)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from .cachekey import digest
 from .purge import Purge, PurgeIndex
 from .storefaults import reason_of
+from .variants import Families, indexed_key
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Meta:
     no_cache: bool = False
     must_revalidate: bool = False
     tags: list[str] = field(default_factory=list)
-    vary: str = ""  # "accept-encoding": the object is stored per coding, under key + "\0" + coding
+    vary: str = ""  # a marker: its answers vary by these fields (comma-joined), stored as edge/variants.py says
 
     def dumps(self) -> bytes:
         """The metadata file's bytes."""
@@ -293,7 +294,7 @@ class Writer:
         if self.owned:
             os.close(self.fd)
         self.fd = -1
-        self.store.admitted(self.name, meta.length, meta.key, meta.tags)
+        self.store.admitted(self.name, meta.length, indexed_key(meta.key, bool(meta.vary)), meta.tags)
         return True
 
     def abort(self) -> None:
@@ -318,8 +319,10 @@ class DiskCache:
     """Objects on disk by key, with an in-process LRU index of their sizes kept under `max_size` bytes."""
 
     def __init__(self, root: str, max_size: int, report: Callable[[str, int, str, list[str]], None] | None = None,
-                 keys: PurgeIndex | None = None, min_free: int = 0) -> None:
+                 keys: PurgeIndex | None = None, min_free: int = 0, max_variants: int = 16) -> None:
         self.root = root
+        #: In the cache manager, beside `keys`: each key's variants, capped at max_variants (edge/variants.py).
+        self.families = Families(max_variants) if keys is not None else None
         self.min_free = min_free  # bytes the filesystem keeps free: no store below it, evictions restore it
         #: In the cache manager: the objects' keys and tags, for purges by path, prefix and tag.
         self.keys = keys
@@ -373,12 +376,16 @@ class DiskCache:
                     st = os.stat(path)
                 except FileNotFoundError:
                     continue  # evicted or purged while we looked
-                found.append((st.st_atime, name, st.st_size))
+                key = indexed_key(meta.key, bool(meta.vary)) if meta is not None else ""
+                found.append((st.st_atime, name, st.st_size, key))
                 if meta is not None:
-                    self.keys.add(name, meta.key, meta.tags)
+                    self.keys.add(name, key, meta.tags)
         found.sort()
-        self.index = OrderedDict((name, size) for _, name, size in found)
-        self.size = sum(size for _, _, size in found)
+        self.index = OrderedDict((name, size) for _, name, size, _ in found)
+        self.size = sum(size for _, _, size, _ in found)
+        if self.families is not None:
+            for _, name, _, key in found:  # least recently used first, as the cap drops the oldest
+                self._displace(self.families.add(name, key))
         self.evict()
         return len(self.index)
 
@@ -407,7 +414,7 @@ class DiskCache:
                 except OSError:
                     continue
                 if meta is not None and size == meta.length:
-                    found.append((name, size, meta.key, meta.tags, meta.stored_at))
+                    found.append((name, size, indexed_key(meta.key, bool(meta.vary)), meta.tags, meta.stored_at))
         return found
 
     def remember(self, purge: Purge, now: float) -> None:
@@ -477,7 +484,18 @@ class DiskCache:
             self.size -= old
         self.index[name] = size
         self.size += size
+        if self.families is not None and key:
+            self._displace(self.families.add(name, key))
         self.evict()
+
+    def _displace(self, names: list[str]) -> None:
+        """Remove variants a newer one displaced (over max_variants, or of a Vary set replaced since)."""
+        for name in names:
+            size = self.index.pop(name, None)
+            if size is not None:
+                self.size -= size
+                self.evictions += 1
+            self._unlink(name)
 
     def evict(self) -> None:
         """Remove least recently used objects until the total fits max_size."""
@@ -497,6 +515,8 @@ class DiskCache:
             if size is not None:
                 self.size -= size
             self.keys.discard(name)
+            if self.families is not None:
+                self.families.discard(name)
         return names
 
     def unlink_all(self, names: list[str]) -> None:
@@ -525,6 +545,8 @@ class DiskCache:
     def _unlink(self, name: str) -> bool:
         if self.keys is not None:
             self.keys.discard(name)
+        if self.families is not None:
+            self.families.discard(name)
         body, meta_path = self.paths(name)
         gone = False
         for path in (meta_path, body):  # metadata first: a reader never finds metadata without its body

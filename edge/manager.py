@@ -198,7 +198,8 @@ def run(config: Config, health: HealthTable | None, events: socket.socket | None
         origin_counts: OriginCounters | None = None) -> None:
     """The manager process's body: index the disk cache (unless handed a built index), then serve."""
     if store is None and config.origins:
-        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex(), min_free=config.cache.min_free)
+        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex(), min_free=config.cache.min_free,
+                          max_variants=config.cache.max_variants)
         store.rebuild(clear_tmp=False)  # workers may be writing there right now
     manager = Manager(config, health, events, store)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .health import pick_origins
 from .ring import Ring
 
 #: Connection-specific fields (RFC 9110 §7.6.1): never forwarded in either direction.
@@ -71,6 +72,7 @@ class Fetched:
         self._conn = conn
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.nominated: set[bytes] = set()  # the names its Connection field lists (RFC 9110 §7.6.1)
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future | None = None
@@ -219,15 +221,21 @@ class _Conn(asyncio.Protocol):
             self.framed = True
         if name not in _HOP_BY_HOP_BYTES:
             self.response.headers.append((name, value))
+        elif name == b"connection":  # RFC 9110 §7.6.1: the fields it names are hop-by-hop too (removed below)
+            self.response.nominated.update(option.strip(b" \t").lower() for option in value.split(b","))
 
     def on_headers_complete(self) -> None:  # noqa: D102
         status = self.parser.get_status_code()
+        response = self.response
         if status < 200:
             self.interim = True  # 100 Continue, 103 Early Hints: the real answer follows
-            self.response.headers.clear()
+            response.headers.clear()
+            response.nominated.clear()
             self.framed = False
             return
-        self.response._headers_done(status)
+        if response.nominated:  # never stored, never sent to a client (RFC 9110 §7.6.1), wherever they came
+            response.headers = [(k, v) for k, v in response.headers if k not in response.nominated]
+        response._headers_done(status)
 
     def on_body(self, body: bytes) -> None:  # noqa: D102
         self.response._data(body)
@@ -418,10 +426,14 @@ class OriginPool:
 
     def request_headers(self, upstream: Upstream, incoming: Sequence[tuple[str, str]],
                         extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
-        """Host, Via, the listed client fields (never hop-by-hop ones), then `extra` (e.g. validators)."""
+        """Host, Via, the listed client fields (never hop-by-hop ones), then `extra` (e.g. validators).
+
+        A field the client's own Connection field names is hop-by-hop (RFC 9110 §7.6.1) and stays behind."""
         out = {"Host": upstream.host_header or upstream.authority, "Via": self.via}
+        nominated = {option.strip(" \t").lower() for name, value in incoming if name.lower() == "connection"
+                     for option in value.split(",")}
         for name, value in incoming:
-            if name.lower() in self.forward:
+            if name.lower() in self.forward and name.lower() not in nominated:
                 out[name] = value
         for name, value in extra:
             out[name] = value
@@ -435,33 +447,43 @@ class OriginPool:
 
     async def fetch(self, key: bytes, method: str, target: str, incoming: Sequence[tuple[str, str]] = (),
                     extra: Sequence[tuple[str, str]] = (), healthy: Callable[[int], bool] = lambda i: True,
-                    on_failure: Callable[[int], None] = lambda i: None) -> Fetched:
+                    on_failure: Callable[[int], None] = lambda i: None, up: Callable[[int], bool] | None = None,
+                    failed_status: Callable[[int], bool] = lambda status: False) -> Fetched:
         """The response of the first healthy origin for `key`; an idempotent request is retried once on the next.
 
-        `target` is the path and query, percent-encoded. `on_failure` hears of each origin that
-        refused, reset or timed out (for the circuit breaker).
+        `target` is the path and query, percent-encoded. `healthy(i)`: the active check and the breaker
+        allow origin i; `up(i)`: the active check alone, the last resort when no origin is healthy (see
+        health.pick_origins; None: no last resort). `on_failure` hears of each origin that refused,
+        reset, timed out or answered a status `failed_status` says is the origin's failure (for the
+        circuit breaker); such an answer is retried on the next origin like a refused connection.
         """
         most = 2 if method in IDEMPOTENT else 1
-        tries = []
-        for i in self.ring.candidates(key):  # healthy() is asked only until enough are found (it may take a trial)
-            if healthy(i):
-                tries.append(i)
-                if len(tries) == most:
-                    break
+        tries = pick_origins(self.ring.candidates(key), healthy, up or (lambda i: False), most)
         if not tries:
             raise OriginError("no healthy origin")
         pools = self._pools()
         timed_out = False
         failure = "no origin tried"
-        for index in tries:
+        for n, index in enumerate(tries):
             pool = pools[index]
             request = self._request(pool, method, target, self.request_headers(pool.upstream, incoming, extra))
             try:
-                return await self._exchange(pool, request)
+                response = await self._exchange(pool, request)
             except (OSError, asyncio.TimeoutError, OriginError) as e:
                 timed_out = isinstance(e, asyncio.TimeoutError) or getattr(e, "timeout", False)
                 failure = f"{pool.upstream.url}: {type(e).__name__}: {e}"
                 on_failure(index)
+                continue
+            if n + 1 < len(tries) and failed_status(response.status):
+                # A status the operator counts as the origin's failure is treated like a refused connection:
+                # dropped, counted, and the next origin asked (nginx proxy_next_upstream http_502 counts and
+                # retries together). The last origin's answer goes to the client as it is, as nginx does.
+                response.close()
+                on_failure(index)
+                timed_out = False
+                failure = f"{pool.upstream.url}: answered {response.status}"
+                continue
+            return response
         raise OriginError(failure, timeout=timed_out)
 
     async def _exchange(self, pool: _HostPool, request: bytes) -> Fetched:

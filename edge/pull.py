@@ -27,7 +27,7 @@ from . import reports
 from .cachekey import KeyRule, digest
 from .conditional import weak_match
 from .config import Config
-from .core import REASONS, Fetch, Plan, Request, Site, store_name, text_plan
+from .core import REASONS, Fetch, Plan, Request, Site, authorizes, store_name, text_plan
 from .diskcache import (
     HEAD_XATTR,
     SPILL_XATTR,
@@ -43,7 +43,7 @@ from .diskcache import (
 )
 from .filecache import OPEN_FLAGS, FileCache
 from .freshness import assess
-from .health import CLOSED, CircuitBreaker, HealthTable
+from .health import CLOSED, CircuitBreaker, HealthTable, counts_against_origin
 from .httpdate import format_http_date, parse_http_date
 from .origin import Fetched, OriginError, OriginPool, Upstream
 from .purge import Purge
@@ -65,6 +65,7 @@ from .stored import (
     StoredEntry,
     normalise_coding,
 )
+from .variants import keyed_names, select, suffix, vary_names
 
 _rewrite_meta = aiofiles.os.wrap(rewrite_meta)  # a 304's metadata update, run on aiofiles' thread pool
 LOCK_SLOTS = 1 << 20  # byte offsets in tmp/locks; two keys share one only by a 1-in-a-million chance
@@ -88,7 +89,6 @@ STALE_STORE_FAILED = b"edge; fwd=stale; detail=store-failed"
 STALE_NOT_STORED = b"edge; fwd=stale"  # was stale; the origin's new answer may not be stored
 COLLAPSED = b"edge; fwd=miss; stored; collapsed"
 STALE_REFETCHED = b"edge; fwd=stale; stored"
-VARY_MARKER = "accept-encoding"
 
 
 class KeyLocks:
@@ -224,8 +224,10 @@ class Puller:
         upstreams = [Upstream(o.url, o.weight, o.host_header) for o in config.origins]
         self.pool = OriginPool(upstreams, connect_timeout=config.proxy.connect_timeout,
                                read_timeout=config.proxy.read_timeout, limit_per_origin=config.proxy.max_connections,
-                               forward_headers=config.proxy.forward_headers, via=f"1.1 {config.server_name}")
+                               forward_headers=(*config.proxy.forward_headers, "Authorization"), via=f"1.1 {config.server_name}")
         self.breakers = [CircuitBreaker(config.health.failures, config.health.cooldown) for _ in upstreams]
+        #: Origin statuses that count against the origin's circuit (health.failure_statuses; none by default).
+        self.failure_statuses = frozenset(config.health.failure_statuses)
         self.flights: dict[str, Flight] = {}
         #: Keys whose last answer may not be stored -> loop time until which their requests skip coalescing.
         self.uncacheable: dict[str, float] = {}
@@ -258,10 +260,17 @@ class Puller:
             self.locks.unlock(flight.locked)
             flight.locked = -1
 
+    def _up(self, index: int) -> bool:
+        """Not marked down by the active check (the node's shared table); the breaker is not asked."""
+        return self.health is None or self.health.healthy(index)
+
     def _healthy(self, index: int) -> bool:
-        if self.health is not None and not self.health.healthy(index):
-            return False
-        return self.breakers[index].allow(self.loop.time())
+        """Up, and this worker's breaker lets a request through (it may take the half-open trial)."""
+        return self._up(index) and self.breakers[index].allow(self.loop.time())
+
+    def _status_failed(self, status: int) -> bool:
+        """Whether an origin's answer with `status` counts against it (and is retried on the next origin)."""
+        return counts_against_origin(status, self.failure_statuses)
 
     def _origin_result(self, index: int, ok: bool) -> None:
         if self.origin_counts is not None:
@@ -301,6 +310,11 @@ class Puller:
 
     async def _serve(self, req: Request, fetch: Fetch) -> Plan:
         fetch.forward = getattr(req, "forward", None) or ()
+        if fetch.forward and authorizes(fetch.forward):
+            # RFC 9111 §3.5, as Varnish by default: an authorised request never takes a stored answer and
+            # joins nobody's fetch; what it gets is stored only if the answer says it may be shared.
+            self.stats[CACHE_MISSES] += 1
+            return await self._private(req, fetch)
         entry = fetch.entry
         if entry is not None and entry.dead:
             # Retired (refreshed by a flight, purged, evicted) since core handed it over: its fd may be closed.
@@ -308,10 +322,8 @@ class Puller:
         if entry is None or self.loop.time() - entry.checked >= self.site.store_valid:
             entry = await self._from_disk(fetch)
             if entry is not None and entry.vary:
-                coding = _coding(req)
-                fetch.key = fetch.key + b"\0" + coding.encode("ascii")
-                fetch.name = fetch.name + "\0" + coding
-                fetch.coding = coding
+                fetch.key, fetch.name, fetch.coding = select(entry.vary, fetch.key, fetch.name, _coding(req),
+                                                             fetch.forward)
                 entry = self.cache.peek(fetch.name)
                 if entry is None or self.loop.time() - entry.checked >= self.site.store_valid:
                     entry = await self._from_disk(fetch)
@@ -530,7 +542,8 @@ class Puller:
         self.stats[ORIGIN_REQUESTS] += 1
         try:
             fetched = await self.pool.fetch(fetch.key, "GET", target, incoming, extra=extra, healthy=self._healthy,
-                                            on_failure=lambda i: self._origin_result(i, False))
+                                            on_failure=lambda i: self._origin_result(i, False), up=self._up,
+                                            failed_status=self._status_failed)
         except OriginError as e:
             self.stats[ORIGIN_ERRORS] += 1
             self._failed(flight, stale, 504 if e.timeout else 502, "timeout" if e.timeout else "unreachable")
@@ -549,8 +562,14 @@ class Puller:
         304 that does not refresh `stale` (asked again without conditions)."""
         now, wall = self.loop.time(), time.time()
         status = fetched.status
-        # Gateway errors say the origin itself is in trouble; a 500 is one resource's bug, not the origin's health.
-        self._origin_result(fetched.index, status not in (502, 503, 504))
+        # One exchange, one outcome for the breaker. A status in health.failure_statuses (or no HTTP status
+        # at all) counts now; any other answer, 5xx included, is the origin's answer and passes on as it
+        # is. Its success is counted once the exchange is over: for a body, only when it arrived whole
+        # (a torn body is a failure; a success counted at the head first would reset the failures in a
+        # row, and a dying origin that cuts every body would never open its circuit).
+        failed = self._status_failed(status)
+        if failed:
+            self._origin_result(fetched.index, False)
         fields = fetched.headers
         if not any(k == b"date" for k, _ in fields):  # RFC 9110 §6.6.1: the time it arrived, then
             fields = [*fields, (b"date", format_http_date(wall).encode("ascii"))]
@@ -558,22 +577,27 @@ class Puller:
         headers = [pair for pair in text if pair[0] not in DROPPED_FIELDS]
         raw = _header_dict(text)
         if stale is not None and status == 304 and conditional:
+            self._origin_result(fetched.index, True)  # no body: the exchange is over
             return not await self._refreshed(flight, fetch, stale, headers, raw, request_time, wall)
         if status >= 500 and stale is not None and now < stale.error_until:
+            if not failed:  # the origin answered (its body is not read): only the stale copy is served
+                self._origin_result(fetched.index, True)
             self.stats[ORIGIN_ERRORS] += 1
             self._failed(flight, stale, 502, "origin-error", origin_status=status)
             return False
         if status not in REASONS or status < 200 or status == 304:
+            if not failed:  # an HTTP status edge does not pass on; not a broken origin
+                self._origin_result(fetched.index, True)
             self._failed(flight, stale, 502, "bad-status")
             return False
-        authorized = _authorized(fetch)
+        authorized = authorizes(fetch.forward)
         fresh = assess(status, raw, request_time, wall, self.default_ttl, authorized=authorized)
-        vary = _varies_on(raw)
+        keyed = self._keyed(raw)  # None: Vary: *, or a field edge does not forward (edge/variants.py)
         # Stale on arrival, with no validator to revalidate it by and no stale-* window: storing it would
         # only write a file per request (as nginx, a zero lifetime is not kept).
         reusable = (fresh.lifetime > fresh.initial_age and not fresh.no_cache) or "etag" in raw \
             or "last-modified" in raw or fresh.stale_while_revalidate > 0 or fresh.stale_if_error > 0
-        storable = fresh.storable and reusable and "set-cookie" not in raw and vary <= {VARY_MARKER}
+        storable = fresh.storable and reusable and "set-cookie" not in raw and keyed is not None
         if storable:
             if self.uncacheable:
                 self.uncacheable.pop(fetch.name, None)
@@ -583,14 +607,23 @@ class Puller:
         length = int(length_field) if length_field is not None and length_field.isdigit() else None
         if length is None and status == 204:
             length = 0  # no body, whatever the framing
-        varies = VARY_MARKER in vary and fetch.coding is None
-        key = fetch.key + b"\0identity" if varies else fetch.key
+        # Stored under the key plus the suffix its Vary fields select for this request, with a marker under
+        # the key naming the fields (written when they are new to the key); without Vary, under the key
+        # itself, which also replaces a marker (the manager then drops the variants: edge/variants.py).
+        base_key = fetch.key.partition(b"\0")[0]
+        base_name = fetch.name if base_key == fetch.key else store_name(base_key)
+        if keyed:
+            tail = suffix(keyed, fetch.coding or "identity", fetch.forward)
+            key, name = base_key + b"\0" + tail.encode("latin-1"), base_name + "\0" + tail
+        else:
+            key, name = base_key, base_name
+        marker = (base_key, ",".join(keyed)) if keyed and key != fetch.key else None
         meta = Meta(key=key.decode("latin-1"), status=status, headers=headers, length=length or 0,
                     stored_at=wall, request_time=request_time, lifetime=fresh.lifetime,
                     initial_age=fresh.initial_age, stale_while_revalidate=fresh.stale_while_revalidate,
                     stale_if_error=fresh.stale_if_error, no_cache=fresh.no_cache,
                     must_revalidate=fresh.must_revalidate, tags=raw.get("surrogate-key", "").split())
-        writer = self.store.writer(key, None if varies else fetch.digest, followed, length)
+        writer = self.store.writer(key, fetch.digest if key == fetch.key else None, followed, length)
         meta_data: bytes | None = None
         entry = None
         if writer.failed is not None:
@@ -598,7 +631,7 @@ class Puller:
         try:
             # Readers use pread/sendfile at explicit offsets: the writer's own open file serves them too,
             # and the entry closes it after the last of them.
-            entry = StoredEntry(fetch.name + "\0identity" if varies else fetch.name, writer.tmp, writer.fd,
+            entry = StoredEntry(name, writer.tmp, writer.fd,
                                 os.fstat(writer.fd), meta, now, wall,
                                 stored_headers=[pair for pair in fields if pair[0] not in DROPPED_BYTES])
             writer.detach()
@@ -632,8 +665,11 @@ class Puller:
                         entry.growth.grew(writer.written)
             except OriginError:
                 self.stats[ORIGIN_ERRORS] += 1
-                self._origin_result(fetched.index, False)
+                if not failed:  # a failed status was counted already
+                    self._origin_result(fetched.index, False)
                 raise
+            if not failed:
+                self._origin_result(fetched.index, True)
             if length is None:
                 entry.size = meta.length = writer.written
                 entry.growth.finish(writer.written)
@@ -646,7 +682,7 @@ class Puller:
             # (measured on the miss path); only a 304's metadata rewrite goes off the loop.
             if storable and self.recent_purges and self._purged_since(flight.started, meta.key, meta.tags):
                 storable = False  # purged while it was being fetched: served to its requests, not kept
-            published = self._commit(writer, meta, fetch.key if varies else None, meta_data) if storable else None
+            published = self._commit(writer, meta, marker, meta_data) if storable else None
         except BaseException as e:
             # A cut-off origin, a bug: the readers are cut off and nothing partial is kept. (A disk that
             # refuses the body is not one of these: the writer goes on in memory.)
@@ -671,10 +707,22 @@ class Puller:
         entry.fs_path, entry.changed = published
         if small is not None and 0 < entry.size <= self.inline_max:  # like a small local file: one write with its head
             entry.body = b"".join(small)
+        if marker is not None:
+            self._forget_variants(base_name, replaced=b"\0" in fetch.key)
         now = self.loop.time()
         entry.checked = now
         self.cache.store(entry.path, entry, now)
         return False
+
+    def _forget_variants(self, base_name: str, replaced: bool) -> None:
+        """A new marker was stored: this worker drops its copy of the old one and, when the key's Vary
+        fields changed (`replaced`), its copies of the variants they selected (the manager removes their
+        files), so its next request reads the new marker. Other workers see it at their next disk check."""
+        self.cache.purge(base_name)
+        if replaced:
+            prefix = base_name + "\0"
+            for old in [n for n in self.cache.names() if n.startswith(prefix)]:
+                self.cache.purge(old)
 
     def _failed(self, flight: Flight, stale: StoredEntry | None, status: int, detail: str,
                 origin_status: int = 0) -> None:
@@ -710,8 +758,8 @@ class Puller:
         merged = [(k, v) for k, v in stale.meta.headers if k not in fresh_names] + headers
         judged = _header_dict(merged)
         judged.update({k: raw[k] for k in ("date", "age") if k in raw})  # the 304's own Date and Age count
-        fresh = assess(stale.status, judged, request_time, wall, self.default_ttl, authorized=_authorized(fetch))
-        if not fresh.storable or not _varies_on(judged) <= {VARY_MARKER}:
+        fresh = assess(stale.status, judged, request_time, wall, self.default_ttl, authorized=authorizes(fetch.forward))
+        if not fresh.storable or self._keyed(judged) != self._keyed(_header_dict(stale.meta.headers)):
             return False
         meta = replace(stale.meta, headers=merged, stored_at=wall, request_time=request_time,
                        lifetime=fresh.lifetime, initial_age=fresh.initial_age,
@@ -742,20 +790,26 @@ class Puller:
         flight.resolve(Outcome(stale, REVALIDATED))
         return True
 
-    def _commit(self, writer: Writer, meta: Meta, vary_key: bytes | None,
+    def _keyed(self, fields: dict[str, str]) -> tuple[str, ...] | None:
+        """The Vary fields of an answer that select its variants; None when it may not be stored for its Vary
+        (`*`, or a field edge does not forward)."""
+        names = vary_names(fields.get("vary"))
+        return None if names is None else keyed_names(names, self.pool.forward)
+
+    def _commit(self, writer: Writer, meta: Meta, marker: tuple[bytes, str] | None,
                 meta_data: bytes | None = None) -> tuple[str, int] | None:
         """Publish a complete body and its metadata: (body path, metadata mtime), or None.
 
-        With `vary_key`, also record that the key varies by Accept-Encoding: an empty object under the
-        base key whose metadata says so, so later requests look up their coding's copy.
+        With `marker` (base key, Vary fields), also record that the key varies by those fields: an empty
+        object under the base key whose metadata names them, so later requests look up their own variant.
         """
         if not writer.commit(meta, meta_data):
             return None
         body, _ = self.store.paths(writer.name)
-        if vary_key is not None:
-            marker = replace(meta, key=vary_key.decode("latin-1"), status=200, headers=[], length=0,
-                             vary=VARY_MARKER, tags=list(meta.tags))
-            Writer(self.store, vary_key).commit(marker)
+        if marker is not None:
+            base, names = marker
+            Writer(self.store, base).commit(replace(meta, key=base.decode("latin-1"), status=200, headers=[],
+                                                    length=0, vary=names, tags=list(meta.tags)))
         try:
             return body, os.stat(body).st_ctime_ns
         except OSError:
@@ -905,16 +959,6 @@ def _follow_spill(entry: StoredEntry) -> int:
         return -1
     finally:
         os.close(memory)
-
-
-def _authorized(fetch: Fetch) -> bool:
-    """Did the request that started the fetch carry Authorization (RFC 9111 §3.5)?"""
-    return any(k.lower() == b"authorization" for k, _ in fetch.forward)
-
-
-def _varies_on(fields: dict[str, str]) -> set[str]:
-    """The lower-cased field names an answer's Vary lists."""
-    return {v.strip().lower() for v in fields.get("vary", "").split(",") if v.strip()}
 
 
 def _coding(req: Request) -> str:

@@ -249,7 +249,8 @@ class Supervisor:
         from .purge import PurgeIndex
 
         started = time.monotonic()
-        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex(), min_free=config.cache.min_free)
+        store = DiskCache(config.cache.dir, config.cache.max_size, keys=PurgeIndex(), min_free=config.cache.min_free,
+                          max_variants=config.cache.max_variants)
         count = store.rebuild(clear_tmp=True)
         self.log(f"disk cache {config.cache.dir}: {count} objects, {store.size} bytes "
                  f"(indexed in {time.monotonic() - started:.2f} s)")

@@ -87,9 +87,12 @@ class Worker:
         #: The supervisor's pid when run under one: the control channel is named after it.
         self.supervisor = supervisor
         #: Request fields passed on to origins (lower-case bytes); the HTTP/1.1 parser's field table with them.
-        self.forward = frozenset(h.encode("latin-1") for h in config.proxy.forward_headers) - H1_FIELDS.keys() \
-            if config.origins else frozenset()  # fields core or framing reads are never passed on
+        # Authorization always goes (RFC 9111 §3.5: such a request is the origin's to answer, see pull.py).
+        self.forward = frozenset({*(h.encode("latin-1") for h in config.proxy.forward_headers), b"authorization"}) \
+            - H1_FIELDS.keys() if config.origins else frozenset()  # fields core or framing reads are never passed on
         self.h1_fields = {**H1_FIELDS, **{name: FORWARD for name in self.forward}}
+        # (Connection is a framing field of the HTTP/1.1 adapter, which also hands it to origin.py: the
+        # fields it names are never passed on, RFC 9110 §7.6.1.)
         if config.origins:
             from .pull import Puller
 

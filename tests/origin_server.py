@@ -10,6 +10,10 @@ test can ask the origin itself what reached it (GET /_stats). Control routes fli
   /_bump/NAME                /gen/NAME gets a new version (new body, new ETag)
   /_release/NAME             lets the second half of /gate/NAME go out (or, with ?cut=1, the origin hang up)
   /_notmod/NAME?FIELD=VALUE  fields that /gen/NAME's 304 answers send instead of its 200's
+
+  /_vary/NAME?value=V        /lang/NAME answers with Vary: V from now on
+
+/lang/NAME varies on ?vary= (Accept-Language by default) and names the request's Accept-Language in its body.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def vary_body(name: str) -> bytes:
 def make_app(port_of: list[int]) -> web.Application:
     """Routes: /obj/NAME (names itself and its port), /echo (request headers as JSON), /healthz, /slow, /cut, /big,
     /gen/NAME (headers from the query), /vary/NAME, /stream/NAME, /gate/NAME, control routes, and /ANY.txt."""
-    state = {"healthy": True, "fail": {}, "version": Counter(), "gates": {}, "waiting": set(), "gate_seen": Counter(),
+    state = {"healthy": True, "fail": {}, "vary": {}, "version": Counter(), "gates": {}, "waiting": set(), "gate_seen": Counter(),
              "notmod": {}}
     counts: Counter = Counter()
     log: list[dict] = []
@@ -146,6 +150,16 @@ def make_app(port_of: list[int]) -> web.Application:
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
 
+    async def lang(request: web.Request) -> web.Response:
+        """Varies on what ?vary= names (Accept-Language by default); the body names the request's Accept-Language."""
+        name = request.match_info["name"]
+        asked = request.headers.get("Accept-Language", "-")
+        body = f"{name} lang={asked} v{state['version'][name]}\n".encode()
+        vary = state["vary"].get(name) or request.query.get("vary", "Accept-Language")
+        headers = {"Vary": vary, "Cache-Control": "max-age=60",
+                   "Content-Type": "text/plain", "X-Origin": str(port_of[0])}
+        return web.Response(body=body, headers=headers)
+
     async def stream(request: web.Request) -> web.StreamResponse:
         """pattern(NAME, size) in `chunk`-byte writes with `delay` seconds between them (Cache-Control from cc),
         the first one `first` seconds after the head."""
@@ -226,6 +240,10 @@ def make_app(port_of: list[int]) -> web.Application:
             state["fail"].pop(name, None)
         return web.Response(text="done")
 
+    async def set_vary(request: web.Request) -> web.Response:
+        state["vary"][request.match_info["name"]] = request.query["value"]
+        return web.Response(text="ok\n")
+
     async def bump(request: web.Request) -> web.Response:
         state["version"][request.match_info["name"]] += 1
         return web.Response(text="done")
@@ -241,9 +259,9 @@ def make_app(port_of: list[int]) -> web.Application:
     app = web.Application(middlewares=[record])
     app.add_routes([web.get("/obj/{name}", obj), web.get("/echo", echo), web.get("/healthz", healthz),
                     web.get("/slow", slow), web.get("/cut", cut), web.get("/big", big), web.get("/gen/{name}", gen),
-                    web.get("/vary/{name}", vary), web.get("/stream/{name}", stream), web.get("/gate/{name}", gated), web.get("/seq/{name}", seq),
+                    web.get("/vary/{name}", vary), web.get("/lang/{name}", lang), web.get("/stream/{name}", stream), web.get("/gate/{name}", gated), web.get("/seq/{name}", seq),
                     web.get("/_stats", stats), web.get("/_health/{how:ok|fail}", set_health),
-                    web.get("/_fail/{name}/{how:on|off}", set_fail), web.get("/_bump/{name}", bump),
+                    web.get("/_fail/{name}/{how:on|off}", set_fail), web.get("/_bump/{name}", bump), web.get("/_vary/{name}", set_vary),
                     web.get("/_release/{name}", release),
                     web.get("/_notmod/{name}", notmod), web.get("/{name:[^/_][^/]*\\.txt}", anything)])
     return app

@@ -489,6 +489,17 @@ forward_headers = ["Accept-Language", "X-Request-Id"]
     assert isinstance(config.health.cooldown, float) and isinstance(config.proxy.read_timeout, float)
 
 
+def test_health_failure_statuses_default_empty_and_parse(tmp_path: Path) -> None:
+    """No status counts against an origin by default; listed 5xx codes are kept once each, sorted."""
+    assert from_mapping({}).health.failure_statuses == ()
+    config = _load_text(tmp_path, "[health]\nfailure_statuses = [504, 502, 503, 502]\n")
+    assert config.health.failure_statuses == (502, 503, 504)
+    assert _load_text(tmp_path, "[health]\nfailure_statuses = []\n").health.failure_statuses == ()
+    # A flag that sets another [health] field keeps the file's list.
+    config = _load_text(tmp_path, "[health]\nfailure_statuses = [500]\n", {"health": {"path": "/ping"}})
+    assert config.health.failure_statuses == (500,) and config.health.path == "/ping"
+
+
 @pytest.mark.parametrize("query", ["keep", "ignore"])
 def test_cache_query_keywords(query: str) -> None:
     assert from_mapping({"cache": {"query": query}}).cache.query == query
@@ -554,6 +565,12 @@ BAD_ORIGIN_PULL = [
     ("interval too small", {"health": {"interval": 0}}, "health.interval"),
     ("timeout negative", {"health": {"timeout": -1}}, "health.timeout"),
     ("cooldown string", {"health": {"cooldown": "10s"}}, "health.cooldown"),
+    ("failure_statuses not a list", {"health": {"failure_statuses": 502}}, "health.failure_statuses"),
+    ("failure_statuses 4xx", {"health": {"failure_statuses": [502, 404]}}, "health.failure_statuses"),
+    ("failure_statuses 600", {"health": {"failure_statuses": [600]}}, "health.failure_statuses"),
+    ("failure_statuses string", {"health": {"failure_statuses": ["502"]}}, "health.failure_statuses"),
+    ("failure_statuses bool", {"health": {"failure_statuses": [True]}}, "health.failure_statuses"),
+    ("failure_statuses float", {"health": {"failure_statuses": [502.0]}}, "health.failure_statuses"),
     ("unknown key in [proxy]", {"proxy": {"timeout": 1}}, "proxy.timeout"),
     ("connect_timeout 0", {"proxy": {"connect_timeout": 0}}, "proxy.connect_timeout"),
     ("max_connections 0", {"proxy": {"max_connections": 0}}, "proxy.max_connections"),
@@ -580,8 +597,10 @@ def test_origin_pull_bad_values_name_the_key(data: dict, key: str) -> None:
     ('[cache]\nquery = "some"\n', "cache.query"),
     ("[health]\nrise = 0\n", "health.rise"),
     ("[health]\nbogus = 1\n", "health.bogus"),
+    ("[health]\nfailure_statuses = [403]\n", "health.failure_statuses"),
     ("[proxy]\nbogus = 1\n", "proxy.bogus"),
-], ids=["url", "weight", "origin-key", "size", "ttl", "query", "rise", "health-key", "proxy-key"])
+], ids=["url", "weight", "origin-key", "size", "ttl", "query", "rise", "health-key", "failure-statuses",
+        "proxy-key"])
 def test_check_config_rejects_bad_origin_pull_keys(tmp_path: Path, text: str, key: str) -> None:
     """check-config: exit 2 with one line naming the key for the new tables."""
     cfg = tmp_path / "bad.toml"

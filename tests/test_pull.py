@@ -43,6 +43,7 @@ from edge.cachekey import digest
 from edge.diskcache import DiskCache, Meta, read_meta
 from edge.pull import HIT_FOR_MISS, Puller
 from edge.ring import Ring
+from edge.variants import suffix
 
 HERE = Path(__file__).resolve().parent
 CURL = shutil.which("curl")
@@ -350,6 +351,21 @@ def test_origin_tables_set_weight_and_host_header(pull, origins, cache_dir):
     assert sent["Host"] == "cdn.example"
     sent = light.requests(next(t for t in targets if light.count(t)))[0]
     assert sent["Host"] == f"127.0.0.1:{light.port}"
+    settled(server, cache_dir)
+
+
+def test_a_listed_field_the_clients_connection_names_is_not_forwarded(pull, origins, cache_dir):
+    """RFC 9110 §7.6.1: a field named in the client's Connection is hop-by-hop, even if proxy.forward_headers
+    lists it (the HTTP/1.1 parser collects Connection for the origin client to read)."""
+    (origin,) = origins(1)
+    server = pull([origin], config='[proxy]\nforward_headers = ["X-Request-Id", "Accept-Language"]\n')
+    target = gen("conn", cc="no-store")
+    assert get(server, target, {"Connection": "X-Request-Id", "X-Request-Id": "7", "Accept-Language": "fr"})[0] == 200
+    again = {"X-Request-Id": "8", "Connection": "accept-language", "Accept-Language": "de"}
+    assert get(server, target, again)[0] == 200
+    first, second = ({k.lower(): v for k, v in sent.items()} for sent in origin.requests(target))
+    assert "x-request-id" not in first and first["accept-language"] == "fr"
+    assert second["x-request-id"] == "8" and "accept-language" not in second
     settled(server, cache_dir)
 
 
@@ -1336,6 +1352,94 @@ def test_vary_accept_encoding_is_stored_per_coding(pull, origins, cache_dir):
     settled(server, cache_dir)
 
 
+LANG_CONFIG = '[proxy]\nforward_headers = ["Accept-Language"]\n[cache]\nmax_variants = 3\n'
+
+
+def _variant(target: str, lang: str | None, names: tuple[str, ...] = ("accept-language",)) -> str:
+    """The stored key of `target`'s variant for an Accept-Language value (None: the field absent)."""
+    fields = [] if lang is None else [(b"Accept-Language", lang.encode())]
+    return target + "\0" + suffix(names, "identity", fields)
+
+
+def test_vary_on_a_forwarded_field_keeps_a_variant_per_value(pull, origins, cache_dir):
+    """Vary: Accept-Language (forwarded): one stored answer per normalised value, each a hit; beyond
+    cache.max_variants the least recently stored goes; a purge of the path removes every variant."""
+    [origin] = origins(1)
+    server = pull([origin], config=LANG_CONFIG)
+    target = "/lang/l"
+    for lang, want in (("en", MISS_STORED), ("fr", MISS_STORED), ("en", "hit"), ("fr", "hit"),
+                       ("EN , fr-ca", MISS_STORED), ("en,fr-CA", "hit")):
+        status, headers, body = get(server, target, {"Accept-Language": lang})
+        assert status == 200 and headers["vary"] == "Accept-Language"
+        assert headers["cache-status"] == want if want == MISS_STORED else HIT.fullmatch(headers["cache-status"]), \
+            (lang, headers["cache-status"])
+    assert [h.get("Accept-Language") for h in origin.requests(target)] == ["en", "fr", "EN , fr-ca"]
+    assert get(server, target, {"Accept-Language": "fr"})[2] == b"l lang=fr v0\n"
+    variants = {_variant(target, lang) for lang in ("en", "fr", "en,fr-ca")}
+    assert wait_for(lambda: variants | {target} <= stored_keys(cache_dir), 10), stored_keys(cache_dir)
+    # A fourth variant (no Accept-Language at all): the least recently stored one ("en") goes.
+    status, headers, body = get(server, target)
+    assert body == b"l lang=- v0\n" and headers["cache-status"] == MISS_STORED
+    four = variants - {_variant(target, "en")} | {_variant(target, None), target}
+    assert wait_for(lambda: stored_keys(cache_dir) == four, 10), stored_keys(cache_dir)
+    r = httpx.post(server.admin_url + "/purge", json={"paths": [target]}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert wait_for(lambda: stored_keys(cache_dir) == set(), 10), stored_keys(cache_dir)
+    status, headers, body = get(server, target, {"Accept-Language": "fr"})
+    assert headers["cache-status"] == MISS_STORED and body == b"l lang=fr v0\n"
+    settled(server, cache_dir)
+
+
+def test_a_vary_edge_cannot_key_on_is_not_stored_and_a_new_vary_replaces_the_variants(pull, origins, cache_dir):
+    """Vary: * and a field edge does not forward are never stored (RFC 9111 §4.1); an answer naming another
+    set of fields replaces the stored variants."""
+    [origin] = origins(1)
+    server = pull([origin], config=LANG_CONFIG)
+    for vary in ("*", "User-Agent", "Accept-Language, User-Agent"):
+        target = f"/lang/n?vary={quote(vary)}"
+        for _ in range(2):
+            status, headers, _ = get(server, target, {"Accept-Language": "en"})
+            assert status == 200 and headers["cache-status"] == MISS, (vary, headers["cache-status"])
+        assert origin.count(target) == 2
+    target = "/lang/r"
+    get(server, target, {"Accept-Language": "en"})
+    get(server, target, {"Accept-Language": "fr"})
+    old = {_variant(target, "en"), _variant(target, "fr")}
+    assert wait_for(lambda: old | {target} <= stored_keys(cache_dir), 10), stored_keys(cache_dir)
+    httpx.get(f"{origin.url}/_vary/r", params={"value": "Accept-Encoding, Accept-Language"}, timeout=5)
+    status, headers, body = get(server, target, {"Accept-Language": "de"})  # a new variant, with the new Vary
+    assert headers["cache-status"] == MISS_STORED and headers["vary"] == "Accept-Encoding, Accept-Language"
+    names = ("accept-encoding", "accept-language")
+    assert wait_for(lambda: stored_keys(cache_dir) == {target, _variant(target, "de", names)}, 10), \
+        stored_keys(cache_dir)
+    status, headers, body = get(server, target, {"Accept-Language": "en"})  # the marker names the new set
+    assert headers["cache-status"] == MISS_STORED and body == b"r lang=en v0\n"
+    settled(server, cache_dir)
+
+
+def test_an_authorised_request_goes_to_the_origin_and_its_answer_is_shared_only_when_it_says_so(pull, origins,
+                                                                                                 cache_dir):
+    """RFC 9111 §3.5: Authorization is forwarded; such a request never takes a stored answer; its answer is
+    stored only with public, s-maxage or must-revalidate (then others get it)."""
+    [origin] = origins(1)
+    server = pull([origin])
+    auth = {"Authorization": "Bearer secret"}
+    target = gen("au", cc="max-age=60")
+    assert get(server, target)[1]["cache-status"] == MISS_STORED
+    assert HIT.fullmatch(get(server, target)[1]["cache-status"])
+    for _ in range(2):
+        status, headers, body = get(server, target, auth)
+        assert status == 200 and headers["cache-status"] == MISS, "a stored answer is not for it"
+    assert [h.get("Authorization") for h in origin.requests(target)] == [None, "Bearer secret", "Bearer secret"]
+    assert HIT.fullmatch(get(server, target)[1]["cache-status"]), "the shared answer is still the anonymous one"
+    for cc in ("public, max-age=60", "s-maxage=60", "max-age=60, must-revalidate"):
+        shared = gen("as", cc=cc)
+        assert get(server, shared, auth)[1]["cache-status"] == MISS_STORED, cc
+        assert HIT.fullmatch(get(server, shared)[1]["cache-status"]), cc
+        assert get(server, shared, auth)[1]["cache-status"] == MISS_STORED, "still asked of the origin"
+    settled(server, cache_dir)
+
+
 def test_header_rules_apply_to_origin_objects_and_win_over_the_origins_fields(pull, origins, cache_dir):
     [origin] = origins(1)
     server = pull([origin], config='[[headers]]\nmatch = "/gen/ruled*"\n'
@@ -1483,7 +1587,8 @@ def test_health_flapping_moves_keys_away_and_back(pull, origins, cache_dir):
 def test_failing_origin_opens_its_circuit_then_a_trial_closes_it(pull, origins, cache_dir):
     upstreams = origins(2)
     first, second = upstreams
-    server = pull(upstreams, config="[health]\nfailures = 2\ncooldown = 1.5\ninterval = 60\n")
+    server = pull(upstreams, config="[health]\nfailures = 2\ncooldown = 1.5\ninterval = 60\n"
+                                    "failure_statuses = [503]\n")
     probe = next(t for t in (gen(f"p{i}", cc="no-store") for i in range(100)) if owner(upstreams, t) == 0)
     broken = next(t for t in (gen(f"b{i}", cc="no-store") for i in range(100)) if owner(upstreams, t) == 0)
     name = broken.split("/")[2].split("?")[0]
@@ -1494,20 +1599,121 @@ def test_failing_origin_opens_its_circuit_then_a_trial_closes_it(pull, origins, 
         return int(headers["x-origin"])
 
     assert served_by() == first.port
-    first.ctl(f"/_fail/{name}/on")  # 500: one resource's bug, not the origin's health
+    first.ctl(f"/_fail/{name}/on")  # 500, not listed: one resource's bug, the origin's answer
     for _ in range(3):
-        assert get(server, broken)[0] == 500
+        status, headers, _ = get(server, broken)
+        assert status == 500 and headers["x-origin"] == str(first.port)
     assert served_by() == first.port, "a 500 must not open the circuit"
     first.ctl(f"/_fail/{name}/on?status=503")
-    for _ in range(2):  # two gateway errors in a row (failures = 2) open the first origin's circuit
+    for _ in range(2):  # two listed 503s in a row (failures = 2) open the first origin's circuit
         status, headers, _ = get(server, broken)
-        assert status == 503 and headers["x-origin"] == str(first.port)
+        assert status == 200 and headers["x-origin"] == str(second.port), "a listed status tries the next origin"
+    assert first.count(broken) == 5
     asked = first.count(probe)
     assert served_by() == second.port, "an open circuit sends the origin's keys to the next one"
     assert first.count(probe) == asked
     first.ctl(f"/_fail/{name}/off")
     until(served_by, lambda port: port == first.port)  # after the cooldown a trial request succeeds
     assert served_by() == first.port
+    settled(server, cache_dir)
+
+
+def origin_rows(server: EdgeProcess) -> list[dict]:
+    """The admin endpoint's `origins` of /status: url, healthy (active check), circuit, requests_ok/failed..."""
+    return httpx.get(server.admin_url + "/status", timeout=10).json()["origins"]
+
+
+def circuit_soon(server: EdgeProcess, index: int, state: str) -> list[dict]:
+    """origin_rows() once origin `index`'s circuit reads `state` (workers publish their circuits each second)."""
+    return until(lambda: origin_rows(server), lambda rows: rows[index]["circuit"] == state, timeout=5)
+
+
+@pytest.mark.parametrize("code", [500, 503])
+def test_a_single_origins_5xx_reach_the_client_and_never_become_502s(pull, origins, cache_dir, code):
+    """Issue 16: a 5xx is the origin's answer, not its failure (by default): 100 in a row reach the client as
+    the origin sent them, none becomes a 502, and the circuit stays closed."""
+    [origin] = origins(1)
+    server = pull([origin])
+    origin.ctl(f"/_fail/down/on?status={code}")  # /gen/down answers `code` with no freshness: never stored
+    target = gen("down")
+    seen = defaultdict(int)
+    for _ in range(100):
+        status, headers, body = get(server, target)
+        seen[status] += 1
+        assert headers["cache-status"] == MISS and headers["x-origin"] == str(origin.port), headers
+        assert headers["content-type"].startswith("text/plain") and body == b"origin failure\n"
+    assert dict(seen) == {code: 100}
+    assert origin.count(target) == 100
+    time.sleep(1.2)  # the worker's circuits are published each second
+    [row] = origin_rows(server)
+    assert row["circuit"] == "closed" and row["requests_failed"] == 0 and row["requests_ok"] == 100, row
+    assert stored(cache_dir, target) is None
+    settled(server, cache_dir)
+
+
+def test_failure_statuses_never_cut_off_the_last_origin_the_active_check_keeps(pull, origins, cache_dir):
+    """failure_statuses = [500] with one origin: its 500s open its circuit, but with no other origin to try it
+    is still asked (the client gets its 500s, never a 502) until the active check marks it down."""
+    [origin] = origins(1)
+    server = pull([origin], "--health-interval", "0.2", config="[health]\nfailure_statuses = [500]\nfailures = 3\n")
+    origin.ctl("/_fail/down/on")
+    target = gen("down")
+    for _ in range(30):
+        status, headers, body = get(server, target)
+        assert status == 500 and headers["x-origin"] == str(origin.port) and body == b"origin failure\n"
+    assert origin.count(target) == 30, "each request asked the origin once, the open circuit notwithstanding"
+    [row] = circuit_soon(server, 0, "open in 1 of 1 workers")
+    assert row["healthy"] is True and row["requests_failed"] == 30
+    status, _, _ = get(server, gen("fine", cc="no-store"))  # its other paths still work: a success closes it
+    assert status == 200
+    circuit_soon(server, 0, "closed")
+    origin.ctl("/_health/fail")  # the active check, not the breaker, takes the last origin out
+    until(lambda: get(server, target)[0], lambda status: status == 502)
+    assert wait_for(lambda: f"origin {origin.url} is down" in server.stderr(), 5), server.stderr()
+    status, headers, _ = get(server, target)
+    assert status == 502 and headers["cache-status"] == "edge; fwd=miss; detail=unreachable"
+    settled(server, cache_dir)
+
+
+def test_two_origins_one_refusing_requests_succeed_and_its_circuit_opens(pull, origins, cache_dir):
+    """A refused connection is the origin's failure: retried on the next origin, counted, and after
+    health.failures (5) in a row the dead origin's circuit opens and it is no longer tried."""
+    [live] = origins(1)
+    dead = closed_url()
+    server = pull([dead, live.url], config="[health]\ninterval = 60\ncooldown = 60\n")
+    ring = Ring([(dead, 1), (live.url, 1)])
+    targets = [gen(f"d{i}", cc="no-store") for i in range(40)]
+    assert sum(ring.candidates(t.encode())[0] == 0 for t in targets) >= 6, "keys of the dead origin"
+    for _ in range(2):
+        for target in targets:
+            status, headers, _ = get(server, target)
+            assert status == 200 and headers["x-origin"] == str(live.port), (status, headers)
+    rows = circuit_soon(server, 0, "open in 1 of 1 workers")
+    assert rows[0]["healthy"] is True, rows
+    assert rows[0]["requests_failed"] == 5, "tried until its circuit opened, then left alone"
+    assert rows[1]["circuit"] == "closed" and rows[1]["requests_ok"] == 80 and rows[1]["requests_failed"] == 0
+    settled(server, cache_dir)
+
+
+def test_torn_bodies_open_the_circuit(pull, origins, cache_dir):
+    """An origin that closes before the end of the body it announced fails the exchange (counted once:
+    a head counted as a success first would reset the failures in a row and the circuit never opens)."""
+    upstreams = origins(2)
+    server = pull(upstreams, config="[health]\nfailures = 3\ninterval = 60\ncooldown = 60\n")
+    cutter = owner(upstreams, "/cut")
+    for _ in range(3):
+        client = server.connect(timeout=10)
+        client.sendall(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = read_until_closed(client, 10).partition(b"\r\n\r\n")
+        client.close()
+        assert head.startswith(b"HTTP/1.1 200") and len(body) < 100000
+    assert upstreams[cutter].count("/cut") == 3
+    rows = circuit_soon(server, cutter, "open in 1 of 1 workers")
+    assert rows[cutter]["requests_failed"] == 3, rows
+    assert rows[cutter]["requests_ok"] == 0, "one outcome per exchange"
+    probe = next(t for t in (gen(f"t{i}", cc="no-store") for i in range(100)) if owner(upstreams, t) == cutter)
+    status, headers, _ = get(server, probe)
+    assert status == 200 and headers["x-origin"] == str(upstreams[1 - cutter].port)
     settled(server, cache_dir)
 
 
