@@ -28,6 +28,10 @@ REASONS = {
 }
 # Origins may answer with any registered status; this node passes those on with their usual reason.
 REASONS.update({s.value: s.phrase for s in HTTPStatus if s.value not in REASONS and s.value >= 200})
+# An origin's extension codes (299, 499, 599) pass on too, with their class's phrase: a client reads the
+# code, the reason phrase is only for people (RFC 9112 §4).
+REASONS.update({code: ("Success", "Redirection", "Client Error", "Server Error")[code // 100 - 2]
+                for code in range(200, 600) if code not in REASONS})
 
 Header = tuple[bytes, bytes]
 #: Seconds between checks of a stored origin object against the disk (at least file_cache.valid). Purges
@@ -146,6 +150,11 @@ def authorizes(fields: list[tuple[bytes, bytes]] | tuple) -> bool:
 def store_name(key: bytes) -> str:
     """The file-cache name of an origin object (a NUL first: never a URL path, so never a local file's)."""
     return "\0" + key.decode("latin-1")
+
+
+def _has_range_of_its_own(entry: StoredEntry) -> bool:
+    """A stored 200 with the origin's own Content-Range: served whole, as it came, never cut into ranges."""
+    return any(name == b"content-range" for name, _ in entry.stored_headers)
 
 
 def _stored_date(entry: StoredEntry) -> int | None:
@@ -372,7 +381,7 @@ class Site:
             if entry.status != 200:
                 return self._whole_plan(entry, plans, 0, extra)
         # A body still arriving serves ranges too when its length is known: the transfer waits for their bytes.
-        if req.range is not None and entry.size and entry.size < STREAMED and (
+        if req.range is not None and entry.size and entry.size < STREAMED and not _has_range_of_its_own(entry) and (
                 cond is None or cond.if_range is None
                 or if_range_allows(cond.if_range, entry.etag, entry.last_modified, _stored_date(entry), 60.0)):
             ranges = parse_range(req.range, entry.size)
@@ -402,7 +411,7 @@ class Site:
         headers = [(b"server", self.server), *entry.stored_headers]
         if entry.status != 204 and length < STREAMED:  # RFC 9110 §8.6: never in a 204
             headers.append((b"content-length", b"%d" % length))
-        if entry.status == 200:
+        if entry.status == 200 and not _has_range_of_its_own(entry):
             headers.append((b"accept-ranges", b"bytes"))
         headers.extend(extra)
         return self._with_rules(headers, entry) if self.rules else headers

@@ -92,27 +92,30 @@ def begin(w: Services, req: Request, now: float) -> Plan | Miss | Fetch:
 
 
 def finish(w: Services, req: Request, step: Miss | Fetch, started: float, deliver: Callable[[Plan], None],
-           alive: Callable[[], bool], old: FileEntry | None | bool = True) -> None:
+           alive: Callable[[], bool], old: FileEntry | None | bool = True,
+           interim: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> None:
     """Carry `step` through to a plan and hand it to `deliver` (once, later); `alive()` false means the
     client is gone: no plan is made for it, and `deliver` is not called. `old`: the entry to revalidate
     (True: the cache's stale one). A plan from the puller holds an entry reference, released after deliver.
+    `interim` sends the fields of an origin's 103 Early Hints to the client meanwhile (never stored).
     """
     if type(step) is Fetch:
-        task = w.loop.create_task(w.puller.serve(req, step))
+        task = w.loop.create_task(w.puller.serve(req, step, interim))
         task.add_done_callback(lambda t: _pulled(w, t, started, deliver, alive))
         return
     miss = step
     stale = w.cache.stale(miss.path) if old is True else old
     fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, stale)
-    fut.add_done_callback(lambda f: _loaded(w, f, req, miss, started, deliver, alive))
+    fut.add_done_callback(lambda f: _loaded(w, f, req, miss, started, deliver, alive, interim))
 
 
 def _loaded(w: Services, fut: asyncio.Future, req: Request, miss: Miss, started: float,
-            deliver: Callable[[Plan], None], alive: Callable[[], bool]) -> None:
+            deliver: Callable[[Plan], None], alive: Callable[[], bool],
+            interim: Callable[[list[tuple[bytes, bytes]]], None] | None) -> None:
     try:
         found = w.cache.store(miss.path, fut.result(), w.loop.time())
     except LookupError:  # the entry was evicted while it was being revalidated: load it afresh
-        finish(w, req, miss, started, deliver, alive, None)
+        finish(w, req, miss, started, deliver, alive, None, interim)
         return
     except Exception:  # noqa: BLE001 - an unreadable file is a 500 for its request, not a dead worker
         found = NotFound(500)
@@ -121,7 +124,7 @@ def _loaded(w: Services, fut: asyncio.Future, req: Request, miss: Miss, started:
     now = w.loop.time()
     plan = w.site.respond(req, found, miss.query, miss.path, now)
     if type(plan) is Fetch:
-        finish(w, req, plan, started, deliver, alive)
+        finish(w, req, plan, started, deliver, alive, interim=interim)
         return
     w.observe(now - started)
     deliver(plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from .httpdate import parse_http_date_strict
 from .sfv import SFError, parse_dictionary
@@ -13,6 +14,8 @@ HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410
 #: What this cache stores at all (206 needs range-aware storage, which it does not keep); those not
 #: heuristically cacheable (302, 303, 307) only with explicit freshness.
 STORABLE_STATUSES = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501})
+#: Final status codes RFC 9110 defines (and 103-599 registered ones); any other is an extension code.
+KNOWN_STATUSES = frozenset(s.value for s in HTTPStatus)
 HEURISTIC_FRACTION = 0.1  # of (Date - Last-Modified), RFC 9111 §4.2.2's suggestion
 HEURISTIC_MAX = 86_400.0
 
@@ -182,7 +185,9 @@ def assess(status: int, headers: dict[str, str], request_time: float, response_t
     max_age = _seconds(cc, "max-age")
     explicit = "s-maxage" in cc or "max-age" in cc or expires_raw is not None or "public" in cc
     storable = (
-        status in STORABLE_STATUSES
+        # RFC 9111 §3: a final status this cache does not know (299, 499, 599) may be stored when the
+        # answer's freshness is explicit; known codes outside STORABLE_STATUSES are not kept.
+        (status in STORABLE_STATUSES or (status not in KNOWN_STATUSES and 200 <= status < 600))
         and "no-store" not in cc
         and "private" not in cc
         and (not authorized or "public" in cc or s_maxage is not None or "must-revalidate" in cc)

@@ -439,7 +439,8 @@ class H1Connection(asyncio.Protocol):
                 if type(plan) is not Plan:  # a file to open off the loop, or the puller: answered later
                     self.busy = True
                     self._pause_reading()
-                    finish(w, pending, plan, now, lambda answer: self._delivered(pending, answer), self._alive)
+                    finish(w, pending, plan, now, lambda answer: self._delivered(pending, answer), self._alive,
+                           interim=lambda fields: self._origin_hints(pending, fields))
                     return
                 if self.write_paused:  # the 103 is still buffered: the response waits for it
                     pending.plan = plan
@@ -485,6 +486,14 @@ class H1Connection(asyncio.Protocol):
         if hints is not None and hints.links:
             self.transport.write(b"HTTP/1.1 103 Early Hints\r\n" + b"".join(b"Link: %s\r\n" % v for v in hints.links)
                                  + b"\r\n")
+
+    def _origin_hints(self, pending: Pending, fields: list[tuple[bytes, bytes]]) -> None:
+        """An origin's 103 Early Hints for the request being waited on (RFC 8297), written at once; never
+        to an HTTP/1.0 client, which knows no 1xx (RFC 9110 §15.2)."""
+        if pending.version10 or not self.queue or self.queue[0] is not pending or not self._alive():
+            return
+        self.transport.write(b"HTTP/1.1 103 Early Hints\r\n" + b"".join(b"%s: %s\r\n" % (_title(k), v) for k, v in fields)
+                             + b"\r\n")
 
     def _send(self, pending: Pending, plan: Plan) -> None:
         """Write one response: header block, then inline bytes or file ranges."""

@@ -357,9 +357,16 @@ class H2Connection(asyncio.Protocol):
         plan = begin(w, req, now)
         if type(plan) is not Plan:  # a file to open off the loop, or the puller: answered later
             finish(w, req, plan, now, lambda answer: self._delivered(sid, req, answer, push),
-                   lambda: sid in self.open and self.transport is not None)
+                   lambda: sid in self.open and self.transport is not None,
+                   interim=lambda fields: self._origin_hints(sid, fields))
             return
         self._respond(sid, req, plan, push)
+
+    def _origin_hints(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
+        """An origin's 103 Early Hints for a stream still waiting for its answer (RFC 8297): on at once."""
+        if sid in self.open and self.transport is not None and self.engine.is_open(sid):
+            self.engine.send_headers(sid, encode_block([(b":status", b"103"), *fields]), False, informational=True)
+            self._flush()
 
     def _delivered(self, sid: int, req: Request, plan: Plan, push: tuple[PageHints, bytes] | None) -> None:
         """The plan of a stream that waited (file opened off the loop, or the puller): answer it now."""

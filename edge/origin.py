@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from .ring import Ring
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "proxy-authenticate", "proxy-authorization"})
 _HOP_BY_HOP_BYTES = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+#: Transfer codings edge undoes when an origin applies them without chunked (RFC 9112 §7; the body then ends
+#: with the connection, §6.3 rule 4): zlib reads gzip and deflate (zlib-wrapped) streams alike.
+_DECODED_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
 IDEMPOTENT = frozenset({"GET", "HEAD"})
 KEEPALIVE = 30.0  # seconds an idle pooled connection is kept (origins commonly close after 60-75 s)
 HIGH_WATER = 1 << 20  # body bytes buffered for a slow reader before reading from the origin pauses
@@ -67,9 +70,10 @@ class Fetched:
     `headers` are (lower-case name, value) bytes pairs, hop-by-hop fields left out.
     """
 
-    def __init__(self, index: int, conn: _Conn) -> None:
+    def __init__(self, index: int, conn: _Conn, hints: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> None:
         self.index = index
         self._conn = conn
+        self.hints = hints  # hears the fields of each 103 Early Hints before the answer (RFC 8297)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.nominated: set[bytes] = set()  # the names its Connection field lists (RFC 9110 §7.6.1)
@@ -164,6 +168,7 @@ class _Conn(asyncio.Protocol):
         self.last_data = 0.0
         self.interim = False
         self.framed = False  # Content-Length or chunked: the end is known without the connection closing
+        self.decoder = None  # a zlib decompressor for a gzip/deflate transfer coding (no chunked)
         self.paused = False
         self.pool_reused = False  # the current request went out on a connection used before
 
@@ -194,7 +199,15 @@ class _Conn(asyncio.Protocol):
         if response is None or response.complete:
             return
         if response.status and not self.framed and exc is None:
-            response._end()  # a body delimited by the connection's close (RFC 9112 §6.3 rule 8)
+            decoder = self.decoder
+            if decoder is not None:
+                tail = decoder.flush()
+                if not decoder.eof:  # a transfer-coded body cut short
+                    response._fail(OriginError(f"{self.pool.upstream.url}: transfer-coded body cut short"))
+                    return
+                if tail:
+                    response._data(tail)
+            response._end()  # a body delimited by the connection's close (RFC 9112 §6.3 rules 4 and 8)
         elif not response.any_byte and self.pool_reused:
             response._fail(OriginError("dropped"))
             response.dropped = True
@@ -217,8 +230,10 @@ class _Conn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:  # noqa: D102
         name = name.lower()
-        if name in _FRAMING:
+        if name == b"content-length":
             self.framed = True
+        elif name == b"transfer-encoding":
+            self._transfer_coding(value)
         if name not in _HOP_BY_HOP_BYTES:
             self.response.headers.append((name, value))
         elif name == b"connection":  # RFC 9110 §7.6.1: the fields it names are hop-by-hop too (removed below)
@@ -229,15 +244,40 @@ class _Conn(asyncio.Protocol):
         response = self.response
         if status < 200:
             self.interim = True  # 100 Continue, 103 Early Hints: the real answer follows
-            response.headers.clear()
+            if status == 103 and response.hints is not None and response.headers:
+                response.hints([(k, v) for k, v in response.headers if k not in response.nominated])
+            response.headers.clear()  # a 1xx's fields are never the answer's (nor stored)
             response.nominated.clear()
             self.framed = False
+            self.decoder = None
             return
         if response.nominated:  # never stored, never sent to a client (RFC 9110 §7.6.1), wherever they came
             response.headers = [(k, v) for k, v in response.headers if k not in response.nominated]
         response._headers_done(status)
 
+    def _transfer_coding(self, value: bytes) -> None:
+        """Transfer-Encoding (RFC 9112 §6.1): chunked last frames the body; otherwise it ends with the
+        connection (§6.3 rule 4) and its codings are undone here (gzip, deflate; identity is none), so
+        what is streamed and stored is the content; any other coding fails the response (edge cannot read it)."""
+        codings = [c.strip().lower() for c in value.split(b",") if c.strip()]
+        if codings and codings[-1] == b"chunked":
+            self.framed = True
+            return
+        applied = [c for c in codings if c != b"identity"]
+        if not applied:
+            return
+        if len(applied) > 1 or applied[0] not in _DECODED_CODINGS:
+            raise OriginError(f"{self.pool.upstream.url}: transfer coding {value.decode('latin-1')!r} not supported")
+        self.decoder = zlib.decompressobj(wbits=47)  # 32 + 15: a gzip or zlib header, whichever comes
+
     def on_body(self, body: bytes) -> None:  # noqa: D102
+        if self.decoder is not None:
+            try:
+                body = self.decoder.decompress(body)
+            except zlib.error as e:
+                raise OriginError(f"{self.pool.upstream.url}: bad transfer-coded body: {e}") from None
+            if not body:
+                return
         self.response._data(body)
 
     def on_message_complete(self) -> None:  # noqa: D102
@@ -250,14 +290,16 @@ class _Conn(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------------------
 
-    def send(self, request: bytes, reused: bool) -> Fetched:
-        """Write a request; its response is read from here on."""
-        response = Fetched(self.pool.index, self)
+    def send(self, request: bytes, reused: bool,
+             hints: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> Fetched:
+        """Write a request; its response is read from here on (`hints` hears each 103's fields)."""
+        response = Fetched(self.pool.index, self, hints)
         self.response = response
         self.pool_reused = reused
         self.reusable = False
         self.interim = False
         self.framed = False
+        self.decoder = None
         self.last_data = self.loop.time()
         self.pool.watch(self)
         self.transport.write(request)
@@ -448,7 +490,8 @@ class OriginPool:
     async def fetch(self, key: bytes, method: str, target: str, incoming: Sequence[tuple[str, str]] = (),
                     extra: Sequence[tuple[str, str]] = (), healthy: Callable[[int], bool] = lambda i: True,
                     on_failure: Callable[[int], None] = lambda i: None, up: Callable[[int], bool] | None = None,
-                    failed_status: Callable[[int], bool] = lambda status: False) -> Fetched:
+                    failed_status: Callable[[int], bool] = lambda status: False,
+                    hints: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> Fetched:
         """The response of the first healthy origin for `key`; an idempotent request is retried once on the next.
 
         `target` is the path and query, percent-encoded. `healthy(i)`: the active check and the breaker
@@ -468,7 +511,7 @@ class OriginPool:
             pool = pools[index]
             request = self._request(pool, method, target, self.request_headers(pool.upstream, incoming, extra))
             try:
-                response = await self._exchange(pool, request)
+                response = await self._exchange(pool, request, hints)
             except (OSError, asyncio.TimeoutError, OriginError) as e:
                 timed_out = isinstance(e, asyncio.TimeoutError) or getattr(e, "timeout", False)
                 failure = f"{pool.upstream.url}: {type(e).__name__}: {e}"
@@ -486,11 +529,12 @@ class OriginPool:
             return response
         raise OriginError(failure, timeout=timed_out)
 
-    async def _exchange(self, pool: _HostPool, request: bytes) -> Fetched:
+    async def _exchange(self, pool: _HostPool, request: bytes,
+                        hints: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> Fetched:
         """Send on a pooled connection and wait for the head; a reused one found dropped is replaced once."""
         for _ in range(2):
             conn, reused = await pool.acquire()
-            response = conn.send(request, reused)
+            response = conn.send(request, reused, hints)
             try:
                 await response.head()
                 return response

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import aiofiles.os
@@ -150,7 +151,7 @@ class Outcome:
 class Flight:
     """One fetch of a key in this worker; requests for the key that arrive meanwhile wait() for its outcome."""
 
-    __slots__ = ("loop", "outcome", "waiters", "hold", "claimed", "started", "locked")
+    __slots__ = ("loop", "outcome", "waiters", "hold", "claimed", "started", "locked", "listeners")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -160,6 +161,13 @@ class Flight:
         self.hold: StoredEntry | None = None  # the flight's own reference on a growing entry
         self.claimed = False
         self.locked = -1  # the node-wide lock slot this flight holds, if any
+        self.listeners: list[Callable[[list[tuple[bytes, bytes]]], None]] = []  # its requests' 103 writers
+
+    def hint(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """A 103 Early Hints from the origin: to every request still waiting for the answer (never stored)."""
+        if self.outcome is None:
+            for listener in self.listeners:
+                listener(fields)
 
     def claim(self) -> bool:
         """True for the first request to take a private answer (the one that caused the fetch)."""
@@ -185,6 +193,7 @@ class Flight:
                     entry.acquire()
                 waiter.set_result(outcome)
         self.waiters.clear()
+        self.listeners.clear()
 
 
 def _header_dict(headers: list[tuple[str, str]]) -> dict[str, str]:
@@ -301,20 +310,22 @@ class Puller:
 
     # -- serving -----------------------------------------------------------------------------------
 
-    async def serve(self, req: Request, fetch: Fetch) -> Plan:
-        """The plan for a request core sent here; its entry (if any) holds one reference the adapter releases."""
+    async def serve(self, req: Request, fetch: Fetch,
+                    interim: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> Plan:
+        """The plan for a request core sent here; its entry (if any) holds one reference the adapter releases.
+        `interim` hears the fields of an origin's 103 Early Hints while the request waits for its answer."""
         try:
-            return await self._serve(req, fetch)
+            return await self._serve(req, fetch, interim)
         except Exception:  # noqa: BLE001 - one broken object or fetch is a 500 for its request, not a dead worker
             return self.site.error(500)
 
-    async def _serve(self, req: Request, fetch: Fetch) -> Plan:
+    async def _serve(self, req: Request, fetch: Fetch, interim: Callable | None) -> Plan:
         fetch.forward = getattr(req, "forward", None) or ()
         if fetch.forward and authorizes(fetch.forward):
             # RFC 9111 §3.5, as Varnish by default: an authorised request never takes a stored answer and
             # joins nobody's fetch; what it gets is stored only if the answer says it may be shared.
             self.stats[CACHE_MISSES] += 1
-            return await self._private(req, fetch)
+            return await self._private(req, fetch, interim)
         entry = fetch.entry
         if entry is not None and entry.dead:
             # Retired (refreshed by a flight, purged, evicted) since core handed it over: its fd may be closed.
@@ -340,10 +351,12 @@ class Puller:
             entry = None
         self.stats[CACHE_MISSES] += 1
         if entry is None and self.uncacheable and self.uncacheable.get(fetch.name, 0.0) > self.loop.time():
-            return await self._private(req, fetch)  # its last answer could not be shared: no use waiting for one
+            return await self._private(req, fetch, interim)  # its last answer could not be shared: no use waiting
         flight = self._flight(fetch, entry)
         outcome = flight.outcome
         if outcome is None:
+            if interim is not None:
+                flight.listeners.append(interim)
             outcome = await flight.wait()
         elif outcome.entry is not None:
             outcome.entry.acquire()
@@ -360,7 +373,7 @@ class Puller:
             if outcome.entry is not None:
                 outcome.entry.release()
             # A private answer was for the request that caused it: this one is asked of the origin itself.
-            return await self._private(req, fetch)
+            return await self._private(req, fetch, interim)
         return self._planned(req, outcome)
 
     def _hit_for_miss(self, name: str, now: float) -> None:
@@ -377,9 +390,11 @@ class Puller:
                 break
             del marks[first]
 
-    async def _private(self, req: Request, fetch: Fetch) -> Plan:
+    async def _private(self, req: Request, fetch: Fetch, interim: Callable | None = None) -> Plan:
         """Ask the origin for this request alone (not under the key's lock, joined by nobody)."""
         own = Flight(self.loop)
+        if interim is not None:
+            own.listeners.append(interim)
         self._spawn(self._run(own, fetch, None, private=True))
         return self._planned(req, await own.wait())
 
@@ -542,6 +557,7 @@ class Puller:
         self.stats[ORIGIN_REQUESTS] += 1
         try:
             fetched = await self.pool.fetch(fetch.key, "GET", target, incoming, extra=extra, healthy=self._healthy,
+                                            hints=flight.hint,
                                             on_failure=lambda i: self._origin_result(i, False), up=self._up,
                                             failed_status=self._status_failed)
         except OriginError as e:

@@ -15,8 +15,8 @@ from .negotiation import PREFERENCE, parse_accept_encoding
 #: Origin response fields never stored or passed on: this node writes its own framing, Server, Age. The
 #: origin's Date is kept (or the time it arrived, RFC 9110 §6.6.1): with Age it tells a downstream cache
 #: how old the response is; a Date of now beside an Age would count the time spent here twice.
-DROPPED_FIELDS = frozenset({"content-length", "server", "age", "surrogate-key", "accept-ranges",
-                            "content-range"})
+# (A 200's Content-Range stays: it is the origin's word about the body; edge cuts no ranges from such an answer.)
+DROPPED_FIELDS = frozenset({"content-length", "server", "age", "surrogate-key", "accept-ranges"})
 DROPPED_BYTES = frozenset(name.encode("ascii") for name in DROPPED_FIELDS)
 #: Fields a 304 repeats from the stored response (RFC 9110 §15.4.5).
 NOT_MODIFIED_FIELDS = frozenset({b"etag", b"cache-control", b"expires", b"vary", b"last-modified",

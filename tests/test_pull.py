@@ -1440,6 +1440,143 @@ def test_an_authorised_request_goes_to_the_origin_and_its_answer_is_shared_only_
     settled(server, cache_dir)
 
 
+class RawOrigin:
+    """An origin that answers each path (query ignored) with canned bytes, written as given (a pause at each
+    b"|"), then closes: for answers aiohttp will not send (1xx, extension codes)."""
+
+    def __init__(self, answers: dict[str, bytes]) -> None:
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            self.requests.append(head)
+            path = head.split(b" ", 2)[1].decode().partition("?")[0]
+            for i, piece in enumerate(self.answers.get(path, b"HTTP/1.1 404 Not Found\r\n\r\n").split(b"|")):
+                if i:
+                    time.sleep(0.3)
+                conn.sendall(piece)
+
+    def count(self, path: str) -> int:
+        """Requests for `path` so far."""
+        return sum(1 for h in self.requests if h.split(b" ", 2)[1].decode().partition("?")[0] == path)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+RAW_ANSWERS = {
+    "/hints": b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload; as=style\r\n\r\n"
+              b"HTTP/1.1 100 Continue\r\nX-Dropped: 1\r\n\r\n|"
+              b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nhello",
+    "/s299": b"HTTP/1.1 299 Whatever\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\nok",
+    "/s599": b"HTTP/1.1 599 Network Thing\r\nContent-Length: 4\r\n\r\nfail",
+    "/s499": b"HTTP/1.1 499 Client Closed\r\nContent-Length: 2\r\n\r\nno",
+    "/cr": b"HTTP/1.1 200 OK\r\nContent-Range: bytes 0-4/10\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nabcde",
+    "/te-identity": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nCache-Control: max-age=60\r\n\r\nuntil |the close",
+    "/te-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nCache-Control: max-age=60\r\n\r\n"
+                + gzip.compress(b"the content, transfer-coded", mtime=0),
+    "/te-gzip-cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nCache-Control: max-age=60\r\n\r\n"
+                    + gzip.compress(b"x" * 5000 + os.urandom(3000), mtime=0)[:-20],
+    "/te-br": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: br\r\n\r\nwhatever",
+}
+
+
+@pytest.fixture
+def raw_origin():
+    """A RawOrigin with RAW_ANSWERS, closed after the test."""
+    origin = RawOrigin(RAW_ANSWERS)
+    yield origin
+    origin.close()
+
+
+def test_an_origins_103_reaches_the_client_before_the_answer_and_is_never_stored(pull, raw_origin, cache_dir):
+    """RFC 8297: the origin's 103 goes on at once (HTTP/1.1 and HTTP/2), other 1xx are dropped, and a hit
+    later carries no hint (1xx are never stored)."""
+    server = pull([raw_origin.url])
+    sock = server.connect(timeout=10)
+    try:
+        sock.sendall(b"GET /hints HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = read_until_closed(sock)
+    finally:
+        sock.close()
+    assert data.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload; as=style\r\n\r\n"), data
+    assert data.count(b"HTTP/1.1 ") == 2 and b"X-Dropped" not in data and b"100 Continue" not in data, data
+    assert data.endswith(b"hello") and b"HTTP/1.1 200 OK\r\n" in data
+    status, headers, body = get(server, "/hints")
+    assert HIT.fullmatch(headers["cache-status"]) and body == b"hello" and "link" not in headers
+    stream = h2_get(server, "/hints?h2")  # another key: asked of the origin, the 103 first
+    assert stream.status == 200 and bytes(stream.body) == b"hello"
+    assert [f.get("link") for f in stream.informational] == ["</a.css>; rel=preload; as=style"]
+    settled(server, cache_dir)
+
+
+def test_a_transfer_coding_without_chunked_ends_with_the_close_and_is_undone(pull, raw_origin, cache_dir):
+    """RFC 9112 §6.3 rule 4: the body ends when the origin closes; identity passes, gzip is undone, both
+    stream and are stored without the field; a cut coded body or a coding edge cannot read is a 502."""
+    server = pull([raw_origin.url])
+    for target, content in (("/te-identity", b"until the close"), ("/te-gzip", b"the content, transfer-coded")):
+        status, headers, body = get(server, target)
+        assert (status, body) == (200, content), (target, headers)
+        assert headers.get("transfer-encoding") == "chunked", "edge's own framing of a body of unknown length"
+        assert headers["cache-status"] == MISS_STORED
+        status, headers, body = get(server, target)
+        assert body == content and HIT.fullmatch(headers["cache-status"]) and "transfer-encoding" not in headers
+        assert headers["content-length"] == str(len(content))
+    status, headers, body = get(server, "/te-br")
+    assert status == 502 and "transfer-encoding" not in headers
+    sock = server.connect(timeout=10)
+    try:  # the head went out before the cut: the chunked body never ends properly
+        sock.sendall(b"GET /te-gzip-cut HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = read_until_closed(sock)
+    finally:
+        sock.close()
+    assert not data.endswith(b"0\r\n\r\n"), data[-40:]
+    assert "/te-gzip-cut" not in stored_keys(cache_dir)
+    settled(server, cache_dir)
+
+
+def test_extension_status_codes_and_a_200s_content_range_pass_through(pull, raw_origin, cache_dir):
+    """Any status 200-599 reaches the client (not a 502); an unknown one is stored only with explicit
+    freshness (RFC 9111 §3); a 200's own Content-Range is kept, and no range is cut from it."""
+    server = pull([raw_origin.url])
+    for target, code, body in (("/s299", 299, b"ok"), ("/s599", 599, b"fail"), ("/s499", 499, b"no")):
+        for _ in range(2):
+            status, headers, got = get(server, target)
+            assert (status, got) == (code, body), (target, status)
+    assert raw_origin.count("/s299") == 1, "explicit freshness: stored"
+    assert raw_origin.count("/s599") == 2 and raw_origin.count("/s499") == 2, "no freshness: not stored"
+    sock = server.connect(timeout=10)
+    try:
+        sock.sendall(b"GET /s599 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 599 Server Error\r\n")
+    finally:
+        sock.close()
+    for headers_in in (None, {"Range": "bytes=1-2"}):
+        status, headers, body = get(server, "/cr", headers_in)
+        assert status == 200 and body == b"abcde" and headers["content-range"] == "bytes 0-4/10"
+        assert "accept-ranges" not in headers
+    assert raw_origin.count("/cr") == 1
+    settled(server, cache_dir)
+
+
 def test_header_rules_apply_to_origin_objects_and_win_over_the_origins_fields(pull, origins, cache_dir):
     [origin] = origins(1)
     server = pull([origin], config='[[headers]]\nmatch = "/gen/ruled*"\n'
