@@ -57,6 +57,11 @@ def test_lifetime(headers, lifetime):
     (307, {}, False),
     (206, {"cache_control": "max-age=60"}, False),
     (500, {}, False),
+    (500, {"cache_control": "max-age=60"}, False),  # known, and not a status this cache keeps
+    (299, {"cache_control": "max-age=60"}, True),  # an extension code: with explicit freshness only
+    (599, {"cache_control": "s-maxage=60"}, True),
+    (299, {}, False),
+    (499, {"expires": DATE}, True),
     (200, {"cache_control": "no-store"}, False),
     (200, {"cache_control": "private"}, False),
     (200, {"cache_control": "private=\"x\", max-age=5"}, False),
