@@ -20,6 +20,25 @@ HEURISTIC_FRACTION = 0.1  # of (Date - Last-Modified), RFC 9111 §4.2.2's sugges
 HEURISTIC_MAX = 86_400.0
 
 FRESH, STALE_REVALIDATE, STALE = "fresh", "stale-while-revalidate", "stale"
+NEVER = float("-inf")  # a reuse window closed for good: now + NEVER is before any time
+
+
+def reuse_windows(lifetime: float, initial_age: float, stale_while_revalidate: float, stale_if_error: float,
+                  no_cache: bool, must_revalidate: bool, stored_at: float, now: float
+                  ) -> tuple[float, float, float, float]:
+    """(age, seconds it stays fresh, may be served while it is revalidated, may be served when the origin
+    fails), counted from `now` on the clock `stored_at` is on; NEVER for a window closed for good.
+
+    The one rule production (stored.StoredEntry) and Freshness use. Age: RFC 9111 §4.2.3. no-cache: never
+    fresh, every reuse waits for validation (§5.2.2.4), so never served stale either; must-revalidate
+    (and proxy-revalidate, s-maxage without a stale-* of its own) forbids serving it stale (§5.2.2.2);
+    the stale-* windows (RFC 5861) open when freshness ends.
+    """
+    age = initial_age + max(0.0, now - stored_at)
+    left = lifetime - age
+    never_stale = must_revalidate or no_cache
+    return (age, NEVER if no_cache else left, NEVER if never_stale else left + stale_while_revalidate,
+            NEVER if never_stale else left + stale_if_error)
 
 
 def parse_cache_control(value: str | None) -> dict[str, str | None]:
@@ -135,26 +154,23 @@ class Freshness:
     no_cache: bool  # must be revalidated before each reuse
     must_revalidate: bool  # never served stale (not even on error)
 
+    def windows(self, stored_at: float, now: float) -> tuple[float, float, float, float]:
+        """reuse_windows for this answer."""
+        return reuse_windows(self.lifetime, self.initial_age, self.stale_while_revalidate, self.stale_if_error,
+                             self.no_cache, self.must_revalidate, stored_at, now)
+
     def age(self, stored_at: float, now: float) -> float:
         """Current age: the initial age plus the time since it was stored."""
-        return self.initial_age + max(0.0, now - stored_at)
+        return self.windows(stored_at, now)[0]
 
     def state(self, stored_at: float, now: float) -> str:
         """FRESH, STALE_REVALIDATE (serve it and refresh in the background) or STALE."""
-        if self.no_cache:
-            return STALE
-        age = self.age(stored_at, now)
-        if age < self.lifetime:
-            return FRESH
-        if not self.must_revalidate and age < self.lifetime + self.stale_while_revalidate:
-            return STALE_REVALIDATE
-        return STALE
+        _, fresh, revalidate, _ = self.windows(stored_at, now)
+        return FRESH if fresh > 0 else STALE_REVALIDATE if revalidate > 0 else STALE
 
     def usable_on_error(self, stored_at: float, now: float) -> bool:
         """Whether stale-if-error lets it be served when the origin fails."""
-        if self.must_revalidate:
-            return False
-        return self.age(stored_at, now) < self.lifetime + self.stale_if_error
+        return self.windows(stored_at, now)[3] > 0
 
 
 def assess(status: int, headers: dict[str, str], request_time: float, response_time: float,

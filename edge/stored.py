@@ -8,6 +8,7 @@ from urllib.parse import unquote
 
 from .diskcache import Meta
 from .filecache import FileEntry
+from .freshness import NEVER, reuse_windows
 from .httpdate import parse_http_date
 from .purge import key_path
 from .negotiation import PREFERENCE, parse_accept_encoding
@@ -21,7 +22,6 @@ DROPPED_BYTES = frozenset(name.encode("ascii") for name in DROPPED_FIELDS)
 #: Fields a 304 repeats from the stored response (RFC 9110 §15.4.5).
 NOT_MODIFIED_FIELDS = frozenset({b"etag", b"cache-control", b"expires", b"vary", b"last-modified",
                                  b"content-location", b"date"})
-NEVER = float("-inf")
 #: The length of a body known only at its end (an origin's chunked or close-delimited answer) while it
 #: streams: no Content-Length goes out, HTTP/1.1 clients get it chunked (edge/http1.py).
 STREAMED = 1 << 62
@@ -131,15 +131,14 @@ class StoredEntry(FileEntry):
     def refresh(self, meta: Meta, now: float, wall: float) -> None:
         """Take the freshness of `meta` (e.g. after a 304 revalidation), rebased on the loop clock."""
         self.meta = meta
-        age = meta.initial_age + max(0.0, wall - meta.stored_at)
-        left = meta.lifetime - age
+        age, fresh, revalidate, error = reuse_windows(
+            meta.lifetime, meta.initial_age, meta.stale_while_revalidate, meta.stale_if_error, meta.no_cache,
+            meta.must_revalidate, meta.stored_at, wall)
         self.age_base = age
         self.loaded_at = now
-        self.fresh_until = NEVER if meta.no_cache else now + left
-        # no-cache: every reuse waits for the origin's validation (RFC 9111 §5.2.2.4), so never stale either.
-        never_stale = meta.must_revalidate or meta.no_cache
-        self.revalidate_until = NEVER if never_stale else now + left + meta.stale_while_revalidate
-        self.error_until = NEVER if never_stale else now + left + meta.stale_if_error
+        self.fresh_until = now + fresh  # NEVER stays NEVER
+        self.revalidate_until = now + revalidate
+        self.error_until = now + error
         self.plans.clear()
 
     def url_path(self) -> str:
