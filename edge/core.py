@@ -8,6 +8,7 @@ import time
 from http import HTTPStatus
 
 from .cachekey import KeyRule, digest
+from .cachestatus import CacheStatus
 from .conditional import Conditions, evaluate, if_range_allows
 from .config import PushConfig
 from .filecache import FileEntry, Lookup, NotFound, Redirect
@@ -352,7 +353,7 @@ class Site:
                 plan = plans.get(200 if entry.status == 200 else 0)
                 if plan is not None:
                     return plan
-            cache_status = b"edge; hit; ttl=%d" % entry.ttl(now)
+            cache_status = CacheStatus(hit=True, ttl=entry.ttl(now)).encode()
         else:
             plans = {}
         extra = [(b"age", b"%d" % max(age, 0)), (b"cache-status", cache_status)]

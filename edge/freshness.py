@@ -261,20 +261,3 @@ def assess(status: int, headers: dict[str, str], request_time: float, response_t
         no_cache="no-cache" in cc or pragma_no_cache,
         must_revalidate="must-revalidate" in cc or "proxy-revalidate" in cc or implied,
     )
-
-
-def cache_status(*, hit: bool, fwd: str | None = None, stored: bool = False, ttl: float | None = None,
-                 detail: str | None = None) -> bytes:
-    """A Cache-Status field value (RFC 9211) naming this cache 'edge'."""
-    parts = ["edge"]
-    if hit:
-        parts.append("hit")
-    if fwd is not None:
-        parts.append(f"fwd={fwd}")
-    if stored:
-        parts.append("stored")
-    if ttl is not None:
-        parts.append(f"ttl={int(ttl)}")
-    if detail is not None:
-        parts.append(f"detail={detail}")
-    return "; ".join(parts).encode("ascii")

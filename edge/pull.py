@@ -26,6 +26,7 @@ import aiofiles.os
 
 from . import reports
 from .cachekey import KeyRule, digest
+from .cachestatus import CacheStatus
 from .conditional import weak_match
 from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, authorizes, store_name, text_plan
@@ -80,16 +81,16 @@ FOLLOW_POLL_MAX = 0.02
 SPILL_GRACE = 1.0  # seconds a spilled body's memory file stays open for followers after its fetch ends
 ROOM_REQUEST_INTERVAL = 1.0  # seconds between two asks to the manager to make room after failed stores
 
-HIT_STALE_REVALIDATE = b"edge; hit; fwd=stale; detail=stale-while-revalidate"
-STALE_ERROR = b"edge; fwd=stale; detail=stale-if-error"  # forwarded, failed: not a hit (RFC 9211 §2.1)
-REVALIDATED = b"edge; fwd=stale; fwd-status=304"
-MISS_STORED = b"edge; fwd=miss; stored"  # being stored: the body streams to its clients and the disk at once
-MISS = b"edge; fwd=miss"
-MISS_STORE_FAILED = b"edge; fwd=miss; detail=store-failed"  # storable, but the disk refuses it: streamed only
-STALE_STORE_FAILED = b"edge; fwd=stale; detail=store-failed"
-STALE_NOT_STORED = b"edge; fwd=stale"  # was stale; the origin's new answer may not be stored
-COLLAPSED = b"edge; fwd=miss; stored; collapsed"
-STALE_REFETCHED = b"edge; fwd=stale; stored"
+HIT_STALE_REVALIDATE = CacheStatus(hit=True, fwd="stale", detail="stale-while-revalidate")
+STALE_ERROR = CacheStatus(fwd="stale", detail="stale-if-error")  # forwarded, failed: not a hit (RFC 9211 §2.1)
+REVALIDATED = CacheStatus(fwd="stale", fwd_status=304)
+MISS_STORED = CacheStatus(fwd="miss", stored=True)  # being stored: the body streams to its clients and the disk at once
+MISS = CacheStatus(fwd="miss")
+MISS_STORE_FAILED = CacheStatus(fwd="miss", detail="store-failed")  # storable, but the disk refuses it: streamed only
+STALE_STORE_FAILED = CacheStatus(fwd="stale", detail="store-failed")
+STALE_NOT_STORED = CacheStatus(fwd="stale")  # was stale; the origin's new answer may not be stored
+COLLAPSED = MISS_STORED.joined()
+STALE_REFETCHED = CacheStatus(fwd="stale", stored=True)
 
 
 class KeyLocks:
@@ -140,8 +141,8 @@ class Outcome:
 
     __slots__ = ("entry", "cache_status", "plan", "shared")
 
-    def __init__(self, entry: StoredEntry | None = None, cache_status: bytes | None = b"", plan: Plan | None = None,
-                 shared: bool = True) -> None:
+    def __init__(self, entry: StoredEntry | None = None, cache_status: CacheStatus | None = None,
+                 plan: Plan | None = None, shared: bool = True) -> None:
         self.entry = entry
         self.cache_status = cache_status
         self.plan = plan
@@ -346,7 +347,7 @@ class Puller:
             if now < entry.revalidate_until:
                 self.stats[CACHE_STALE] += 1
                 self._flight(fetch, entry, background=True)  # this request gets the stale copy meanwhile
-                return _held(self.site.stored(req, entry, now, HIT_STALE_REVALIDATE))
+                return _held(self.site.stored(req, entry, now, HIT_STALE_REVALIDATE.encode()))
         else:
             entry = None
         self.stats[CACHE_MISSES] += 1
@@ -362,9 +363,9 @@ class Puller:
             outcome.entry.acquire()
         first = flight.claim()
         status = outcome.cache_status
-        if outcome.shared and not first and status is not None and status.startswith(b"edge; fwd=") \
-                and not status.endswith(b"; collapsed"):
-            outcome = Outcome(outcome.entry, status + b"; collapsed")  # served by another request's forward
+        if outcome.shared and not first and status is not None and status.fwd is not None and not status.hit \
+                and not status.collapsed:
+            outcome = Outcome(outcome.entry, status.joined())  # served by another request's forward
         elif status is None and outcome.entry is not None:
             # Another worker had refreshed it: read from the disk, a hit after all.
             self.stats[CACHE_MISSES] -= 1
@@ -401,7 +402,8 @@ class Puller:
     def _planned(self, req: Request, outcome: Outcome) -> Plan:
         if outcome.plan is not None:
             return outcome.plan
-        plan = self.site.stored(req, outcome.entry, self.loop.time(), outcome.cache_status)
+        status = outcome.cache_status
+        plan = self.site.stored(req, outcome.entry, self.loop.time(), status.encode() if status is not None else None)
         if plan.entry is not outcome.entry:  # an error plan (412...) does not use the entry
             outcome.entry.release()
         return plan
@@ -533,9 +535,8 @@ class Puller:
         return stale is None or changed != stale.changed
 
     def _error(self, status: int, detail: str, stale: bool = False) -> Plan:
-        fwd = b"stale" if stale else b"miss"
-        return text_plan(status, [(b"cache-status", b"edge; fwd=%s; detail=%s" % (fwd, detail.encode("ascii")))],
-                         self.site.server)
+        label = CacheStatus(fwd="stale" if stale else "miss", detail=detail)
+        return text_plan(status, [(b"cache-status", label.encode())], self.site.server)
 
     async def _fetch(self, flight: Flight, fetch: Fetch, stale: StoredEntry | None, name: str,
                      publish: bool = True, conditional: bool = True) -> None:
@@ -748,9 +749,7 @@ class Puller:
             return
         if stale is not None and self.loop.time() < stale.error_until:
             self.stats[CACHE_STALE] += 1
-            label = STALE_ERROR.replace(b"; detail", b"; fwd-status=%d; detail" % origin_status) if origin_status \
-                else STALE_ERROR
-            flight.resolve(Outcome(stale, label))
+            flight.resolve(Outcome(stale, replace(STALE_ERROR, fwd_status=origin_status)))
             return
         if stale is not None and stale.meta.must_revalidate and detail == "unreachable":
             status = 504

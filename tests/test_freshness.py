@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.freshness import FRESH, STALE, STALE_REVALIDATE, assess, cache_status, parse_cache_control
+from edge.freshness import FRESH, STALE, STALE_REVALIDATE, assess, parse_cache_control
 from edge.httpdate import format_http_date
 
 NOW = 1_800_000_000.0
@@ -120,13 +120,6 @@ def test_s_maxage_implies_proxy_revalidate_unless_stale_directives_say_otherwise
     assert not swr.must_revalidate and swr.state(NOW, NOW + 5) == STALE_REVALIDATE
     assert fresh(cache_control="s-maxage=1, stale-if-error=60").usable_on_error(NOW, NOW + 5)
     assert fresh(cache_control="s-maxage=1, must-revalidate, stale-while-revalidate=59").must_revalidate
-
-
-def test_cache_status_values():
-    assert cache_status(hit=True, ttl=42.7) == b"edge; hit; ttl=42"
-    assert cache_status(hit=False, fwd="miss", stored=True) == b"edge; fwd=miss; stored"
-    assert cache_status(hit=True, fwd="stale") == b"edge; hit; fwd=stale"
-    assert cache_status(hit=True, detail="stale-if-error") == b"edge; hit; detail=stale-if-error"
 
 
 # -- Age (RFC 9111 §5.1): the first member counts; an invalid one makes the answer stale on arrival ------------
