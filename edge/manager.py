@@ -24,7 +24,7 @@ from .config import Config
 from .control import Asker
 from .diskcache import DiskCache, process_alive
 from .health import ActiveHealth, HealthTable, OriginCounters, check
-from .pull import KeyLocks
+from .follow import KeyLocks
 from .purge import PurgeIndex
 from .stats import StatsBlock
 

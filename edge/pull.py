@@ -5,7 +5,7 @@ metadata from the disk cache (off the loop), serves it if fresh, serves it stale
 (stale-while-revalidate), or fetches it. One fetch per key runs at a time on the whole node: within
 a worker by a dict of flights, across workers by a byte-range lock on tmp/locks; the fetching worker
 writes the body to tmp/<digest>.fetch with the response head in an extended attribute, so the others
-follow that file as it grows (no file of its own for the head: an inode made and removed per miss
+follow that file as it grows (edge/follow.py; no file of its own for the head: an inode made and removed per miss
 cost more than the rest of publishing it).
 Every client reads the body from that file (sendfile), never from the network buffer.
 """
@@ -13,8 +13,6 @@ Every client reads the body from that file (sendfile), never from the network bu
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import os
 import socket
 import sys
@@ -31,19 +29,14 @@ from .conditional import weak_match
 from .config import Config
 from .core import REASONS, Fetch, Plan, Request, Site, authorizes, store_name, text_plan
 from .diskcache import (
-    HEAD_XATTR,
-    SPILL_XATTR,
-    XATTR,
     DiskCache,
     Meta,
     Writer,
-    parse_head,
-    process_alive,
     read_meta,
-    spill_name,
     rewrite_meta,
 )
 from .filecache import OPEN_FLAGS, FileCache
+from .follow import PASS, TIMED_OUT, Follower, KeyLocks
 from .freshness import assess
 from .health import CLOSED, CircuitBreaker, HealthTable, counts_against_origin
 from .httpdate import format_http_date, parse_http_date
@@ -70,14 +63,11 @@ from .stored import (
 from .variants import keyed_names, select, suffix, vary_names
 
 _rewrite_meta = aiofiles.os.wrap(rewrite_meta)  # a 304's metadata update, run on aiofiles' thread pool
-LOCK_SLOTS = 1 << 20  # byte offsets in tmp/locks; two keys share one only by a 1-in-a-million chance
 PURGE_MEMORY = 10.0  # seconds a worker remembers a purge it acknowledged (see Puller.purged)
 #: Seconds a key whose origin answer may not be stored is remembered as such (Varnish's hit-for-miss,
 #: its 120 s): its requests go to the origin at once instead of queueing behind one another's fetch.
 HIT_FOR_MISS = 120.0
 HIT_FOR_MISS_KEYS = 10_000
-FOLLOW_POLL_MIN = 0.001
-FOLLOW_POLL_MAX = 0.02
 SPILL_GRACE = 1.0  # seconds a spilled body's memory file stays open for followers after its fetch ends
 ROOM_REQUEST_INTERVAL = 1.0  # seconds between two asks to the manager to make room after failed stores
 
@@ -91,49 +81,6 @@ STALE_STORE_FAILED = CacheStatus(fwd="stale", detail="store-failed")
 STALE_NOT_STORED = CacheStatus(fwd="stale")  # was stale; the origin's new answer may not be stored
 COLLAPSED = MISS_STORED.joined()
 STALE_REFETCHED = CacheStatus(fwd="stale", stored=True)
-
-
-class KeyLocks:
-    """Node-wide fetch locks: one byte of a shared file per key slot, locked with fcntl (per process).
-
-    fcntl locks belong to the process, not to a fetch: two keys of one worker may share a slot, so the
-    worker counts its holders and gives the slot back only when the last one lets go.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.held: dict[int, int] = {}  # slot -> fetches of this process holding it
-
-    @staticmethod
-    def slot(name: str) -> int:
-        """The lock slot of an object's digest."""
-        return int(name[:8], 16) % LOCK_SLOTS
-
-    def try_lock(self, slot: int) -> bool:
-        """Take the slot if no other process holds it."""
-        if slot in self.held:
-            self.held[slot] += 1
-            return True
-        try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
-            self.held[slot] = 1
-            return True
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-
-    def unlock(self, slot: int) -> None:
-        """Give the slot back (to other processes once no fetch of this one holds it)."""
-        left = self.held.pop(slot, 1) - 1
-        if left:
-            self.held[slot] = left
-            return
-        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, slot)
-
-    def close(self) -> None:
-        """Release every slot (closing the fd drops this process's locks)."""
-        os.close(self.fd)
 
 
 class Outcome:
@@ -246,6 +193,7 @@ class Puller:
         self.running: set[Flight] = set()  # every fetch under way, private ones too
         self.locks = KeyLocks(os.path.join(self.store.tmp_dir, "locks"))
         self.tasks: set[asyncio.Task] = set()
+        self.follower = Follower(loop, self.store, self.locks, self.follow_timeout, self.read_timeout, self._spawn)
 
     # -- node-wide bookkeeping ---------------------------------------------------------------------
 
@@ -831,120 +779,16 @@ class Puller:
             return None  # purged or evicted at once: serve it from the open fd, do not keep it
 
     async def _follow(self, fetch: Fetch, name: str, slot: int) -> Outcome | None:
-        """Another worker holds the key's lock: serve its temp file as it grows; None once its lock is free."""
-        path = self.store.follow_path(name)
-        delay = FOLLOW_POLL_MIN
-        deadline = self.loop.time() + self.follow_timeout
-        grown = -1
-        while self.loop.time() < deadline:
-            found = self._open_head(path, fetch)
-            if found == "pass":
-                return Outcome(shared=False)  # not for sharing: each request asks the origin itself
-            if isinstance(found, tuple):
-                entry, fetcher = found
-                self._spawn(self._tail(entry, fetcher))
-                return Outcome(entry, COLLAPSED)
-            if isinstance(found, int) and found > grown:  # a body still arriving that cannot be followed
-                grown = found
-                deadline = self.loop.time() + self.follow_timeout
-            if self.locks.try_lock(slot):
-                self.locks.unlock(slot)
-                return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, FOLLOW_POLL_MAX)
-        return Outcome(plan=self._error(504, "timeout"))
-
-    def _open_head(self, path: str, fetch: Fetch) -> tuple[StoredEntry, int] | str | int | None:
-        """Another worker's fetch, from its temp file and head: an entry to follow with the fetching
-        worker's pid (a body of unknown length streams until _tail learns where it ends), "pass", the bytes
-        so far of a body that cannot be followed (no head on this filesystem: wait for it to be stored),
-        or None (no fetch there, another key's, or one left by a worker that died)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None  # not there yet, or already stored or gone (the lock tells which)
-        entry = None
-        try:
-            try:
-                data = os.getxattr(fd, HEAD_XATTR)
-            except OSError:
-                return os.fstat(fd).st_size  # no head yet, or no xattrs here: is it still growing?
-            shared, known, pid, meta = parse_head(data)
-            if meta.key != fetch.key.decode("latin-1"):
-                return None  # a Vary case: fetched by ourselves once this fetch is stored
-            if not process_alive(pid):
-                return None  # left by a worker that died: the lock holder replaces it when its answer comes
-            if not shared:
-                return "pass"
-            entry = StoredEntry(fetch.name, path, fd, os.fstat(fd), meta, self.loop.time(), time.time())
-        except (OSError, ValueError, TypeError, KeyError):
+        """Another worker holds the key's lock: its fetch as this flight's outcome (follow.Follower), or None
+        once the lock is free."""
+        found = await self.follower.follow(fetch.key, fetch.name, name, slot)
+        if found is None:
             return None
-        finally:
-            if entry is None:
-                os.close(fd)
-        if not known:  # its length is known only at its end: streamed (chunked) as it grows, like the fetcher's
-            entry.size = STREAMED
-        entry.growth = Growth(entry.size)
-        if entry.size == 0:
-            entry.growth.done = True
-        entry.acquire()  # the tail's reference; retire() below closes the fd after the last reader
-        entry.retire()
-        return entry, pid
-
-    async def _tail(self, entry: StoredEntry, fetcher: int) -> None:
-        """Watch another worker's temp file grow; fail the readers if it is abandoned, stalls, or its
-        fetching worker (pid `fetcher`) dies."""
-        growth = entry.growth
-        delay = FOLLOW_POLL_MIN
-        last = self.loop.time()
-        head_fd = -1  # the temp file, for its head, once the body is followed in the fetcher's memory
-        try:
-            while not growth.done and not growth.failed:
-                st = os.fstat(entry.fd)
-                now = self.loop.time()
-                if st.st_size > growth.available:
-                    growth.grew(min(st.st_size, growth.length))
-                    last = now
-                    delay = FOLLOW_POLL_MIN
-                    continue
-                if growth.length == STREAMED:
-                    final = self._final_length(entry.fd if head_fd < 0 else head_fd)
-                    if final is not None and final == st.st_size:
-                        entry.size = entry.meta.length = final
-                        growth.finish(final)
-                        break
-                if head_fd < 0:
-                    head_fd = _follow_spill(entry)
-                    if head_fd >= 0:
-                        continue  # the disk refused the body: the rest is in the fetcher's memory file
-                if (head_fd < 0 and st.st_nlink == 0) or now - last > self.read_timeout \
-                        or not process_alive(fetcher):
-                    growth.fail()  # the fetcher dropped it (truncated origin) or died
-                    break
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, FOLLOW_POLL_MAX)
-        except OSError:
-            growth.fail()
-        finally:
-            if head_fd >= 0:
-                os.close(head_fd)
-            entry.growth = None
-            entry.release()
-
-    @staticmethod
-    def _final_length(fd: int) -> int | None:
-        """The length of another worker's body of unknown length (open as `fd`), once its end is known: from
-        its head, which the fetcher rewrites with the length at the end, or, the head gone with the commit,
-        from the metadata the commit set on the same file (read through `fd`: the stored object may be
-        replaced or purged by then). None while it still grows."""
-        try:
-            try:
-                _, known, _, meta = parse_head(os.getxattr(fd, HEAD_XATTR))
-                return meta.length if known else None
-            except OSError:
-                return Meta.loads(os.getxattr(fd, XATTR)).length
-        except (OSError, ValueError, TypeError, KeyError):
-            return None
+        if found is PASS:
+            return Outcome(shared=False)  # not for sharing: each request asks the origin itself
+        if found is TIMED_OUT:
+            return Outcome(plan=self._error(504, "timeout"))
+        return Outcome(found, COLLAPSED)
 
     async def close(self) -> None:
         """Stop fetching: cancel flights, close the origin connections and the lock file."""
@@ -953,27 +797,6 @@ class Puller:
         await self.pool.close()
         self.locks.close()
         self.reports.flush()
-
-
-def _follow_spill(entry: StoredEntry) -> int:
-    """Another worker's body the disk refused goes on in that worker's memory file (Writer.spill): put
-    that file under entry.fd and return a new fd of the temp file (for its head); -1 when not spilled."""
-    try:
-        pid, number = os.getxattr(entry.fd, SPILL_XATTR).split()
-        memory = os.open(f"/proc/{int(pid)}/fd/{int(number)}", os.O_RDONLY | os.O_CLOEXEC)
-    except (OSError, ValueError):
-        return -1
-    try:
-        # The fd number could name another file by now: only the memory file of this very body will do.
-        if os.readlink(f"/proc/self/fd/{memory}") != f"/memfd:{spill_name(entry.fs_path)} (deleted)":
-            return -1
-        head = os.dup(entry.fd)
-        os.dup2(memory, entry.fd)
-        return head
-    except OSError:
-        return -1
-    finally:
-        os.close(memory)
 
 
 def _coding(req: Request) -> str:

@@ -41,6 +41,7 @@ from test_supervisor import serving_pid
 
 from edge.cachekey import digest
 from edge.diskcache import DiskCache, Meta, read_meta
+from edge.follow import Follower
 from edge.pull import HIT_FOR_MISS, Puller
 from edge.ring import Ring
 from edge.variants import suffix
@@ -1043,7 +1044,7 @@ def test_a_follower_learns_where_a_body_of_unknown_length_ends_through_its_own_f
     fd = os.open(cache.follow_path(name), os.O_RDONLY)
     try:
         writer.write(b"x" * 1000)
-        assert Puller._final_length(fd) is None, "still growing"
+        assert Follower._final_length(fd) is None, "still growing"
         meta.length = 1000
         if ending == "stored-then-replaced":
             assert writer.commit(meta)
@@ -1051,7 +1052,7 @@ def test_a_follower_learns_where_a_body_of_unknown_length_ends_through_its_own_f
         else:
             assert writer.publish_head(True, True, meta.dumps())  # as _answer does when the body ends
             writer.abort()
-        assert Puller._final_length(fd) == 1000
+        assert Follower._final_length(fd) == 1000
     finally:
         os.close(fd)
 
