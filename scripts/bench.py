@@ -126,7 +126,7 @@ H2_TARGETS = (   # (row, other server, minimum edge / other), printed not assert
 WRK_PINNED = (1, 64)                 # wrk threads, connections: pinned rows
 WRK_UNPINNED = (2, 128)              # unpinned rows: 64 connections per wrk thread
 SCALING_TARGET = 0.95                # edge scaling / nginx scaling, printed not asserted
-PROXY_SERVERS = ("edge", "nginx")    # the servers of the proxy-cache rows
+PROXY_SERVERS = ("edge", "edge-base", "nginx")    # the servers of the proxy-cache rows (edge-base: --baseline)
 PROXY_OBJECTS = 100                  # 1 KiB objects /obj/0 .. /obj/99 on the origin
 PROXY_OBJ_SIZE = 1 << 10
 COALESCE_CLIENTS = 100               # concurrent requests for one new key
@@ -158,6 +158,7 @@ PROXY_LABEL = {
     "edge": "edge proxy (disk cache)",
     "nginx": "nginx proxy_cache",
     "edge-local": "edge, same objects as local files",
+    "edge-base": "edge proxy before (--baseline)",
 }
 
 
@@ -658,11 +659,16 @@ class Harness:
         argv = [str(exe), "serve", "--host", HOST, "--port", str(port), "--workers", "1", "--admin", "off"]
         if cell == "edge-local":
             return Spec("edge", argv + ["--root", str(self.origin_root)], "")
+        env = {}
+        if cell == "edge-base":
+            if self.base_tree is None:
+                raise RuntimeError("edge-base needs --baseline REV")
+            env = {"PYTHONPATH": str(self.base_tree)}
         # an empty root: a local file would win over the origin
         return Spec("edge", argv + ["--root", str(self.empty_root),
                                     "--origin", f"http://{HOST}:{origin_port}",
                                     "--cache-dir", str(self.tmp / f"edge-cache-{port}"),
-                                    "--cache-max-size", "10G"], "")
+                                    "--cache-max-size", "10G"], "", env=env)
 
     # ---- server specs --------------------------------------------------
     def spec(self, name: str, port: int, workers: str | None = None,
@@ -1626,6 +1632,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.baseline:
         servers.append("edge-base")
         SERVER_LABEL["edge-base"] = f"edge at {a.baseline} (before)"
+        PROXY_LABEL["edge-base"] = f"edge proxy at {a.baseline} (before)"
     elif "edge-base" in servers:
         ap.error("edge-base runs the revision given by --baseline REV")
     servers = [s for s in ALL_SERVERS if s in servers]   # stable order, edge first
@@ -2047,7 +2054,7 @@ def run_proxy(h: Harness, servers: list[str], rows: list[Row], results, failures
             try:
                 # edge as a proxy: supervisor, cache manager and one worker
                 proc, port, _ = h.start(c, make_spec=lambda p, c=c: h.proxy_spec(c, p, oport),
-                                        children={"edge": 2, "edge-local": 1}.get(c))
+                                        children={"edge": 2, "edge-base": 2, "edge-local": 1}.get(c))
             except Exception as e:  # noqa: BLE001
                 msg = f"proxy rows / {c}: could not start: {e}"
                 log(msg)
