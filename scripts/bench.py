@@ -1941,10 +1941,15 @@ def proxy_cells(row: Row, servers: list[str]) -> list[str]:
     return cells
 
 
+def cache_field(cell: str) -> str:
+    """The response field in which ``cell`` (edge in any form, or nginx) says hit or miss."""
+    return CACHE_FIELD["edge" if cell.startswith("edge") else cell]
+
+
 def check_cache_field(cell: str, fields: dict[str, str], want: str, what: str) -> str:
     """The hit/miss field of ``cell``'s response must say ``want`` ("hit", "miss
     stored"); returns the value seen."""
-    name = CACHE_FIELD["edge" if cell.startswith("edge") else cell]
+    name = cache_field(cell)
     value = fields.get(name)
     if value is None:
         raise RuntimeError(f"{what}: no {name} field in the response")
@@ -2141,7 +2146,7 @@ def run_proxy_rounds(h: Harness, row: Row, cells: list[str], live, origin, oport
 
 def _cache_word(cell: str, fields: dict[str, str]) -> str:
     """The hit/miss field of a coalesced response, TTL figures left out."""
-    value = fields.get(CACHE_FIELD[cell], "(none)")
+    value = fields.get(cache_field(cell), "(none)")
     return re.sub(r"ttl=-?\d+", "ttl=N", value)
 
 
@@ -2202,7 +2207,7 @@ def run_coalesce(h: Harness, row: Row, cells: list[str], live, oport: int,
             line = (f"{row.key} {c:6} run {i + 1}: origin fetches {fetches} "
                     f"(origin statuses {','.join(statuses) or '-'}); {len(ok)} of "
                     f"{COALESCE_CLIENTS} responses complete and correct, statuses {codes}, "
-                    f"{CACHE_FIELD[c]}: {words}"
+                    f"{cache_field(c)}: {words}"
                     + (f", errors {got['errors']}" if got["errors"] else "")
                     + (f"; answered in {r['median']:.3f} s median, {r['last']:.3f} s last"
                        if secs else "")
