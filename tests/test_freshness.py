@@ -277,3 +277,74 @@ def test_cdn_cache_control_lines_are_one_dictionary():
     joined = _header_dict([("date", DATE), ("cdn-cache-control", "max-age=60"), ("cdn-cache-control", "max-age=5"),
                            ("cache-control", "max-age=7")])
     assert assess(200, joined, NOW, NOW, 60).lifetime == 5
+
+
+# -- The RFC 9111 table: response fields + request + clock -> store? state? ttl? serve stale on error? --------
+
+LM_10D = format_http_date(NOW - 10 * 86_400)
+IN_1H = format_http_date(NOW + 3600)
+
+# (status, response fields, authorized, seconds after receipt) -> (storable, state, ttl left, usable when the
+# origin fails: fresh, or within stale-if-error)
+RFC9111_TABLE = [
+    pytest.param(200, {"cache-control": "max-age=60"}, False, 30, (True, FRESH, 30, True), id="max-age: fresh"),
+    pytest.param(200, {"cache-control": "max-age=60"}, False, 61, (True, STALE, -1, False), id="max-age: stale"),
+    pytest.param(200, {"cache-control": "max-age=60, s-maxage=10"}, False, 30, (True, STALE, -20, False),
+                 id="s-maxage wins for a shared cache (§5.2.2.10)"),
+    pytest.param(200, {"expires": IN_1H}, False, 600, (True, FRESH, 3000, True), id="Expires - Date (§4.2.1)"),
+    pytest.param(200, {"expires": IN_1H, "cache-control": "max-age=5"}, False, 10, (True, STALE, -5, False),
+                 id="max-age over Expires"),
+    pytest.param(200, {"expires": "Sun, 06 Nov 2094 08:49:37 gmt"}, False, 0, (True, STALE, 0, False),
+                 id="invalid Expires: already expired (§5.3)"),
+    pytest.param(200, {"expires": "0"}, False, 0, (True, STALE, 0, False), id="Expires: 0"),
+    pytest.param(200, {"last-modified": LM_10D}, False, 3600, (True, FRESH, 86_400 - 3600, True),
+                 id="heuristic: 10% of Date - Last-Modified (§4.2.2)"),
+    pytest.param(200, {}, False, 30, (True, FRESH, 30, True), id="nothing said: default_ttl"),
+    pytest.param(200, {"cache-control": "max-age=60", "age": "50"}, False, 5, (True, FRESH, 5, True),
+                 id="Age counts (§4.2.3)"),
+    pytest.param(200, {"cache-control": "max-age=60", "age": "5, 50"}, False, 0, (True, FRESH, 55, True),
+                 id="Age as a list: the first value"),
+    pytest.param(200, {"cache-control": "max-age=60", "age": "-1"}, False, 0, (True, STALE, 0, False),
+                 id="invalid Age: stale on arrival (§5.1)"),
+    pytest.param(200, {"cache-control": "no-store, max-age=60"}, False, 0, (False, FRESH, 60, True),
+                 id="no-store: never stored"),
+    pytest.param(200, {"cache-control": "private, max-age=60"}, False, 0, (False, FRESH, 60, True),
+                 id="private: not for a shared cache"),
+    pytest.param(200, {"cache-control": "no-cache, max-age=60"}, False, 0, (True, STALE, None, False),
+                 id="no-cache: stored, validated before each reuse"),
+    pytest.param(200, {"cache-control": "max-age=1, stale-while-revalidate=60"}, False, 30,
+                 (True, STALE_REVALIDATE, -29, False), id="stale-while-revalidate window (RFC 5861)"),
+    pytest.param(200, {"cache-control": "max-age=1, stale-if-error=60"}, False, 30, (True, STALE, -29, True),
+                 id="stale-if-error window"),
+    pytest.param(200, {"cache-control": "max-age=1, stale-if-error=60, must-revalidate"}, False, 30,
+                 (True, STALE, -29, False), id="must-revalidate closes the stale windows (§5.2.2.2)"),
+    pytest.param(200, {"cache-control": "s-maxage=1, stale-if-error=60"}, False, 30, (True, STALE, -29, True),
+                 id="s-maxage with its own stale-if-error"),
+    pytest.param(200, {"cache-control": "s-maxage=1"}, False, 30, (True, STALE, -29, False),
+                 id="s-maxage alone implies proxy-revalidate"),
+    pytest.param(200, {"cache-control": "max-age=60"}, True, 0, (False, FRESH, 60, True),
+                 id="Authorization: not stored without public/s-maxage/must-revalidate (§3.5)"),
+    pytest.param(200, {"cache-control": "public, max-age=60"}, True, 0, (True, FRESH, 60, True),
+                 id="Authorization with public"),
+    pytest.param(200, {"cache-control": "no-store", "cdn-cache-control": "max-age=60"}, False, 0,
+                 (True, FRESH, 60, True), id="CDN-Cache-Control speaks to this cache (RFC 9213)"),
+    pytest.param(200, {"cache-control": "max-age=60", "cdn-cache-control": "max-age=\"60\""}, False, 0,
+                 (True, FRESH, 60, True), id="a CDN-Cache-Control of the wrong type is ignored"),
+    pytest.param(302, {}, False, 0, (False, FRESH, 60, True), id="302 without explicit freshness"),
+    pytest.param(299, {"cache-control": "max-age=60"}, False, 0, (True, FRESH, 60, True),
+                 id="an extension status with explicit freshness (§3)"),
+]
+
+
+@pytest.mark.parametrize(("status", "fields", "authorized", "later", "expected"), RFC9111_TABLE)
+def test_rfc9111_table(status: int, fields: dict[str, str], authorized: bool, later: float,
+                       expected: tuple) -> None:
+    """One row per rule: what assess() and the reuse windows production uses say at a point in time."""
+    headers = {"date": DATE, **fields}
+    judged = assess(status, headers, NOW, NOW, 60.0, authorized=authorized)
+    storable, state, ttl, on_error = expected
+    assert judged.storable is storable
+    assert judged.state(NOW, NOW + later) == state
+    _, fresh_left, _, _ = judged.windows(NOW, NOW + later)
+    assert (None if fresh_left == float("-inf") else round(fresh_left)) == ttl
+    assert judged.usable_on_error(NOW, NOW + later) is on_error
