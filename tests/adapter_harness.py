@@ -36,6 +36,8 @@ from edge.config import Config, load
 from edge.http1 import H1Connection
 from edge.worker import Worker
 
+from conftest import fill_www
+
 OLD_MTIME = 1614834367  # 2021-03-04 05:06:07 UTC: a fixed, long-past modification time
 JS = b"export function hi() { return 'hello from a.js'; }\n" * 40
 RULE_VALUE = "public, max-age=31536000, immutable"
@@ -49,16 +51,7 @@ MAX_ROUNDS = 200_000
 
 def make_root(root: Path) -> Path:
     """A document root with every kind of file the adapter tables ask for; returns `root`."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "index.html").write_text("<h1>home</h1>\n")
-    (root / "hello.txt").write_text("hello world\n")
-    (root / "1k.bin").write_bytes(os.urandom(1024))
-    (root / "100k.bin").write_bytes(os.urandom(100 * 1024))
-    (root / "1m.bin").write_bytes(os.urandom(1024 * 1024))
-    (root / "sub").mkdir()
-    (root / "sub" / "index.html").write_text("<p>sub</p>\n")
-    (root / "noindex").mkdir()
-    (root / "noindex" / "a.txt").write_text("a\n")
+    fill_www(root)
     (root / "data.bin").write_bytes(os.urandom(100_000))
     os.utime(root / "data.bin", (OLD_MTIME, OLD_MTIME))
     (root / "a.js").write_bytes(JS)

@@ -164,8 +164,12 @@ def _collect(stream, sink: list[str]) -> None:
 @pytest.fixture
 def www(tmp_path: Path) -> Path:
     """A document root with a few files."""
-    root = tmp_path / "www"
-    root.mkdir()
+    return fill_www(tmp_path / "www")
+
+
+def fill_www(root: Path) -> Path:
+    """Make `root` the document root most tests serve: pages, a directory with an index, one without."""
+    root.mkdir(parents=True, exist_ok=True)
     (root / "index.html").write_text("<h1>home</h1>\n")
     (root / "hello.txt").write_text("hello world\n")
     (root / "1k.bin").write_bytes(os.urandom(1024))
