@@ -444,7 +444,11 @@ def concurrent_gets(host: str, port: int, path: str, count: int,
 
 
 class IdleConnections:
-    """Open ``count`` connections, do one complete GET on each, keep them idle."""
+    """Open ``count`` connections, do one complete GET on each, keep them idle.
+
+    The connect/send/read loop is shared with H2IdleConnections; a subclass says what
+    goes out first (``first_bytes``), what it keeps per connection (``new_state``)
+    and when a response is whole and right (``received``)."""
 
     def __init__(self, host: str, port: int, path: str, expect_len: int,
                  count: int, in_flight: int = 200, timeout: float = 120.0) -> None:
@@ -461,9 +465,35 @@ class IdleConnections:
         self.failed += 1
         self.errors[what] = self.errors.get(what, 0) + 1
 
+    def first_bytes(self) -> bytes:
+        """What every connection sends once connected: the GET."""
+        return request_bytes(self.host, self.port, self.path)
+
+    def new_state(self) -> object:
+        """Per-connection response state: the bytes read so far."""
+        return bytearray()
+
+    def received(self, s: socket.socket, buf: bytearray, data: bytes) -> str | None:
+        """Take ``data``: None while the response is incomplete, "" when it is
+        whole and right (the connection goes idle), else why it failed."""
+        buf += data
+        idx = buf.find(b"\r\n\r\n")
+        if idx < 0:
+            return None
+        status, clen, chunked, close = parse_head(bytes(buf[:idx]))
+        try:
+            body = decode_body(bytes(buf[idx + 4:]), chunked, clen)
+        except (ClientError, ValueError) as e:
+            return f"bad response: {e}"
+        if body is None:
+            return None
+        if status != 200 or len(body) != self.expect_len:
+            return f"status {status} length {len(body)}"
+        return "server sent Connection: close" if close else ""
+
     def open(self) -> int:
         """Establish the connections; returns how many are idle and usable."""
-        req = request_bytes(self.host, self.port, self.path)
+        first = self.first_bytes()
         sel = selectors.DefaultSelector()
         started = 0
         active = 0
@@ -482,7 +512,14 @@ class IdleConnections:
                 self._err(f"connect: {errno.errorcode.get(err, err)}")
                 return
             active += 1
-            sel.register(s, selectors.EVENT_WRITE, ["connecting", bytearray(), 0])
+            sel.register(s, selectors.EVENT_WRITE, [True, self.new_state()])
+
+        def drop(s: socket.socket, what: str) -> None:
+            nonlocal active
+            sel.unregister(s)
+            s.close()
+            active -= 1
+            self._err(what)
 
         try:
             while len(self.idle) + self.failed < self.count:
@@ -495,66 +532,45 @@ class IdleConnections:
                     continue
                 for key, _ in sel.select(1.0):
                     s: socket.socket = key.fileobj  # type: ignore[assignment]
-                    st = key.data
-                    if st[0] == "connecting":
+                    connecting, state = key.data
+                    if connecting:
                         err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                         if err:
-                            sel.unregister(s)
-                            s.close()
-                            active -= 1
-                            self._err(f"connect: {errno.errorcode.get(err, err)}")
+                            drop(s, f"connect: {errno.errorcode.get(err, err)}")
                             continue
                         try:
-                            s.send(req)
+                            sent = s.send(first)
                         except OSError as e:
-                            sel.unregister(s)
-                            s.close()
-                            active -= 1
-                            self._err(f"send: {e.__class__.__name__}")
+                            drop(s, f"send: {e.__class__.__name__}")
                             continue
-                        st[0] = "reading"
-                        sel.modify(s, selectors.EVENT_READ, st)
+                        if sent != len(first):   # ~100 bytes on a fresh socket
+                            drop(s, "short send of the request")
+                            continue
+                        sel.modify(s, selectors.EVENT_READ, [False, state])
                         continue
                     try:
                         data = s.recv(65536)
                     except BlockingIOError:
                         continue
                     except OSError as e:
-                        sel.unregister(s)
-                        s.close()
-                        active -= 1
-                        self._err(f"recv: {e.__class__.__name__}")
+                        drop(s, f"recv: {e.__class__.__name__}")
                         continue
                     if not data:
-                        sel.unregister(s)
-                        s.close()
-                        active -= 1
-                        self._err("closed before response completed")
+                        drop(s, "closed before response completed")
                         continue
-                    buf = st[1]
-                    buf += data
-                    idx = buf.find(b"\r\n\r\n")
-                    if idx < 0:
-                        continue
-                    status, clen, chunked, close = parse_head(bytes(buf[:idx]))
                     try:
-                        body = decode_body(bytes(buf[idx + 4:]), chunked, clen)
-                    except (ClientError, ValueError) as e:
-                        body, bad = b"", f"bad response: {e}"
-                    else:
-                        bad = ""
-                    if body is None:
+                        verdict = self.received(s, state, data)
+                    except OSError as e:   # an answer to the server (SETTINGS ACK...) failed
+                        drop(s, f"send: {e.__class__.__name__}")
+                        continue
+                    if verdict is None:
+                        continue
+                    if verdict:
+                        drop(s, verdict)
                         continue
                     sel.unregister(s)
                     active -= 1
-                    if bad or status != 200 or len(body) != self.expect_len:
-                        s.close()
-                        self._err(bad or f"status {status} length {len(body)}")
-                    elif close:
-                        s.close()
-                        self._err("server sent Connection: close")
-                    else:
-                        self.idle.append(s)
+                    self.idle.append(s)
         finally:
             # anything still in the selector is half-done: drop it
             for key in list(sel.get_map().values()):
@@ -619,10 +635,9 @@ H2_SETTINGS_ACK = h2_frame(H2_SETTINGS, H2_ACK, 0)
 class _H2Conn:
     """Response state of one connection while its GET is in flight."""
 
-    __slots__ = ("phase", "buf", "block", "status", "body", "done", "error")
+    __slots__ = ("buf", "block", "status", "body", "done", "error")
 
     def __init__(self) -> None:
-        self.phase = "connecting"
         self.buf = b""             # unparsed bytes (less than one whole frame)
         self.block = bytearray()   # header block of stream 1 (HEADERS + CONTINUATION)
         self.status = 0
@@ -631,7 +646,7 @@ class _H2Conn:
         self.error = ""
 
 
-class H2IdleConnections:
+class H2IdleConnections(IdleConnections):
     """Open ``count`` h2c connections, do one complete GET on each, keep them idle.
 
     Same interface as IdleConnections (open, alive, close, idle, failed, errors).
@@ -639,20 +654,29 @@ class H2IdleConnections:
 
     def __init__(self, host: str, port: int, path: str, expect_len: int,
                  count: int, in_flight: int = 200, timeout: float = 120.0) -> None:
-        self.host, self.port, self.path = host, port, path
-        self.expect_len = expect_len
-        self.count = count
-        self.in_flight = in_flight
-        self.timeout = timeout
-        self.preface = h2_preface(host, port, path)
-        self.idle: list[socket.socket] = []
+        super().__init__(host, port, path, expect_len, count, in_flight, timeout)
         self.leftover: dict[socket.socket, bytes] = {}   # bytes after the last whole frame
-        self.failed = 0
-        self.errors: dict[str, int] = {}
 
-    def _err(self, what: str) -> None:
-        self.failed += 1
-        self.errors[what] = self.errors.get(what, 0) + 1
+    def first_bytes(self) -> bytes:
+        """The client preface, an empty SETTINGS and the GET on stream 1."""
+        return h2_preface(self.host, self.port, self.path)
+
+    def new_state(self) -> _H2Conn:
+        """The frames' parse state and stream 1's response."""
+        return _H2Conn()
+
+    def received(self, s: socket.socket, c: _H2Conn, data: bytes) -> str | None:
+        """Parse frames (answering SETTINGS and PING); "" once stream 1 ended with a 200 of the right length."""
+        self._frames(s, c, data)
+        if c.error:
+            return c.error
+        if not c.done:
+            return None
+        if c.status != 200 or c.body != self.expect_len:
+            return f"status {c.status} length {c.body}"
+        if c.buf:
+            self.leftover[s] = c.buf
+        return ""
 
     def _frames(self, s: socket.socket, c: _H2Conn, data: bytes) -> None:
         """Parse the whole frames in c.buf + data; answer SETTINGS; note the response."""
@@ -705,97 +729,6 @@ class H2IdleConnections:
                     c.done = True
         c.buf = buf[pos:]
 
-    def open(self) -> int:
-        """Establish the connections; returns how many are idle and usable."""
-        sel = selectors.DefaultSelector()
-        started = 0
-        active = 0
-        deadline = time.monotonic() + self.timeout
-
-        def launch() -> None:
-            nonlocal started, active
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)   # cheap idle sockets
-            err = s.connect_ex((self.host, self.port))
-            started += 1
-            if err not in (0, errno.EINPROGRESS):
-                s.close()
-                self._err(f"connect: {errno.errorcode.get(err, err)}")
-                return
-            active += 1
-            sel.register(s, selectors.EVENT_WRITE, _H2Conn())
-
-        def drop(s: socket.socket, what: str) -> None:
-            nonlocal active
-            sel.unregister(s)
-            s.close()
-            active -= 1
-            self._err(what)
-
-        try:
-            while len(self.idle) + self.failed < self.count:
-                while active < self.in_flight and started < self.count:
-                    launch()
-                if time.monotonic() > deadline:
-                    raise ClientError(
-                        f"timed out with {len(self.idle)} of {self.count} connections idle")
-                if active == 0:
-                    continue
-                for key, _ in sel.select(1.0):
-                    s: socket.socket = key.fileobj  # type: ignore[assignment]
-                    c: _H2Conn = key.data
-                    if c.phase == "connecting":
-                        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                        if err:
-                            drop(s, f"connect: {errno.errorcode.get(err, err)}")
-                            continue
-                        try:
-                            sent = s.send(self.preface)
-                        except OSError as e:
-                            drop(s, f"send: {e.__class__.__name__}")
-                            continue
-                        if sent != len(self.preface):   # ~100 bytes on a fresh socket
-                            drop(s, "short send of the preface")
-                            continue
-                        c.phase = "reading"
-                        sel.modify(s, selectors.EVENT_READ, c)
-                        continue
-                    try:
-                        data = s.recv(65536)
-                    except BlockingIOError:
-                        continue
-                    except OSError as e:
-                        drop(s, f"recv: {e.__class__.__name__}")
-                        continue
-                    if not data:
-                        drop(s, "closed before response completed")
-                        continue
-                    try:
-                        self._frames(s, c, data)
-                    except OSError as e:
-                        drop(s, f"send: {e.__class__.__name__}")
-                        continue
-                    if c.error:
-                        drop(s, c.error)
-                        continue
-                    if not c.done:
-                        continue
-                    if c.status != 200 or c.body != self.expect_len:
-                        drop(s, f"status {c.status} length {c.body}")
-                        continue
-                    sel.unregister(s)
-                    active -= 1
-                    self.idle.append(s)
-                    if c.buf:
-                        self.leftover[s] = c.buf
-        finally:
-            # anything still in the selector is half-done: drop it
-            for key in list(sel.get_map().values()):
-                key.fileobj.close()  # type: ignore[union-attr]
-            sel.close()
-        return len(self.idle)
-
     def alive(self) -> int:
         """How many idle connections are still open: not closed by the server and
         no GOAWAY from it (what arrived since the response is read and parsed)."""
@@ -827,12 +760,7 @@ class H2IdleConnections:
         return n
 
     def close(self) -> None:
-        for s in self.idle:
-            try:
-                s.close()
-            except OSError:
-                pass
-        self.idle.clear()
+        super().close()
         self.leftover.clear()
 
 
