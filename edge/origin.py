@@ -26,6 +26,12 @@ from .ring import Ring
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "proxy-authenticate", "proxy-authorization"})
 _HOP_BY_HOP_BYTES = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
+
+
+def connection_options(value: bytes) -> set[bytes]:
+    """The lower-cased names a Connection field lists (RFC 9110 §7.6.1): each is hop-by-hop too."""
+    return {option.strip(b" \t").lower() for option in value.split(b",")}
+
 #: Transfer codings edge undoes when an origin applies them without chunked (RFC 9112 §7; the body then ends
 #: with the connection, §6.3 rule 4): zlib reads gzip and deflate (zlib-wrapped) streams alike.
 _DECODED_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
@@ -237,7 +243,7 @@ class _Conn(asyncio.Protocol):
         if name not in _HOP_BY_HOP_BYTES:
             self.response.headers.append((name, value))
         elif name == b"connection":  # RFC 9110 §7.6.1: the fields it names are hop-by-hop too (removed below)
-            self.response.nominated.update(option.strip(b" \t").lower() for option in value.split(b","))
+            self.response.nominated |= connection_options(value)
 
     def on_headers_complete(self) -> None:  # noqa: D102
         status = self.parser.get_status_code()
@@ -472,10 +478,12 @@ class OriginPool:
 
         A field the client's own Connection field names is hop-by-hop (RFC 9110 §7.6.1) and stays behind."""
         out = {"Host": upstream.host_header or upstream.authority, "Via": self.via}
-        nominated = {option.strip(" \t").lower() for name, value in incoming if name.lower() == "connection"
-                     for option in value.split(",")}
+        nominated: set[bytes] = set()
         for name, value in incoming:
-            if name.lower() in self.forward and name.lower() not in nominated:
+            if name.lower() == "connection":
+                nominated |= connection_options(value.encode("latin-1"))
+        for name, value in incoming:
+            if name.lower() in self.forward and name.lower().encode("latin-1") not in nominated:
                 out[name] = value
         for name, value in extra:
             out[name] = value
