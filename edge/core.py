@@ -325,8 +325,7 @@ class Site:
         if entry is not None and entry.vary:
             if now - entry.checked >= self._valid:
                 return Fetch(path, query, key, name, None, None)  # the marker itself is due for a check
-            key, name, coding = select(entry.vary, key, name, normalise_coding(req.accept_encoding),
-                                       getattr(req, "forward", None) or ())
+            key, name, coding = select(entry.vary, key, name, normalise_coding(req.accept_encoding), forward or ())
             entry = self.cache.peek(name)
         if entry is None or now >= entry.fresh_until or now - entry.checked >= self._valid:
             return Fetch(path, query, key, name, entry, coding)
