@@ -748,3 +748,34 @@ def h2_get(server: EdgeProcess, target: str, headers: dict | None = None, method
         return stream
     finally:
         client.close()
+
+
+def parse_byteranges(body: bytes, content_type: str) -> list[tuple[int, int, int, str, bytes]]:
+    """Parse a multipart/byteranges body: [(first, last, size, part content-type, data), ...]."""
+    m = re.search(r'boundary=(?:"([^"]+)"|([^;\s]+))', content_type)
+    assert m, content_type
+    delim = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
+    pos = body.index(delim) + len(delim)
+    assert body[:pos - len(delim)].strip() == b"", "unexpected preamble"
+    parts = []
+    while True:
+        if body[pos:pos + 2] == b"--":
+            assert body[pos + 2:].strip() == b"", "unexpected epilogue"
+            break
+        assert body[pos:pos + 2] == b"\r\n", body[pos:pos + 40]
+        pos += 2
+        end = body.index(b"\r\n\r\n", pos)
+        headers = {}
+        for line in body[pos:end].decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        pos = end + 4
+        cr = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", headers["content-range"])
+        assert cr, headers
+        first, last, size = (int(x) for x in cr.groups())
+        data = body[pos:pos + last - first + 1]
+        pos += last - first + 1
+        assert body[pos:pos + 2 + len(delim)] == b"\r\n" + delim, body[pos:pos + 60]
+        pos += 2 + len(delim)
+        parts.append((first, last, size, headers.get("content-type", ""), data))
+    return parts
