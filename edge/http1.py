@@ -114,9 +114,7 @@ class Pending(Request):
                  "has_body", "host_seen", "close")
 
     def __init__(self, target: bytes) -> None:
-        super().__init__(b"", target)
-        self.keep_alive = False
-        self.version10 = False
+        Request.__init__(self, b"", target)  # keep_alive and version10 are set when the head is complete
         self.plan: Plan | None = None
         self.ua = b"-"
         self.referer = b"-"
@@ -129,6 +127,7 @@ class Pending(Request):
 def _failed(plan: Plan) -> Pending:
     pending = Pending(b"")
     pending.plan = plan
+    pending.keep_alive = pending.version10 = False
     return pending
 
 
@@ -216,26 +215,32 @@ class H1Connection(asyncio.Protocol):
         # The head is bounded as it arrives: httptools reports a field only when its line ends and
         # buffers the pieces until then, so a line that never ends is counted here, before the
         # parser sees it (complete fields and the target are counted by the callbacks).
-        newline = data.rfind(b"\n")
-        if newline < 0 and self.line + len(data) + self.head_size > MAX_HEAD:
-            self._fail(431)  # RFC 6585 §5
+        if data[-1] == 10:  # the usual read: whole lines (a keep-alive request, a pipelined batch)
+            self.line = 0
         else:
-            self.line = self.line + len(data) if newline < 0 else len(data) - newline - 1
-            if self._feed(parser, data):
-                return  # the connection is HTTP/2 now
-        if self.line and self.line + self.head_size > MAX_HEAD and not self.error:
-            self._fail(431)  # the read ended inside a line that already passes the limit
+            newline = data.rfind(b"\n")
+            if newline < 0 and self.line + len(data) + self.head_size > MAX_HEAD:
+                self._fail(431)  # RFC 6585 §5
+                data = b""
+            else:
+                self.line = self.line + len(data) if newline < 0 else len(data) - newline - 1
+        if data:
+            self.completed = 0
+            try:
+                parser.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:  # inline: every request's path
+                if self._parse_error(e, data):
+                    return  # the connection is HTTP/2 now
+            if self.line and self.line + self.head_size > MAX_HEAD and not self.error:
+                self._fail(431)  # the read ended inside a line that already passes the limit
         if self.queue and not self.busy and not self.write_paused:
             self._pump()
 
-    def _feed(self, parser: httptools.HttpRequestParser, data: bytes) -> bool:
-        """Hand bytes to the parser; a parse error queues its error answer. True after an h2c upgrade."""
-        self.completed = 0
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserInvalidMethodError:
+    def _parse_error(self, e: Exception, data: bytes) -> bool:
+        """Answer what the parser refused (its error answer is queued). True after an h2c upgrade."""
+        if isinstance(e, httptools.HttpParserInvalidMethodError):
             self._fail(405 if _unknown_method_line(data, self.completed) else 400)
-        except httptools.HttpParserUpgrade as e:
+        elif isinstance(e, httptools.HttpParserUpgrade):
             if self._h2c_upgrade(data[e.args[0]:] if e.args else b""):
                 return True
             # Any other upgrade: the request is answered as HTTP/1.1, then the connection closes.
@@ -243,7 +248,7 @@ class H1Connection(asyncio.Protocol):
                 self.queue[-1].keep_alive = False
             self.error = -1
             self._pause_reading()
-        except httptools.HttpParserError:  # callback errors (_Abort) arrive wrapped in a subclass
+        else:  # callback errors (_Abort) arrive wrapped in a subclass
             if self.error == 0:
                 self.error = 400
             if self.error > 0:
