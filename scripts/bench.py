@@ -1609,6 +1609,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--h2-duration", type=float, default=None,
                     help=f"seconds per run of the HTTP/2 rows (default {H2_DURATION:g}, or "
                          "--duration when shorter)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="pinned throughput rows: start every server at once and measure in rounds "
+                         "(run 1 of each server, then run 2, ...), so a before/after pair is taken "
+                         "close together on a noisy machine; prints per-round CPU ratios")
     ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per row")
     ap.add_argument("--start-timeout", type=float, default=30.0)
     ap.add_argument("--quiet-wait", type=float, default=20.0,
@@ -1712,18 +1716,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         h.make_corpus()
         meta += ["", "versions: " + ", ".join(versions(a))]
+        if a.interleave:
+            for proto in (None, "h2c", "h2"):
+                for row in rows:
+                    if row.workers is None and row.proxy is None and row.kind != "idle" and row.proto == proto:
+                        run_throughput_rounds(h, [s for s in servers if s in row.servers], row,
+                                              results, failures, raw)
+                        meta += ["", f"{row.key}: measured in rounds (--interleave); per-round "
+                                 "ratios of server CPU per request below the table."]
         for s in servers:
             pinned = [r for r in rows if r.workers is None and r.proxy is None
                       and s in r.servers]
             throughput_rows = [r for r in pinned if r.kind != "idle" and r.proto is None]
-            if throughput_rows:
+            if throughput_rows and not a.interleave:
                 run_throughput(h, s, throughput_rows, results, failures, raw)
             for row in pinned:
                 if row.kind == "idle":
                     run_idle_row(h, s, row, results, failures, raw)
             for proto in ("h2c", "h2"):   # a server instance of its own for each
                 h2_rows = [r for r in pinned if r.proto == proto and r.kind != "idle"]
-                if h2_rows:
+                if h2_rows and not a.interleave:
                     run_throughput(h, s, h2_rows, results, failures, raw, proto)
         if multi_rows and multi_servers:
             run_multi(h, multi_servers, multi_rows, results, failures, raw)
@@ -1743,6 +1755,8 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"purge row failed: {done.stderr.strip()[-500:]}")
     meta[0] += f" · run took {(time.time() - t_start) / 60:.1f} min"
     text = render(results, servers, rows, meta, failures, raw)
+    if a.interleave:
+        text += "\n".join(render_rounds(results, rows)) + "\n"
     if purge and purge_text:
         text += "\n" + purge_text
     print(text)
@@ -1823,6 +1837,70 @@ def run_throughput(h: Harness, s: str, rows: list[Row], results, failures, raw,
     finally:
         if proc is not None:
             h.stop(proc)
+
+
+def run_throughput_rounds(h: Harness, servers: list[str], row: Row, results, failures, raw) -> None:
+    """One pinned throughput row with every server up at once, measured in rounds (run i of each
+    server before run i + 1 of any): on a machine whose speed drifts, pairs taken in one round compare."""
+    a = h.a
+    live: dict[str, tuple] = {}
+    try:
+        for s in servers:
+            cell = results.setdefault((row.key, s), Cell())
+            try:
+                proc, port, prefix = h.start(s, proto=row.proto)
+                h.verify(s, port, prefix, row.file, row.proto)
+                h.measure(row, proc.pid, port, prefix, a.warmup)
+                live[s] = (proc, port, prefix)
+                log(f"{s}{' ' + row.proto if row.proto else ''} up on port {port} (pid {proc.pid})")
+            except (KeyboardInterrupt, Interrupted):
+                raise
+            except Exception as e:  # noqa: BLE001
+                cell_failed(cell, failures, f"{row.key} / {s}", e)
+        seconds = a.h2_duration if row.proto else a.duration
+        for i in range(a.runs):
+            for s, (proc, port, prefix) in list(live.items()):
+                cell = results[(row.key, s)]
+                try:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"server exited (code {proc.returncode}); {h.log_tail(proc)}")
+                    wait_for_quiet(proc.pid, a.quiet_wait)
+                    r = h.measure(row, proc.pid, port, prefix, seconds)
+                    r["run"] = i
+                    cell.runs.append(r)
+                    line = f"{row.key:5} {s:9} round {i + 1}: {describe_run(row, r)}"
+                    raw.append(line)
+                    log(line)
+                except (KeyboardInterrupt, Interrupted):
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    cell_failed(cell, failures, f"{row.key} / {s}", e)
+                    del live[s]
+        for s in live:
+            warn_cell(row, s, results[(row.key, s)], failures)
+    finally:
+        for proc, _port, _prefix in live.values():
+            h.stop(proc)
+
+
+def render_rounds(results: dict, rows: list[Row]) -> list[str]:
+    """Per-round ratios of server CPU per request (per GiB) for the rows measured in rounds: each
+    server against edge, and edge against its --baseline."""
+    out: list[str] = []
+    for row in rows:
+        cells = {s: c for (k, s), c in results.items() if k == row.key and c.runs and "run" in c.runs[0]}
+        if len(cells) < 2:
+            continue
+        def cpu(s: str) -> Cell:
+            return Cell(runs=[{"run": r["run"], "value": r["cpu_metric"]} for r in cells[s].runs])
+        pairs = [(s, "edge") for s in cells if s != "edge" and "edge" in cells]
+        pairs += [("edge", "edge-base")] if "edge" in cells and "edge-base" in cells else []
+        if not out:
+            out += ["", "## Rounds (--interleave): server CPU ratios, paired per round", ""]
+        for num, den in pairs:
+            out.append(f"- {row.key}: {SERVER_LABEL.get(num, num)} / {SERVER_LABEL.get(den, den)}: "
+                       + fmt_ratios(paired(cpu(num), cpu(den))))
+    return out
 
 
 def run_multi(h: Harness, servers: list[str], rows: list[Row], results, failures, raw) -> None:
