@@ -171,7 +171,16 @@ def test_a_404_due_for_its_recheck_is_rechecked_with_a_stat(tree):
     assert cache.lookup("/nothing.txt", 5.5) is gone  # fresh again, no trip to the resolver
     (tree / "nothing.txt").write_text("here now")
     assert cache.still_missing("/nothing.txt", 10.0) is None  # it exists: loaded as usual
-    assert cache.still_missing("/never-seen.txt", 10.0) is None  # not a cached 404
+    never = cache.still_missing("/never-seen.txt", 10.0)  # never looked up: one stat says it is not there
+    assert isinstance(never, NotFound) and never.status == 404 and cache.lookup("/never-seen.txt", 10.5) is never
+    assert cache.still_missing("/nothing.txt/below", 10.0).status == 404  # a file as a directory: ENOTDIR
+    (tree / "fresh.txt").write_text("new")
+    assert cache.still_missing("/fresh.txt", 10.0) is None  # never looked up, but there: loaded off the loop
+    assert cache.lookup("/fresh.txt", 10.0) is None
+    entry = cache.store("/fresh.txt", resolver.load("/fresh.txt"), now=10.0)
+    (tree / "fresh.txt").unlink()
+    assert cache.still_missing("/fresh.txt", 20.0) is None  # a cached file due for revalidation: the pool's job
+    assert cache.peek("/fresh.txt") is entry
     cache.store("/dir", Redirect("/dir/"), now=0.0)
     assert cache.still_missing("/dir", 10.0) is None  # only 404s
     cache.store("/secret", NotFound(403), now=0.0)
