@@ -105,7 +105,7 @@ class Node:
                             "uptime": round(now - row["started"], 3), "requests": row["requests"],
                             "connections_active": row["connections_active"], "bytes_out": row["bytes_out"],
                             "cache_hits": row["cache_hits"], "cache_misses": row["cache_misses"],
-                            "file_cache_entries": row["file_cache_entries"]})
+                            "file_cache_entries": row["file_cache_entries"], "tunnels_open": row["tunnels_open"]})
         totals = self.stats.totals()
         lookups = totals["cache_hits"] + totals["cache_misses"]
         cache = {"hits": totals["cache_hits"], "misses": totals["cache_misses"], "stale": totals["cache_stale"],
@@ -117,6 +117,9 @@ class Node:
                           "dir": self.store.root})
         return {"version": __version__, "pid": os.getppid(), "uptime": round(now - self.started, 3),
                 "draining": self.draining, "workers": workers, "origins": self.origins(), "cache": cache,
+                "tunnels": {"open": totals["tunnels_open"], "total": totals["tunnels_total"],
+                            "bytes_client_to_origin": totals["tunnel_bytes_up"],
+                            "bytes_origin_to_client": totals["tunnel_bytes_down"]},
                 "totals": totals,
                 "config": {"root": self.config.root, "listen": f"{self.config.host}:{self.config.port}",
                            "workers": self.config.workers, "tls_port": self.config.tls.port,
@@ -128,16 +131,18 @@ class Node:
         live = [self.stats.slot(i) for i in range(1, self.stats.capacity)]
         live = [s for s in live if s[STATE] != FREE]
         counts = self.origin_counts.totals() if self.origin_counts is not None else []
+        pools = self.origin_counts.pools() if self.origin_counts is not None else []
         out = []
         for index, origin in enumerate(self.config.origins):
             ok, failed = counts[index] if index < len(counts) else (0, 0)
+            pool = pools[index] if index < len(pools) else {"open": 0, "idle": 0, "in_use": 0, "opened_total": 0}
             row = self.health.row(index) if self.health is not None else {}
             opened = sum(1 for s in live if s[CIRCUITS_OPEN] & (1 << index))
             out.append({"url": origin.url, "weight": origin.weight, "healthy": row.get("healthy", True),
                         "circuit": "closed" if not opened else f"open in {opened} of {len(live)} workers",
                         "last_check": row.get("last_check") or None, "latency": row.get("latency"),
                         "checks_ok": row.get("checks_ok", 0), "checks_failed": row.get("checks_failed", 0),
-                        "requests_ok": ok, "requests_failed": failed})
+                        "requests_ok": ok, "requests_failed": failed, "pool": pool})
         return out
 
 
@@ -191,6 +196,15 @@ class Collector:
         yield failed
         yield GaugeMetricFamily("edge_connections_active", "Open client connections",
                                 value=totals["connections_active"])
+        # WebSocket tunnels (edge/tunnel.py): a tunnel's client connection counts here, not in connections_active.
+        yield GaugeMetricFamily("edge_tunnels_open", "Open tunnels (WebSocket relays)", value=totals["tunnels_open"])
+        yield CounterMetricFamily("edge_tunnels", "Tunnels opened (an origin answered 101)",
+                                  value=totals["tunnels_total"])
+        relayed = CounterMetricFamily("edge_tunnel_bytes", "Bytes relayed through tunnels, by direction "
+                                      "(origin_to_client includes the origin's 101 head)", labels=["direction"])
+        relayed.add_metric(["client_to_origin"], totals["tunnel_bytes_up"])
+        relayed.add_metric(["origin_to_client"], totals["tunnel_bytes_down"])
+        yield relayed
         yield GaugeMetricFamily("edge_file_cache_entries", "Open-file cache entries, all workers",
                                 value=totals["file_cache_entries"])
         yield GaugeMetricFamily("edge_workers", "Worker processes", value=len(node.worker_pids()))
@@ -203,6 +217,19 @@ class Collector:
             circuit.add_metric([row["url"]], 0 if row["circuit"] == "closed" else int(row["circuit"].split()[2]))
         yield healthy
         yield circuit
+        # Keep-alive pools to the origins, summed over the workers: reuse shows as opened_total growing
+        # slower than edge_origin_requests_total.
+        pool_gauges = {state: GaugeMetricFamily(f"edge_origin_pool_{state}", text, labels=["origin"]) for state, text in (
+            ("open", "Pooled connections to the origin, open or opening"),
+            ("idle", "Pooled connections to the origin kept alive, waiting for a request"),
+            ("in_use", "Pooled connections to the origin carrying a request"))}
+        opened = CounterMetricFamily("edge_origin_pool_opened", "Connections opened to the origin", labels=["origin"])
+        for row in node.origins():
+            for state, family in pool_gauges.items():
+                family.add_metric([row["url"]], row["pool"][state])
+            opened.add_metric([row["url"]], row["pool"]["opened_total"])
+        yield from pool_gauges.values()
+        yield opened
         if node.store is not None:
             yield GaugeMetricFamily("edge_disk_cache_objects", "Objects in the disk cache", value=len(node.store.index))
             yield GaugeMetricFamily("edge_disk_cache_bytes", "Bytes of bodies in the disk cache", value=node.store.size)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from .balance import POLICIES
 from .topology import parse_cpulist
 
 
@@ -105,6 +106,17 @@ class ProxyConfig:
     read_timeout: float = 10.0
     max_connections: int = 64  # per origin, per worker
     forward_headers: tuple[str, ...] = ()  # client request fields sent to the origin (none by default)
+    balance: str = "consistent"  # edge/balance.py: consistent, round-robin, least-conn, ip-hash
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    """Tunnels (WebSocket over HTTP/1.1 Upgrade and RFC 8441) to origins."""
+
+    balance: str = "least-conn"  # the origin a tunnel goes to (edge/balance.py policies)
+    enabled: bool = True  # with origins: an Upgrade: websocket the root does not answer is tunnelled to one
+    idle_timeout: float = 300.0  # seconds without a byte either way that end a tunnel
+    max_tunnels: int = 10_000  # open tunnels per worker; an upgrade beyond gets 503
 
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -175,10 +187,12 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
 
 
 SYMLINK_POLICIES = ("inside-root", "never", "always")
 ENGINES = ("edge", "h2")  # [http2] engine
+BALANCE_POLICIES = POLICIES  # [proxy] balance and [websocket] balance (edge/balance.py)
 MAX_WORKERS = 1024
 
 
@@ -408,6 +422,25 @@ def _proxy_field(name: str, sub: str, item: Any) -> Any:
                 c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in h) for h in item):
             raise ConfigError(f"{sub}: expected a list of header names")
         return tuple(h.lower() for h in item)
+    elif name == "balance":
+        return _string(sub, item, choices=BALANCE_POLICIES)
+
+
+def _websocket(key: str, value: Any) -> WebSocketConfig:
+    return _table(key, value, WebSocketConfig, _websocket_field)
+
+
+def _websocket_field(name: str, sub: str, item: Any) -> Any:
+    if name == "balance":
+        return _string(sub, item, choices=BALANCE_POLICIES)
+    elif name == "enabled":
+        if not isinstance(item, bool):
+            raise ConfigError(f"{sub}: expected true or false, got {item!r}")
+        return item
+    elif name == "idle_timeout":
+        return _number(sub, item, kind=float, minimum=0.01)
+    elif name == "max_tunnels":
+        return _number(sub, item, kind=int, minimum=1, maximum=1_000_000)
 
 
 def _tls(key: str, value: Any) -> TlsConfig:
@@ -528,6 +561,8 @@ def _validate_key(key: str, value: Any) -> Any:
         return _health(key, value)
     if key == "proxy":
         return _proxy(key, value)
+    if key == "websocket":
+        return _websocket(key, value)
     raise ConfigError(f"{key}: unknown key")
 
 

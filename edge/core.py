@@ -69,8 +69,9 @@ class Plan:
 class Request:
     """The parts of a request core looks at; adapters fill in only the fields that were sent."""
 
-    # `forward` (client fields passed to an origin, [(name, value)]) is set only when one was sent.
-    __slots__ = ("method", "target", "range", "accept_encoding", "conditions", "forward")
+    # `forward` (client fields passed to an origin, [(name, value)]) is set only when one was sent; `client`
+    # (the client's address, a str) only when an origin balancing policy needs it (ip-hash, edge/balance.py).
+    __slots__ = ("method", "target", "range", "accept_encoding", "conditions", "forward", "client")
 
     def __init__(self, method: bytes, target: bytes) -> None:
         self.method = method
@@ -120,7 +121,8 @@ class Fetch:
     check); `coding` the normalised Accept-Encoding when the object varies on it.
     """
 
-    __slots__ = ("path", "query", "key", "name", "entry", "coding", "forward", "_digest", "_digest_of")
+    # `client` (the requesting client's address) is set only for ip-hash balancing: read with getattr.
+    __slots__ = ("path", "query", "key", "name", "entry", "coding", "forward", "client", "_digest", "_digest_of")
 
     def __init__(self, path: str, query: bytes, key: bytes, name: str, entry: StoredEntry | None,
                  coding: str | None) -> None:
@@ -229,6 +231,27 @@ class Site:
         if type(found) is NotFound and found.status == 404 and self.cache_keys is not None:
             return self.from_store(req, path, query, now)  # the proxied path's hot case, one call shorter
         return self.respond(req, found, query, path, now)
+
+    def root_lookup(self, req: Request, now: float) -> Plan | Miss | None:
+        """For an Upgrade request (RFC 9110 §7.8): the root's answer, a Miss to load first, or None when the
+        root has no such file (the upgrade goes to an origin: a tunnel is never a stored answer, RFC 9111 §3)."""
+        known = self._targets.get(req.target)
+        if known is None:
+            known = self._parse_target(req.target)
+        if type(known) is Plan:
+            return known
+        path, query = known
+        found = self.cache.lookup(path, now)
+        if found is None:
+            return Miss(path, query)
+        return self.root_answer(req, found, query, path, now)
+
+    def root_answer(self, req: Request, found: Lookup, query: bytes, path: str, now: float) -> Plan | None:
+        """root_lookup's answer once the root was looked at: its plan, or None when it has no such file."""
+        if type(found) is NotFound and found.status == 404:
+            return None
+        plan = self.respond(req, found, query, path, now)
+        return plan if type(plan) is Plan else None
 
     def _parse_target(self, target: bytes) -> tuple[str, bytes] | Plan:
         """Split and normalise a target, or the error plan for it; memoised (it is a pure function)."""

@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from .core import Fetch, Miss, Plan, Request, Site
-from .filecache import FileCache, FileEntry, NotFound, Resolver
+from .filecache import FileCache, FileEntry, Lookup, NotFound, Resolver
 from .stored import STREAMED, settled
 
 
@@ -36,6 +36,8 @@ class Services(Protocol):
     keepalive_timeout: float
     send_timeout: float
     early_hints: bool
+    tunnels: Any  # tunnel.Tunnels when WebSocket upgrades go to origins, else None
+    wants_client: bool  # an origin balancing policy keys by the client's address (ip-hash): Request.client
     h1_fields: dict[bytes, int]
     forward: frozenset[bytes]
     date_h2: bytes
@@ -82,6 +84,13 @@ def body_parts(plan: Plan) -> tuple | list:
     return plan.parts
 
 
+def client_address(transport: asyncio.BaseTransport | None, peer: Any = None) -> str | None:
+    """The client's IP address as text (from `peer`, the peername if already read), None if it has none."""
+    if peer is None and transport is not None:
+        peer = transport.get_extra_info("peername")
+    return peer[0] if isinstance(peer, tuple) and peer and isinstance(peer[0], str) else None
+
+
 def begin(w: Services, req: Request, now: float) -> Plan | Miss | Fetch:
     """The plan, when memory has what it takes; else what must happen off the loop (a Miss: open the
     file; a Fetch: the disk cache or an origin), for `finish`."""
@@ -104,30 +113,56 @@ def finish(w: Services, req: Request, step: Miss | Fetch, started: float, delive
         task.add_done_callback(lambda t: _pulled(w, t, started, deliver, alive))
         return
     miss = step
-    stale = w.cache.stale(miss.path) if old is True else old
-    fut = w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, stale)
-    fut.add_done_callback(lambda f: _loaded(w, f, req, miss, started, deliver, alive, interim))
+
+    def loaded(found: Lookup) -> None:
+        now = w.loop.time()
+        plan = w.site.respond(req, found, miss.query, miss.path, now)
+        if type(plan) is Fetch:
+            finish(w, req, plan, started, deliver, alive, interim=interim)
+            return
+        w.observe(now - started)
+        deliver(plan)
+
+    load(w, miss, w.cache.stale(miss.path) if old is True else old, loaded, alive)
 
 
-def _loaded(w: Services, fut: asyncio.Future, req: Request, miss: Miss, started: float,
-            deliver: Callable[[Plan], None], alive: Callable[[], bool],
-            interim: Callable[[list[tuple[bytes, bytes]]], None] | None) -> None:
-    try:
-        found = w.cache.store(miss.path, fut.result(), w.loop.time())
-    except LookupError:  # the entry was evicted while it was being revalidated: load it afresh
-        finish(w, req, miss, started, deliver, alive, None, interim)
-        return
-    except Exception:  # noqa: BLE001 - an unreadable file is a 500 for its request, not a dead worker
-        found = NotFound(500)
-    if not alive():
-        return
+def load(w: Services, miss: Miss, old: FileEntry | None, then: Callable[[Lookup], None],
+         alive: Callable[[], bool]) -> None:
+    """Look `miss.path` up under the root off the loop (revalidating `old`), store what was found in the
+    file cache, and hand it to `then` on the loop, unless the client is gone (`alive()` false) by then."""
+    def stored(fut: asyncio.Future) -> None:
+        try:
+            found = w.cache.store(miss.path, fut.result(), w.loop.time())
+        except LookupError:  # the entry was evicted while it was being revalidated: load it afresh
+            load(w, miss, None, then, alive)
+            return
+        except Exception:  # noqa: BLE001 - an unreadable file is a 500 for its request, not a dead worker
+            found = NotFound(500)
+        if alive():
+            then(found)
+
+    w.loop.run_in_executor(w.executor, w.resolver.load, miss.path, old).add_done_callback(stored)
+
+
+def upgrade(w: Services, req: Request, answer: Callable[[Plan], None], tunnel: Callable[[], None],
+            alive: Callable[[], bool]) -> None:
+    """An Upgrade request's life (RFC 9110 §7.8): the root's answer when it has the target (`answer`, as any
+    request), else `tunnel()` to an origin; the disk cache is never asked (a tunnel is not a stored answer)."""
     now = w.loop.time()
-    plan = w.site.respond(req, found, miss.query, miss.path, now)
-    if type(plan) is Fetch:
-        finish(w, req, plan, started, deliver, alive, interim=interim)
-        return
-    w.observe(now - started)
-    deliver(plan)
+    step = w.site.root_lookup(req, now)
+    if step is None:
+        tunnel()
+    elif type(step) is Plan:
+        answer(step)
+    else:
+        def loaded(found: Lookup) -> None:
+            plan = w.site.root_answer(req, found, step.query, step.path, w.loop.time())
+            if plan is None:
+                tunnel()
+            else:
+                answer(plan)
+
+        load(w, step, w.cache.stale(step.path), loaded, alive)
 
 
 def _pulled(w: Services, task: asyncio.Task, started: float, deliver: Callable[[Plan], None],

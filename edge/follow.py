@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import mmap
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -25,6 +26,67 @@ FOLLOW_POLL_MIN = 0.001
 FOLLOW_POLL_MAX = 0.02
 PASS = object()  # Follower.follow: the fetching worker's answer is not for sharing
 TIMED_OUT = object()  # Follower.follow: the fetch neither grew nor ended in time
+
+
+MARK_SLOTS = 1 << 16  # hit-for-miss marks: 16 bytes each, a 1 MiB file for the node
+HIT_FOR_MISS = 120.0  # seconds a key whose answer may not be stored skips coalescing (Varnish: 120 s)
+
+
+class HitForMiss:
+    """Node-wide hit-for-miss marks: keys whose last answer may not be stored, so their requests go to the
+    origin side by side instead of queueing behind one fetch (Varnish's hit-for-miss object).
+
+    A shared file of MARK_SLOTS slots, (64-bit tag of the digest, monotonic time until which the mark
+    holds): fixed size whatever the traffic; a key whose slot another key took since loses its mark (it
+    coalesces again, once). Workers write whole slots without locks: a torn read costs one wrong choice
+    between coalescing and not, never a wrong answer.
+    """
+
+    def __init__(self, path: str) -> None:
+        size = MARK_SLOTS * 16
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                # Every block allocated now: a page of a sparse file first touched on a full disk would be
+                # a SIGBUS, not an error. Idempotent when several workers start at once.
+                os.posix_fallocate(fd, 0, size)
+                self._map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+            finally:
+                os.close(fd)
+            self.shared = True
+        except OSError:  # no room (or no cache dir): this worker's own marks, as good as one worker's
+            self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+            self.shared = False
+        view = memoryview(self._map)
+        self._tags = view[:MARK_SLOTS * 8].cast("Q")
+        self._until = view[MARK_SLOTS * 8:].cast("d")
+
+    @staticmethod
+    def _place(digest: str) -> tuple[int, int]:
+        return int(digest[:8], 16) % MARK_SLOTS, int(digest[8:24], 16)
+
+    def mark(self, digest: str, now: float) -> None:
+        """`digest`'s answer may not be stored: skip coalescing for HIT_FOR_MISS seconds from `now`."""
+        slot, tag = self._place(digest)
+        self._tags[slot] = tag
+        self._until[slot] = now + HIT_FOR_MISS
+
+    def clear(self, digest: str) -> None:
+        """`digest`'s answer may be stored again: its requests coalesce."""
+        slot, tag = self._place(digest)
+        if self._tags[slot] == tag:
+            self._until[slot] = 0.0
+
+    def marked(self, digest: str, now: float) -> bool:
+        """Is `digest` marked at monotonic time `now`?"""
+        slot, tag = self._place(digest)
+        return self._tags[slot] == tag and self._until[slot] > now
+
+    def close(self) -> None:
+        """Unmap the table."""
+        self._tags.release()
+        self._until.release()
+        self._map.close()
 
 
 class KeyLocks:

@@ -64,6 +64,14 @@ class CircuitBreaker:
         self.trial_at = now
         return True
 
+    def admits(self, now: float) -> bool:
+        """Whether allow() would let a request through now, without taking the half-open trial (a peek)."""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN:
+            return now - self.opened_at >= self.cooldown
+        return not self.trial or now - self.trial_at >= self.cooldown
+
     def record(self, ok: bool, now: float) -> None:
         """The outcome of a request that allow() let through."""
         if ok:
@@ -159,35 +167,53 @@ async def check(session: aiohttp.ClientSession, url: str, timeout: float) -> tup
 
 
 class OriginCounters:
-    """Exchanges with each origin by outcome, one row per worker stats slot, in shared memory (lock-free:
-    each worker writes only its own row; row 0 keeps the counts of workers that have ended)."""
+    """Exchanges with each origin by outcome and its keep-alive pool's figures, one row per worker stats slot,
+    in shared memory (lock-free: each worker writes only its own row; row 0 keeps the counts of workers
+    that have ended, never their gauges)."""
 
     def __init__(self, slots: int, origins: int) -> None:
         self.slots = slots
         self.origins = origins
-        self._map = mmap.mmap(-1, slots * origins * 2 * 8, flags=mmap.MAP_SHARED)  # pages appear when touched
+        self.width = origins * (2 + POOL_FIELDS)
+        self._map = mmap.mmap(-1, slots * self.width * 8, flags=mmap.MAP_SHARED)  # pages appear when touched
         self._all = memoryview(self._map).cast("q")
 
     def row(self, slot: int) -> memoryview:
-        """A worker's counters: [2 * origin] ok, [2 * origin + 1] failed."""
-        width = self.origins * 2
-        return self._all[slot * width:(slot + 1) * width]
+        """A worker's row: [2 * origin] ok, [2 * origin + 1] failed, then its pool figures (pool_figures)."""
+        return self._all[slot * self.width:(slot + 1) * self.width]
 
     def release(self, slot: int) -> None:
-        """Fold an ended worker's row into row 0 and clear it (supervisor side)."""
+        """Fold an ended worker's counts into row 0 and clear its row; its gauges just drop (supervisor side)."""
         row, retired = self.row(slot), self.row(0)
+        pools = 2 * self.origins
         for i in range(len(row)):
-            retired[i] += row[i]
+            if i < pools or (i - pools) % POOL_FIELDS == POOL_OPENED:
+                retired[i] += row[i]
             row[i] = 0
 
     def totals(self) -> list[tuple[int, int]]:
         """(ok, failed) per origin, over every row."""
-        out = [[0, 0] for _ in range(self.origins)]
-        width = self.origins * 2
-        data = self._all
-        for slot in range(self.slots):
-            base = slot * width
-            for origin in range(self.origins):
-                out[origin][0] += data[base + 2 * origin]
-                out[origin][1] += data[base + 2 * origin + 1]
-        return [(ok, failed) for ok, failed in out]
+        data, width = self._all, self.width
+        return [(sum(data[2 * origin::width]), sum(data[2 * origin + 1::width])) for origin in range(self.origins)]
+
+    def pools(self) -> list[dict[str, int]]:
+        """Each origin's pooled connections, summed over the workers: open, idle, in_use, opened_total."""
+        data, width, base = self._all, self.width, 2 * self.origins
+        out = []
+        for origin in range(self.origins):
+            at = base + origin * POOL_FIELDS
+            out.append({name: sum(data[at + field::width]) for name, field in
+                        (("open", POOL_OPEN), ("idle", POOL_IDLE), ("in_use", POOL_IN_USE),
+                         ("opened_total", POOL_OPENED))})
+        return out
+
+
+# A worker's keep-alive pool figures per origin, after the exchange counts of its OriginCounters row.
+POOL_OPEN, POOL_IDLE, POOL_IN_USE, POOL_OPENED = range(4)  # gauges (open or opening, idle, in use), a total
+POOL_FIELDS = 4
+
+
+def pool_figures(row: memoryview) -> memoryview:
+    """The pool part of a worker's OriginCounters row: [POOL_FIELDS * origin + POOL_*]."""
+    origins = len(row) // (2 + POOL_FIELDS)
+    return row[2 * origins:]

@@ -11,7 +11,7 @@ import socket
 import httptools
 
 from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Plan, Request, apply_field
-from .exchange import HEADLESS, Services, begin, body_parts, finish, outline
+from .exchange import HEADLESS, Services, begin, body_parts, client_address, finish, outline
 from .stored import STREAMED, streamed_sent
 from .filecache import FileEntry
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
@@ -66,6 +66,17 @@ def _unknown_method_line(data: bytes, completed: int) -> bool:
     return _REQUEST_LINE.match(data, start) is not None
 
 
+def _skip_heads(data: bytes, count: int) -> int:
+    """Where the request head after the first `count` heads of `data` starts (they had no body); -1 if not found."""
+    start = 0
+    for _ in range(count):
+        end = data.find(b"\r\n\r\n", start)
+        if end < 0:
+            return -1
+        start = end + 4
+    return start
+
+
 def _cork(transport: asyncio.Transport, on: int) -> bool:
     """Set TCP_CORK on the transport's socket; True when it took."""
     try:
@@ -108,10 +119,11 @@ class Pending(Request):
     It is core's Request plus the HTTP/1 framing facts, in one object: one allocation a request.
     """
 
-    # upgrade and h2_settings are set only when sent (read with getattr on the rare upgrade path).
+    # upgrade and h2_settings are set only when sent (read with getattr on the rare upgrade path); raw only
+    # when the head came in more than one read (its pieces so far, for an upgrade's tunnel: _keep_head).
     # The head's framing facts live here, not on the connection, so an idle connection holds none.
     __slots__ = ("keep_alive", "version10", "plan", "ua", "referer", "upgrade", "h2_settings", "cl_seen",
-                 "has_body", "host_seen", "close")
+                 "has_body", "host_seen", "close", "raw")
 
     def __init__(self, target: bytes) -> None:
         Request.__init__(self, b"", target)  # keep_alive and version10 are set when the head is complete
@@ -136,7 +148,7 @@ class H1Connection(asyncio.Protocol):
 
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "head_size", "error", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
-                 "tls", "fields", "line", "held")
+                 "tls", "fields", "line", "held", "tunnel")
 
     def __init__(self, worker: Services, *, tls: bool = False) -> None:
         self.w = worker
@@ -235,6 +247,8 @@ class H1Connection(asyncio.Protocol):
                 self._fail(431)  # the read ended inside a line that already passes the limit
         if self.queue and not self.busy and not self.write_paused:
             self._pump()
+        elif self.in_message and self.req is not None and not self.error:
+            self._keep_head(data)  # a head that goes on in the next read (never the usual whole-request read)
 
     def _parse_error(self, e: Exception, data: bytes) -> bool:
         """Answer what the parser refused (its error answer is queued). True after an h2c upgrade."""
@@ -243,11 +257,14 @@ class H1Connection(asyncio.Protocol):
         elif isinstance(e, httptools.HttpParserUpgrade):
             if self._h2c_upgrade(data[e.args[0]:] if e.args else b""):
                 return True
-            # Any other upgrade: the request is answered as HTTP/1.1, then the connection closes.
+            # Any other upgrade: the request is answered as HTTP/1.1, then the connection closes (a WebSocket
+            # one goes to the worker's tunnels when it has them: the root's answer, or an origin's).
             if self.queue:
                 self.queue[-1].keep_alive = False
             self.error = -1
             self._pause_reading()
+            if getattr(self.w, "tunnels", None) is not None and e.args:
+                self._websocket(data, e.args[0])
         else:  # callback errors (_Abort) arrive wrapped in a subclass
             if self.error == 0:
                 self.error = 400
@@ -279,6 +296,85 @@ class H1Connection(asyncio.Protocol):
         pending.plan = None
         self.w.upgrade_h2(self.transport, settings, pending, rest)
         return True
+
+    # -- WebSocket upgrades (RFC 6455 §4): handed to the worker's tunnels (edge/tunnel.py) -------------------
+
+    def _keep_head(self, data: bytes) -> None:
+        """A read ended inside a request head: keep its bytes so far (an upgrade passes every field on)."""
+        req = self.req
+        raw = getattr(req, "raw", None)
+        if raw is None:
+            start = _skip_heads(data, self.completed)  # the heads answered before it in this read
+            req.raw = [data[start:] if start >= 0 else b""]
+        else:
+            raw.append(data)  # a list: a head trickling in byte by byte costs no quadratic copying
+
+    def _websocket(self, data: bytes, offset: int) -> None:
+        """The request just parsed asks for Upgrade: websocket: once the answers before it are out, the
+        tunnels take it (the root answers it, or an origin does). Anything else stays a plain answer."""
+        queue = self.queue
+        if not queue:
+            return
+        pending = queue[-1]
+        # RFC 6455 §4.1: a GET; RFC 9110 §7.8: an HTTP/1.0 request's Upgrade is ignored; §4.2.1: "websocket"
+        # is matched case-insensitively among the Upgrade tokens.
+        if pending.plan is not None or pending.method != b"GET" or pending.version10:
+            return
+        if b"websocket" not in {t.strip().lower() for t in getattr(pending, "upgrade", b"").split(b",")}:
+            return
+        raw = getattr(pending, "raw", None)
+        if raw is None:
+            start = _skip_heads(data, self.completed - 1)
+            head = data[start:offset] if start >= 0 else b""
+        else:
+            head = b"".join(raw) + data[:offset]
+            pending.raw = None
+        del queue[-1]
+        self.tunnel = (pending, head, data[offset:])
+        if not queue and not self.busy and not self.write_paused:
+            self._start_tunnel()
+
+    def _start_tunnel(self) -> None:
+        pending, head, rest = self.tunnel
+        self.tunnel = None
+        self.busy = True  # until the tunnel's answer (the sweep leaves a busy connection alone)
+        self.w.tunnels.start(self, pending, head, rest)
+
+    def answer_upgrade(self, req: Pending, plan: Plan) -> None:
+        """The upgrade's answer when it is not a tunnel (the root's file, an origin's refusal, an error):
+        sent as any answer, then the connection closes."""
+        self.busy = False
+        if not self._alive():
+            return
+        req.keep_alive = False
+        req.plan = plan
+        self.queue = [req]
+        self._pump()
+
+    def upgrade_alive(self) -> bool:
+        """The client is still connected (its upgrade waits for an origin)."""
+        return self._alive()
+
+    def take_over(self, req: Pending, splice: bool) -> socket.socket | asyncio.Transport:
+        """The origin said 101: this connection leaves HTTP/1.1 for a relay. With `splice`, over plain TCP: a
+        dup of its socket, and the transport is aborted so uvloop forgets it (the dup keeps the connection;
+        reading was paused at the upgrade, so every later byte waits in the kernel for the relay). Else (TLS)
+        the transport itself, for a copying relay."""
+        w = self.w
+        w.stats[STATUS_FIELD[101]] += 1
+        if w.log is not None:
+            self._access(req, 101, 0)
+        w.connections.discard(self)
+        self.closing = True
+        self.parser = None
+        self.queue = None
+        transport = self.transport
+        if splice and not self.tls and not transport.get_write_buffer_size():
+            sock = socket.socket(fileno=os.dup(self.fd))
+            transport.abort()  # connection_lost still comes, and counts the connection as closed
+            return sock
+        w.stats[CONNECTIONS_ACTIVE] -= 1  # its protocol changes: connection_lost will not reach this one
+        return transport
 
     def eof_received(self) -> bool:  # noqa: D102
         if self.queue or self.busy:
@@ -442,6 +538,8 @@ class H1Connection(asyncio.Protocol):
                 now = w.loop.time()
                 plan = begin(w, pending, now)
                 if type(plan) is not Plan:  # a file to open off the loop, or the puller: answered later
+                    if w.wants_client:  # ip-hash balancing: the origin is chosen by the client's network
+                        pending.client = client_address(self.transport, self.peer)
                     self.busy = True
                     self._pause_reading()
                     finish(w, pending, plan, now, lambda answer: self._delivered(pending, answer), self._alive,
@@ -455,7 +553,9 @@ class H1Connection(asyncio.Protocol):
         if self.busy or self.write_paused or queue:
             return
         if self.closing or self.error:
-            if self.transport is not None:
+            if getattr(self, "tunnel", None) is not None:  # an upgrade waited for the answers before it
+                self._start_tunnel()
+            elif self.transport is not None:
                 self.transport.close()
             return
         if not self.in_message:

@@ -29,7 +29,7 @@ from .h2engine import (
     RefusedPush,
 )
 from .core import SEMANTIC_FIELDS, Miss, Plan, Request, apply_field
-from .exchange import HEADLESS, Services, begin, body_parts, finish, outline
+from .exchange import HEADLESS, Services, begin, body_parts, client_address, finish, outline
 from .stored import STREAMED, streamed_sent
 from .filecache import FileEntry
 from .hints import PageHints
@@ -356,6 +356,8 @@ class H2Connection(asyncio.Protocol):
         now = w.loop.time()
         plan = begin(w, req, now)
         if type(plan) is not Plan:  # a file to open off the loop, or the puller: answered later
+            if w.wants_client:  # ip-hash balancing: the origin is chosen by the client's network
+                req.client = client_address(self.transport, self.peer)
             finish(w, req, plan, now, lambda answer: self._delivered(sid, req, answer, push),
                    lambda: sid in self.open and self.transport is not None,
                    interim=lambda fields: self._origin_hints(sid, fields))

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from .health import pick_origins
+from .balance import CONSISTENT, LEAST_CONN, Balancer
+from .health import POOL_FIELDS, POOL_IDLE, POOL_IN_USE, POOL_OPEN, POOL_OPENED, pick_origins
 from .ring import Ring
 
 #: Connection-specific fields (RFC 9110 §7.6.1): never forwarded in either direction.
@@ -202,7 +203,10 @@ class _Conn(asyncio.Protocol):
         self.reusable = False
         self._unwatch()
         response = self.response
-        if response is None or response.complete:
+        if response is None:
+            self.pool.lost_idle(self)  # the origin closed a kept-alive connection: gone from the pool at once
+            return
+        if response.complete:
             return
         if response.status and not self.framed and exc is None:
             decoder = self.decoder
@@ -346,7 +350,7 @@ class _HostPool:
     """Keep-alive connections to one origin, at most `limit` at a time; requests beyond it queue."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, index: int, upstream: Upstream, limit: int,
-                 connect_timeout: float, read_timeout: float) -> None:
+                 connect_timeout: float, read_timeout: float, figures: memoryview | None = None) -> None:
         self.loop = loop
         self.index = index
         self.upstream = upstream
@@ -360,6 +364,12 @@ class _HostPool:
         self.read_timeout = read_timeout
         self.idle: list[_Conn] = []
         self.count = 0  # open or opening connections
+        #: Requests under way to this origin (waiting for a connection included) and tunnels (OriginPool.track):
+        #: what least-conn balances by.
+        self.active = 0
+        #: This worker's pool figures for the admin endpoint (health.pool_figures), from `at` on; None: not kept.
+        self.figures = figures
+        self.at = index * POOL_FIELDS
         self.waiters: deque[asyncio.Future] = deque()
         # Connections waiting for an answer, swept for stalls a few times per read timeout: one timer
         # for the pool, not one per request (a timer per request was a measurable part of a cache miss).
@@ -379,12 +389,23 @@ class _HostPool:
             self.busy.discard(conn)
         self.sweeper = self.loop.call_later(self.sweep_every, self._sweep) if self.busy else None
 
+    def publish(self) -> None:
+        """Write the pool's gauges (open or opening, idle, in use) to this worker's shared figures."""
+        figures = self.figures
+        if figures is not None:
+            at, idle = self.at, len(self.idle)
+            figures[at + POOL_OPEN] = self.count
+            figures[at + POOL_IDLE] = idle
+            figures[at + POOL_IN_USE] = self.count - idle
+
     async def acquire(self) -> tuple[_Conn, bool]:
-        """A connection to send on: (an idle one, True) or (a new one, False)."""
+        """A connection to send on: (an idle one, True) or (a new one, False); counted active until release()."""
+        self.active += 1
         now = self.loop.time()
         while self.idle:
             conn = self.idle.pop()
             if not conn.closed and now - conn.idle_since < KEEPALIVE:
+                self.publish()
                 return conn, True
             self._discard(conn)
         if self.count >= self.limit:
@@ -392,28 +413,38 @@ class _HostPool:
             self.waiters.append(waiter)
             try:
                 conn = await asyncio.wait_for(waiter, self.connect_timeout)
-            except asyncio.TimeoutError:
-                raise OriginError(f"{self.upstream.url}: all {self.limit} connections busy", timeout=True) \
-                    from None
+            except BaseException as e:
+                self.active -= 1
+                if isinstance(e, asyncio.TimeoutError):
+                    raise OriginError(f"{self.upstream.url}: all {self.limit} connections busy", timeout=True) \
+                        from None
+                raise
             if conn is not None:
+                self.publish()
                 return conn, True
         else:
             self.count += 1
         return await self._connect(), False
 
     async def _connect(self) -> _Conn:
+        self.publish()
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(lambda: _Conn(self), self.host, self.port, ssl=self.ssl),
                 self.connect_timeout)
         except BaseException:
             self.count -= 1
+            self.active -= 1
             self._wake_one(None)
+            self.publish()
             raise
+        if self.figures is not None:
+            self.figures[self.at + POOL_OPENED] += 1
         return conn
 
     def release(self, conn: _Conn, reusable: bool) -> None:
         """Take a connection back: to a queued request, to the idle list, or closed."""
+        self.active -= 1
         if reusable:
             while self.waiters:
                 waiter = self.waiters.popleft()
@@ -422,9 +453,19 @@ class _HostPool:
                     return
             conn.idle_since = self.loop.time()
             self.idle.append(conn)
+            self.publish()
             return
         self.count -= 1
         self._wake_one(None)
+        self.publish()
+
+    def lost_idle(self, conn: _Conn) -> None:
+        """An idle connection was closed by the origin: it no longer counts (nor shows) as open."""
+        if conn in self.idle:
+            self.idle.remove(conn)
+            self.count -= 1
+            self._wake_one(None)
+            self.publish()
 
     def _wake_one(self, conn: _Conn | None) -> None:
         """A slot opened: the first queued request may open a connection of its own."""
@@ -446,16 +487,19 @@ class _HostPool:
         for conn in self.idle:
             self._discard(conn)
         self.idle.clear()
+        self.publish()
         if self.sweeper is not None and not self.busy:
             self.sweeper.cancel()
             self.sweeper = None
 
 
 class OriginPool:
-    """Sends a key to its origin on the consistent-hash ring, with keep-alive pools and a bounded retry."""
+    """Sends a request to its origin by the balancing policy (edge/balance.py), with keep-alive pools and a
+    bounded retry."""
 
     def __init__(self, upstreams: Sequence[Upstream], *, connect_timeout: float = 2.0, read_timeout: float = 10.0,
-                 forward_headers: Sequence[str] = (), limit_per_origin: int = 64, via: str = "1.1 edge") -> None:
+                 forward_headers: Sequence[str] = (), limit_per_origin: int = 64, via: str = "1.1 edge",
+                 balance: str = CONSISTENT, figures: memoryview | None = None) -> None:
         self.upstreams = list(upstreams)
         self.ring = Ring([(u.url, u.weight) for u in self.upstreams])
         self.forward = frozenset(h.lower() for h in forward_headers) - HOP_BY_HOP
@@ -464,13 +508,37 @@ class OriginPool:
         self.read_timeout = read_timeout
         self.limit = limit_per_origin
         self.pools: list[_HostPool] | None = None
+        #: The policy of fetch() ([proxy] balance); order() takes any policy (tunnels: [websocket] balance).
+        self.balance = balance
+        self.balancers: dict[str, Balancer] = {}
+        #: This worker's pool figures in shared memory (health.pool_figures), None: not published.
+        self.figures = figures
 
     def _pools(self) -> list[_HostPool]:
         if self.pools is None:
             loop = asyncio.get_running_loop()
-            self.pools = [_HostPool(loop, i, u, self.limit, self.connect_timeout, self.read_timeout)
+            self.pools = [_HostPool(loop, i, u, self.limit, self.connect_timeout, self.read_timeout, self.figures)
                           for i, u in enumerate(self.upstreams)]
         return self.pools
+
+    def order(self, policy: str, key: bytes = b"", client: str | None = None,
+              eligible: Callable[[int], bool] = lambda i: True) -> list[int]:
+        """Origin indexes to try by `policy`, best first (then health.pick_origins): by cache `key` (consistent),
+        `client` address (ip-hash), this worker's active requests and tunnels (least-conn) or weights.
+
+        `eligible(i)` must not change state (no breaker trial taken): round-robin and least-conn skip the others."""
+        balancer = self.balancers.get(policy)
+        if balancer is None:
+            balancer = self.balancers[policy] = Balancer(policy, self.ring, [u.weight for u in self.upstreams])
+        active = ()
+        if policy == LEAST_CONN and self.pools is not None:
+            active = [pool.active for pool in self.pools]
+        return balancer.order(key, client, active, eligible)
+
+    def track(self, index: int, delta: int) -> None:
+        """A tunnel (or another long exchange outside fetch()) to origin `index` opened (+1) or ended (-1):
+        least-conn counts it as active."""
+        self._pools()[index].active += delta
 
     def request_headers(self, upstream: Upstream, incoming: Sequence[tuple[str, str]],
                         extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
@@ -499,8 +567,12 @@ class OriginPool:
                     extra: Sequence[tuple[str, str]] = (), healthy: Callable[[int], bool] = lambda i: True,
                     on_failure: Callable[[int], None] = lambda i: None, up: Callable[[int], bool] | None = None,
                     failed_status: Callable[[int], bool] = lambda status: False,
-                    hints: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> Fetched:
-        """The response of the first healthy origin for `key`; an idempotent request is retried once on the next.
+                    hints: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
+                    client: str | None = None, eligible: Callable[[int], bool] | None = None) -> Fetched:
+        """The response of the first healthy origin for the request; an idempotent one is retried once on the next.
+
+        The origins are ordered by the pool's policy (order(): `key`, the `client` address, active counts);
+        `eligible(i)`, a side-effect-free `healthy` (default: `up`), is what round-robin and least-conn skip by.
 
         `target` is the path and query, percent-encoded. `healthy(i)`: the active check and the breaker
         allow origin i; `up(i)`: the active check alone, the last resort when no origin is healthy (see
@@ -509,7 +581,8 @@ class OriginPool:
         circuit breaker); such an answer is retried on the next origin like a refused connection.
         """
         most = 2 if method in IDEMPOTENT else 1
-        tries = pick_origins(self.ring.candidates(key), healthy, up or (lambda i: False), most)
+        order = self.order(self.balance, key, client, eligible or up or (lambda i: True))
+        tries = pick_origins(order, healthy, up or (lambda i: False), most)
         if not tries:
             raise OriginError("no healthy origin")
         pools = self._pools()

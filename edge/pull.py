@@ -36,9 +36,9 @@ from .diskcache import (
     rewrite_meta,
 )
 from .filecache import OPEN_FLAGS, FileCache
-from .follow import PASS, TIMED_OUT, Follower, KeyLocks
+from .follow import PASS, TIMED_OUT, Follower, HitForMiss, KeyLocks
 from .freshness import assess
-from .health import CLOSED, CircuitBreaker, HealthTable, counts_against_origin
+from .health import CLOSED, CircuitBreaker, HealthTable, counts_against_origin, pool_figures
 from .httpdate import format_http_date, parse_http_date
 from .origin import Fetched, OriginError, OriginPool, Upstream
 from .purge import Purge
@@ -64,10 +64,6 @@ from .variants import keyed_names, select, suffix, vary_names
 
 _rewrite_meta = aiofiles.os.wrap(rewrite_meta)  # a 304's metadata update, run on aiofiles' thread pool
 PURGE_MEMORY = 10.0  # seconds a worker remembers a purge it acknowledged (see Puller.purged)
-#: Seconds a key whose origin answer may not be stored is remembered as such (Varnish's hit-for-miss,
-#: its 120 s): its requests go to the origin at once instead of queueing behind one another's fetch.
-HIT_FOR_MISS = 120.0
-HIT_FOR_MISS_KEYS = 10_000
 SPILL_GRACE = 1.0  # seconds a spilled body's memory file stays open for followers after its fetch ends
 ROOM_REQUEST_INTERVAL = 1.0  # seconds between two asks to the manager to make room after failed stores
 
@@ -81,6 +77,7 @@ STALE_STORE_FAILED = CacheStatus(fwd="stale", detail="store-failed")
 STALE_NOT_STORED = CacheStatus(fwd="stale")  # was stale; the origin's new answer may not be stored
 COLLAPSED = MISS_STORED.joined()
 STALE_REFETCHED = CacheStatus(fwd="stale", stored=True)
+STALE_COLLAPSED = STALE_REFETCHED.joined()  # a stale copy, refreshed by another worker's fetch it followed
 
 
 class Outcome:
@@ -181,17 +178,19 @@ class Puller:
         upstreams = [Upstream(o.url, o.weight, o.host_header) for o in config.origins]
         self.pool = OriginPool(upstreams, connect_timeout=config.proxy.connect_timeout,
                                read_timeout=config.proxy.read_timeout, limit_per_origin=config.proxy.max_connections,
-                               forward_headers=(*config.proxy.forward_headers, "Authorization"), via=f"1.1 {config.server_name}")
+                               forward_headers=(*config.proxy.forward_headers, "Authorization"), via=f"1.1 {config.server_name}",
+                               balance=config.proxy.balance,
+                               figures=pool_figures(origin_counts) if origin_counts is not None else None)
         self.breakers = [CircuitBreaker(config.health.failures, config.health.cooldown) for _ in upstreams]
         #: Origin statuses that count against the origin's circuit (health.failure_statuses; none by default).
         self.failure_statuses = frozenset(config.health.failure_statuses)
         self.flights: dict[str, Flight] = {}
-        #: Keys whose last answer may not be stored -> loop time until which their requests skip coalescing.
-        self.uncacheable: dict[str, float] = {}
         #: Purges this worker acknowledged, oldest first: (loop time, wall time, purge).
         self.recent_purges: list[tuple[float, float, Purge]] = []
         self.running: set[Flight] = set()  # every fetch under way, private ones too
         self.locks = KeyLocks(os.path.join(self.store.tmp_dir, "locks"))
+        #: Keys whose last answer may not be stored, for every worker of the node (hit-for-miss).
+        self.uncacheable = HitForMiss(os.path.join(self.store.tmp_dir, "hit-for-miss"))
         self.tasks: set[asyncio.Task] = set()
         self.follower = Follower(loop, self.store, self.locks, self.follow_timeout, self.read_timeout, self._spawn)
 
@@ -221,6 +220,10 @@ class Puller:
     def _up(self, index: int) -> bool:
         """Not marked down by the active check (the node's shared table); the breaker is not asked."""
         return self.health is None or self.health.healthy(index)
+
+    def _eligible(self, index: int) -> bool:
+        """Up, and this worker's breaker would let a request through (a peek: no half-open trial is taken)."""
+        return self._up(index) and self.breakers[index].admits(self.loop.time())
 
     def _healthy(self, index: int) -> bool:
         """Up, and this worker's breaker lets a request through (it may take the half-open trial)."""
@@ -270,6 +273,9 @@ class Puller:
 
     async def _serve(self, req: Request, fetch: Fetch, interim: Callable | None) -> Plan:
         fetch.forward = getattr(req, "forward", None) or ()
+        client = getattr(req, "client", None)  # set by the adapters only when a policy is ip-hash
+        if client is not None:
+            fetch.client = client
         if fetch.forward and authorizes(fetch.forward):
             # RFC 9111 §3.5, as Varnish by default: an authorised request never takes a stored answer and
             # joins nobody's fetch; what it gets is stored only if the answer says it may be shared.
@@ -299,7 +305,7 @@ class Puller:
         else:
             entry = None
         self.stats[CACHE_MISSES] += 1
-        if entry is None and self.uncacheable and self.uncacheable.get(fetch.name, 0.0) > self.loop.time():
+        if entry is None and self.uncacheable.marked(fetch.digest, self.loop.time()):
             return await self._private(req, fetch, interim)  # its last answer could not be shared: no use waiting
         flight = self._flight(fetch, entry)
         outcome = flight.outcome
@@ -324,20 +330,6 @@ class Puller:
             # A private answer was for the request that caused it: this one is asked of the origin itself.
             return await self._private(req, fetch, interim)
         return self._planned(req, outcome)
-
-    def _hit_for_miss(self, name: str, now: float) -> None:
-        """Remember for HIT_FOR_MISS seconds that `name`'s answer may not be stored (at most HIT_FOR_MISS_KEYS)."""
-        marks = self.uncacheable
-        marks.pop(name, None)
-        marks[name] = now + HIT_FOR_MISS  # insertion order is expiry order
-        if len(marks) > HIT_FOR_MISS_KEYS:
-            for old in list(marks)[:len(marks) - HIT_FOR_MISS_KEYS]:
-                del marks[old]
-        while marks:
-            first = next(iter(marks))
-            if marks[first] > now:
-                break
-            del marks[first]
 
     async def _private(self, req: Request, fetch: Fetch, interim: Callable | None = None) -> Plan:
         """Ask the origin for this request alone (not under the key's lock, joined by nobody)."""
@@ -440,7 +432,7 @@ class Puller:
             waited = False
             while not self.solo and not self.locks.try_lock(slot):
                 waited = True
-                outcome = await self._follow(fetch, name, slot)
+                outcome = await self._follow(fetch, name, slot, stale is not None)
                 if outcome is not None:
                     flight.resolve(outcome)
                     return
@@ -508,7 +500,8 @@ class Puller:
             fetched = await self.pool.fetch(fetch.key, "GET", target, incoming, extra=extra, healthy=self._healthy,
                                             hints=flight.hint,
                                             on_failure=lambda i: self._origin_result(i, False), up=self._up,
-                                            failed_status=self._status_failed)
+                                            failed_status=self._status_failed, eligible=self._eligible,
+                                            client=getattr(fetch, "client", None))
         except OriginError as e:
             self.stats[ORIGIN_ERRORS] += 1
             self._failed(flight, stale, 504 if e.timeout else 502, "timeout" if e.timeout else "unreachable")
@@ -564,10 +557,9 @@ class Puller:
             or "last-modified" in raw or fresh.stale_while_revalidate > 0 or fresh.stale_if_error > 0
         storable = fresh.storable and reusable and "set-cookie" not in raw and keyed is not None
         if storable:
-            if self.uncacheable:
-                self.uncacheable.pop(fetch.name, None)
+            self.uncacheable.clear(fetch.digest)
         elif status < 500 and not authorized:  # an error is not the key's nature; coalescing spares the origin
-            self._hit_for_miss(fetch.name, now)
+            self.uncacheable.mark(fetch.digest, now)
         length_field = raw.get("content-length")
         length = int(length_field) if length_field is not None and length_field.isdigit() else None
         if length is None and status == 204:
@@ -778,9 +770,10 @@ class Puller:
         except OSError:
             return None  # purged or evicted at once: serve it from the open fd, do not keep it
 
-    async def _follow(self, fetch: Fetch, name: str, slot: int) -> Outcome | None:
+    async def _follow(self, fetch: Fetch, name: str, slot: int, had_stale: bool) -> Outcome | None:
         """Another worker holds the key's lock: its fetch as this flight's outcome (follow.Follower), or None
-        once the lock is free."""
+        once the lock is free. `had_stale`: this request found a stale copy, so its forward was a
+        refresh (RFC 9211 §2.2 fwd=stale), whichever worker made it."""
         found = await self.follower.follow(fetch.key, fetch.name, name, slot)
         if found is None:
             return None
@@ -788,7 +781,7 @@ class Puller:
             return Outcome(shared=False)  # not for sharing: each request asks the origin itself
         if found is TIMED_OUT:
             return Outcome(plan=self._error(504, "timeout"))
-        return Outcome(found, COLLAPSED)
+        return Outcome(found, STALE_COLLAPSED if had_stale else COLLAPSED)
 
     async def close(self) -> None:
         """Stop fetching: cancel flights, close the origin connections and the lock file."""
@@ -796,6 +789,7 @@ class Puller:
             task.cancel()
         await self.pool.close()
         self.locks.close()
+        self.uncacheable.close()
         self.reports.flush()
 
 

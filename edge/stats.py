@@ -29,11 +29,13 @@ DURATION_SUM_US = 38  # microseconds, summed over the waiting requests
 # Disk-cache stores that failed, by reason (edge/storefaults.py REASONS, in that order).
 STORE_DISK_FULL, STORE_QUOTA, STORE_READ_ONLY, STORE_IO_ERROR, STORE_OTHER = range(39, 44)
 STORE_ERRORS = dict(zip(REASONS, range(STORE_DISK_FULL, STORE_OTHER + 1)))
+# Tunnels (WebSocket, edge/tunnel.py): opened, bytes relayed client -> origin and origin -> client; open now (a gauge).
+TUNNELS_TOTAL, TUNNEL_BYTES_UP, TUNNEL_BYTES_DOWN, TUNNELS_OPEN = range(44, 48)
 
-FIELDS = 44
+FIELDS = 48
 PUBLISHED = range(R1XX, FIELDS)  # what a worker copies from its own counters into its slot
 # Monotonic: folded into the retired slot when a worker ends.
-COUNTERS = (*range(R1XX, FC_EVICTIONS + 1), *range(CACHE_HITS, ORIGIN_ERRORS + 1), *range(H2_1XX, FIELDS))
+COUNTERS = (*range(R1XX, FC_EVICTIONS + 1), *range(CACHE_HITS, ORIGIN_ERRORS + 1), *range(H2_1XX, TUNNELS_OPEN))
 SLOT_BYTES = 512  # 8 cache lines: a worker's writes never share a line with another worker's
 RETIRED = 0  # slot 0 keeps the counters of workers that have ended, so sums never go backwards
 
@@ -51,6 +53,8 @@ NAMES = {
     H2_5XX: "h2_responses_5xx", DURATION_SUM_US: "duration_sum_us",
     **{field: f"duration_bucket_{i}" for i, field in enumerate(DURATION_BUCKETS)},
     **{field: "store_errors_" + reason.replace("-", "_") for reason, field in STORE_ERRORS.items()},
+    TUNNELS_TOTAL: "tunnels_total", TUNNEL_BYTES_UP: "tunnel_bytes_up", TUNNEL_BYTES_DOWN: "tunnel_bytes_down",
+    TUNNELS_OPEN: "tunnels_open",
 }
 
 # Status code -> the slot index its class is counted in (built once; the hot path only indexes).

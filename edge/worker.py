@@ -71,7 +71,9 @@ class Worker:
         self.header_timeout = config.header_timeout
         self.keepalive_timeout = config.keepalive_timeout
         self.send_timeout = config.send_timeout
-        nofile = raise_nofile(config.file_cache.max_entries * 2 + 1024)
+        # Each tunnel holds 6 fds (two sockets, two pipes): room for [websocket] max_tunnels of them too.
+        tunnel_fds = 6 * config.websocket.max_tunnels if config.origins and config.websocket.enabled else 0
+        nofile = raise_nofile(config.file_cache.max_entries * 2 + 1024 + tunnel_fds)
         entries = cache_budget(config.file_cache.max_entries, nofile)
         if entries < config.file_cache.max_entries:
             print(f"edge: file_cache.max_entries lowered to {entries} to fit RLIMIT_NOFILE={nofile}",
@@ -91,6 +93,8 @@ class Worker:
         self.forward = frozenset({*(h.encode("latin-1") for h in config.proxy.forward_headers), b"authorization"}) \
             - H1_FIELDS.keys() if config.origins else frozenset()  # fields core or framing reads are never passed on
         self.h1_fields = {**H1_FIELDS, **{name: FORWARD for name in self.forward}}
+        #: A balancing policy keys origins by the client's address (ip-hash): adapters set Request.client.
+        self.wants_client = bool(config.origins) and "ip-hash" in (config.proxy.balance, config.websocket.balance)
         # (Connection is a framing field of the HTTP/1.1 adapter, which also hands it to origin.py: the
         # fields it names are never passed on, RFC 9110 §7.6.1.)
         if config.origins:
@@ -99,6 +103,13 @@ class Worker:
             self.puller = Puller(config, loop, self.cache, self.site, self.executor, self.stats, health, events, solo,
                                  origin_counts)
         self.connections: set[H1Connection] = set()
+        #: WebSocket upgrades to origins and their relays (edge/tunnel.py); None: upgrades are answered as plain
+        #: HTTP/1.1 (no origins, or [websocket] enabled = false).
+        self.tunnels = None
+        if self.puller is not None and config.websocket.enabled:
+            from .tunnel import Tunnels
+
+            self.tunnels = Tunnels(self, config)
         self.log = AccessLog(config.access_log) if config.access_log else None
         self.date_line = b""
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -130,6 +141,8 @@ class Worker:
         stats[FC_EVICTIONS] = cache.evictions
         stats[FC_ENTRIES] = len(cache)
         stats[CACHE_HITS] = self.site.store_hits
+        if self.tunnels is not None:
+            self.tunnels.publish(stats)
         for i in PUBLISHED:
             shared[i] = stats[i]
 
@@ -169,8 +182,12 @@ class Worker:
         for conn in list(self.connections):
             conn.shutdown(grace)
         deadline = loop.time() + self.config.shutdown_timeout
-        while self.connections and loop.time() < deadline:
+        # Open tunnels keep working until they end or shutdown_timeout (a reload's old worker, or SIGTERM).
+        tunnels = self.tunnels
+        while (self.connections or (tunnels is not None and tunnels.open)) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        if tunnels is not None:
+            tunnels.close()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()

@@ -37,7 +37,11 @@ class EdgeProcess:
         cmd = [sys.executable, "-m", "edge.cli", "serve", "--root", str(root), "--host", "127.0.0.1",
                "--port", "0", *args]
         if "--workers" not in args:
-            cmd += ["--workers", "1"]
+            # scripts/test runs the cache matrix (test_pull.py) again with EDGE_TEST_WORKERS=2: every
+            # rule must hold when a key's requests land on different workers sharing one disk cache.
+            cmd += ["--workers", os.environ.get("EDGE_TEST_WORKERS", "1")]
+            if cmd[-1] != "1":
+                cmd += ["--cpu-affinity", "off"]
         if config is not None:
             cmd += ["--config", str(config)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

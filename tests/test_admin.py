@@ -445,6 +445,29 @@ def test_metrics_count_open_connections(edge):
     assert wait_for(lambda: metric(metrics(server), "edge_connections_active") == 0, 10, 0.2)
 
 
+def test_status_and_metrics_show_the_origin_pools(pulling, origin, cache):
+    """Issue 17 item 6: per origin, open, idle and in-use pooled connections and connections opened in all,
+    summed over the workers; an ended worker's gauges drop to 0, its opened total stays."""
+    server = pulling(origin, "--workers", "1")
+    n = 6
+    for i in range(n):
+        assert get(server, gen(f"pool{i}", cc="no-store"))[0] == 200  # each one asked of the origin
+    assert sum(origin.count(gen(f"pool{i}", cc="no-store")) for i in range(n)) == n
+    [row] = status(server)["origins"]
+    pool = row["pool"]
+    assert 1 <= pool["opened_total"] < n, pool  # kept alive and reused
+    assert pool["idle"] >= 1 and pool["in_use"] == 0 and pool["open"] == pool["idle"], pool
+    samples = metrics(server)
+    assert metric(samples, "edge_origin_pool_opened_total", origin=origin.url) == pool["opened_total"]
+    assert metric(samples, "edge_origin_pool_open", origin=origin.url) == pool["open"]
+    assert metric(samples, "edge_origin_pool_idle", origin=origin.url) == pool["idle"]
+    assert metric(samples, "edge_origin_pool_in_use", origin=origin.url) == 0
+    # The worker dies with its connections: its gauges go with it, its total stays in the node's.
+    os.kill(server.worker_pid, signal.SIGKILL)
+    doc = wait_published(server, lambda d: d["origins"][0]["pool"]["open"] == 0)
+    assert doc["origins"][0]["pool"] == {"open": 0, "idle": 0, "in_use": 0, "opened_total": pool["opened_total"]}
+
+
 # -- purge: the API --------------------------------------------------------------------------------------
 
 

@@ -576,7 +576,30 @@ BAD_ORIGIN_PULL = [
     ("max_connections 0", {"proxy": {"max_connections": 0}}, "proxy.max_connections"),
     ("forward_headers not a list", {"proxy": {"forward_headers": "Accept"}}, "proxy.forward_headers"),
     ("forward_headers bad name", {"proxy": {"forward_headers": ["Bad Name"]}}, "proxy.forward_headers"),
+    ("balance unknown", {"proxy": {"balance": "random"}}, "proxy.balance"),
+    ("balance not a string", {"proxy": {"balance": 1}}, "proxy.balance"),
+    ("balance wrong case", {"proxy": {"balance": "Round-Robin"}}, "proxy.balance"),
+    ("websocket balance unknown", {"websocket": {"balance": "fastest"}}, "websocket.balance"),
+    ("websocket balance not a string", {"websocket": {"balance": ["ip-hash"]}}, "websocket.balance"),
+    ("websocket not a table", {"websocket": "least-conn"}, "websocket"),
 ]
+
+
+@pytest.mark.parametrize("policy", ["consistent", "round-robin", "least-conn", "ip-hash"])
+def test_balance_policies_parse_in_proxy_and_websocket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       policy: str) -> None:
+    """[proxy] balance and [websocket] balance take each of the four policies from the file."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'[proxy]\nbalance = "{policy}"\n\n[websocket]\nbalance = "{policy}"\n')
+    config = load(str(cfg))
+    assert config.proxy.balance == policy and config.websocket.balance == policy
+
+
+def test_balance_defaults_are_consistent_for_requests_and_least_conn_for_tunnels() -> None:
+    """Without the keys: the consistent-hash ring for origin requests, least-conn for tunnels."""
+    assert Config().proxy.balance == "consistent" and Config().websocket.balance == "least-conn"
+    assert from_mapping({"proxy": {"read_timeout": 5}}).proxy.balance == "consistent"
 
 
 @pytest.mark.parametrize("data, key", [(d, k) for _, d, k in BAD_ORIGIN_PULL],
@@ -599,8 +622,10 @@ def test_origin_pull_bad_values_name_the_key(data: dict, key: str) -> None:
     ("[health]\nbogus = 1\n", "health.bogus"),
     ("[health]\nfailure_statuses = [403]\n", "health.failure_statuses"),
     ("[proxy]\nbogus = 1\n", "proxy.bogus"),
+    ('[proxy]\nbalance = "rr"\n', "proxy.balance"),
+    ('[websocket]\nbalance = "rr"\n', "websocket.balance"),
 ], ids=["url", "weight", "origin-key", "size", "ttl", "query", "rise", "health-key", "failure-statuses",
-        "proxy-key"])
+        "proxy-key", "proxy-balance", "websocket-balance"])
 def test_check_config_rejects_bad_origin_pull_keys(tmp_path: Path, text: str, key: str) -> None:
     """check-config: exit 2 with one line naming the key for the new tables."""
     cfg = tmp_path / "bad.toml"
@@ -782,3 +807,38 @@ def test_origin_host_header_control_characters_rejected() -> None:
 def test_cache_dir_empty_rejected() -> None:
     with pytest.raises(ConfigError, match=r"^cache\.dir: "):
         from_mapping({"cache": {"dir": ""}})
+
+
+# -- [websocket]: enabled, idle_timeout, max_tunnels (issue 17) ----------------------------------------------
+
+BAD_WEBSOCKET = [
+    ("enabled not a bool", {"websocket": {"enabled": "yes"}}, "websocket.enabled"),
+    ("enabled an int", {"websocket": {"enabled": 1}}, "websocket.enabled"),
+    ("idle_timeout 0", {"websocket": {"idle_timeout": 0}}, "websocket.idle_timeout"),
+    ("idle_timeout negative", {"websocket": {"idle_timeout": -5}}, "websocket.idle_timeout"),
+    ("idle_timeout string", {"websocket": {"idle_timeout": "300s"}}, "websocket.idle_timeout"),
+    ("idle_timeout bool", {"websocket": {"idle_timeout": True}}, "websocket.idle_timeout"),
+    ("max_tunnels 0", {"websocket": {"max_tunnels": 0}}, "websocket.max_tunnels"),
+    ("max_tunnels float", {"websocket": {"max_tunnels": 10.5}}, "websocket.max_tunnels"),
+    ("max_tunnels huge", {"websocket": {"max_tunnels": 10**9}}, "websocket.max_tunnels"),
+    ("unknown key", {"websocket": {"max_connections": 5}}, "websocket.max_connections"),
+]
+
+
+@pytest.mark.parametrize("data, key", [(d, k) for _, d, k in BAD_WEBSOCKET], ids=[n for n, _, _ in BAD_WEBSOCKET])
+def test_websocket_bad_values_name_the_key(data: dict, key: str) -> None:
+    """Every bad [websocket] value is a ConfigError whose message starts with the key."""
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(data)
+    assert str(caught.value).startswith(f"{key}: "), str(caught.value)
+
+
+def test_websocket_defaults_and_values_parse(tmp_path: Path) -> None:
+    """Defaults: enabled, 300 s idle, 10000 tunnels per worker; the file's values apply; check-config names a bad one."""
+    ws = Config().websocket
+    assert (ws.enabled, ws.idle_timeout, ws.max_tunnels) == (True, 300.0, 10_000)
+    ws = from_mapping({"websocket": {"enabled": False, "idle_timeout": 30, "max_tunnels": 50}}).websocket
+    assert (ws.enabled, ws.idle_timeout, ws.max_tunnels) == (False, 30.0, 50)
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text("[websocket]\nmax_tunnels = -1\n")
+    assert_one_line_error(run("check-config", str(cfg)), "websocket.max_tunnels")

@@ -207,4 +207,37 @@ def test_origin_counters_per_worker_fold_into_the_retired_row():
     assert counts.totals() == [(5, 0), (0, 1)]
     counts.release(1)  # worker 1 ended: its counts stay in the totals
     assert counts.totals() == [(5, 0), (0, 1)]
-    assert list(counts.row(1)) == [0, 0, 0, 0]
+    assert not any(counts.row(1))
+
+
+def test_breaker_admits_is_allow_without_taking_the_trial():
+    """admits() (what round-robin and least-conn skip by) says what allow() would, and changes nothing."""
+    cb = CircuitBreaker(threshold=1, cooldown=10)
+    assert cb.admits(0.0)
+    cb.record(False, 0.0)  # open
+    assert not cb.admits(5.0) and not cb.allow(5.0)
+    assert cb.admits(10.0) and cb.admits(10.0)  # asked twice: still no trial taken
+    assert cb.state == "open" and not cb.trial
+    assert cb.allow(10.0)  # the half-open trial
+    assert not cb.admits(11.0)  # one trial at a time
+    assert cb.admits(20.0)  # a trial that never reported back expires
+
+
+def test_origin_counters_pool_gauges_drop_and_opened_totals_fold_on_release():
+    """Issue 17: pool figures summed over workers; an ended worker's gauges go, its opened total stays."""
+    from edge.health import POOL_FIELDS, POOL_IDLE, POOL_IN_USE, POOL_OPEN, POOL_OPENED, OriginCounters, pool_figures
+
+    counts = OriginCounters(slots=4, origins=2)
+    a, b = pool_figures(counts.row(1)), pool_figures(counts.row(2))
+    a[POOL_OPEN], a[POOL_IDLE], a[POOL_IN_USE], a[POOL_OPENED] = 3, 2, 1, 7
+    b[POOL_OPEN], b[POOL_IDLE], b[POOL_OPENED] = 1, 1, 2
+    b[POOL_FIELDS + POOL_OPENED] = 4  # origin 1
+    counts.row(1)[0] += 5  # exchange counts beside them are untouched
+    assert counts.pools() == [{"open": 4, "idle": 3, "in_use": 1, "opened_total": 9},
+                              {"open": 0, "idle": 0, "in_use": 0, "opened_total": 4}]
+    counts.release(1)
+    assert counts.pools()[0] == {"open": 1, "idle": 1, "in_use": 0, "opened_total": 9}
+    assert counts.totals() == [(5, 0), (0, 0)]
+    counts.release(2)
+    assert counts.pools() == [{"open": 0, "idle": 0, "in_use": 0, "opened_total": 9},
+                              {"open": 0, "idle": 0, "in_use": 0, "opened_total": 4}]

@@ -309,3 +309,42 @@ def test_a_body_cut_short_raises_and_a_whole_one_streams(origins):
             await pool.close()
 
     run(main())
+
+
+def test_pool_figures_and_active_counts_follow_each_exchange(origins):
+    """Issue 17: the pool publishes open/idle/in-use and opened totals to its shared figures, and its active
+    count (least-conn's load) is back to 0 once every response was let go, failures included."""
+    from edge.health import POOL_FIELDS, POOL_IDLE, POOL_IN_USE, POOL_OPEN, POOL_OPENED
+
+    [url] = origins(1)
+    dead = closed_port()
+    figures = memoryview(bytearray(8 * 2 * POOL_FIELDS)).cast("q")
+
+    async def main():
+        pool = OriginPool([Upstream(url), Upstream(dead)], figures=figures, balance="least-conn")
+        try:
+            held = [await pool.fetch(f"/obj/f{i}".encode(), "GET", f"/obj/f{i}", eligible=lambda i: i == 0)
+                    for i in range(3)]
+            assert pool.pools[0].active == 3
+            assert (figures[POOL_OPEN], figures[POOL_IDLE], figures[POOL_IN_USE]) == (3, 0, 3)
+            for fetched in held:
+                await read_all(fetched)
+            assert pool.pools[0].active == 0
+            assert (figures[POOL_OPEN], figures[POOL_IDLE], figures[POOL_IN_USE], figures[POOL_OPENED]) == (3, 3, 0, 3)
+            for i in range(5):  # one at a time: the idle connections are reused, none opened
+                await get(pool, f"/obj/g{i}", eligible=lambda i: i == 0)
+            assert figures[POOL_OPENED] == 3 and figures[POOL_IDLE] == 3
+            with pytest.raises(OriginError):  # refused: counted active while it tried, not after
+                await pool.fetch(b"/x", "GET", "/x", healthy=lambda i: i == 1)
+            assert pool.pools[1].active == 0 and figures[POOL_FIELDS + POOL_OPEN] == 0
+            pool.track(1, 1)  # a tunnel to origin 1: least-conn now prefers origin 0 ...
+            assert pool.order("least-conn") == [0, 1]
+            pool.pools[0].active = 2  # ... until origin 0 is busier
+            assert pool.order("least-conn") == [1, 0]
+            pool.pools[0].active = 0
+            pool.track(1, -1)
+        finally:
+            await pool.close()
+        assert (figures[POOL_OPEN], figures[POOL_IDLE], figures[POOL_IN_USE], figures[POOL_OPENED]) == (0, 0, 0, 3)
+
+    run(main())

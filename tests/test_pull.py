@@ -41,8 +41,7 @@ from test_supervisor import serving_pid
 
 from edge.cachekey import digest
 from edge.diskcache import DiskCache, Meta, read_meta
-from edge.follow import Follower
-from edge.pull import HIT_FOR_MISS, Puller
+from edge.follow import HIT_FOR_MISS, MARK_SLOTS, Follower, HitForMiss
 from edge.ring import Ring
 from edge.variants import suffix
 
@@ -190,12 +189,14 @@ def stored_keys(cache_dir: Path) -> set[str]:
 
 
 def settled(server: EdgeProcess, cache_dir: Path) -> None:
-    """Edge still runs, and tmp/ has gone back to just the lock file (no bodies, no fetches to follow)."""
+    """Edge still runs, and tmp/ has gone back to the node's two fixed files, the key locks and the
+    hit-for-miss marks (no bodies, no fetches to follow)."""
     assert server.alive(), server.stderr()
     tmp = cache_dir / "tmp"
-    wait_for(lambda: sorted(os.listdir(tmp)) == ["locks"], 10)
-    left = sorted(os.listdir(tmp))
-    assert left == ["locks"], f"leftovers in {tmp}: {left}"
+    fixed = {"locks", "hit-for-miss"}
+    wait_for(lambda: not set(os.listdir(tmp)) - fixed, 10)
+    left = sorted(set(os.listdir(tmp)) - fixed)
+    assert not left, f"leftovers in {tmp}: {left}"
 
 
 def until(fetch, predicate, timeout: float = 15.0, step: float = 0.1):
@@ -859,14 +860,30 @@ def test_once_an_answer_may_not_be_stored_its_requests_stop_queueing_behind_one_
     settled(server, cache_dir)
 
 
-def test_hit_for_miss_marks_expire_and_stay_bounded(monkeypatch):
-    monkeypatch.setattr("edge.pull.HIT_FOR_MISS_KEYS", 3)
-    marks = SimpleNamespace(uncacheable={})
-    for i, now in enumerate((0.0, 1.0, 2.0, 3.0)):
-        Puller._hit_for_miss(marks, f"k{i}", now)
-    assert list(marks.uncacheable) == ["k1", "k2", "k3"], "the oldest mark goes first"
-    Puller._hit_for_miss(marks, "k2", 200.0)  # marked again: the others have expired by then
-    assert marks.uncacheable == {"k2": 200.0 + HIT_FOR_MISS}
+def test_hit_for_miss_marks_are_shared_expire_and_stay_bounded(tmp_path):
+    one, two = HitForMiss(str(tmp_path / "marks")), HitForMiss(str(tmp_path / "marks"))  # two workers
+    a, b = digest(b"/a"), digest(b"/b")
+    one.mark(a, 10.0)
+    assert two.marked(a, 10.0 + HIT_FOR_MISS - 1) and not two.marked(a, 10.0 + HIT_FOR_MISS), "expires"
+    assert not two.marked(b, 10.0)
+    two.clear(b)  # another key's clear leaves the mark alone
+    assert one.marked(a, 11.0)
+    two.clear(a)
+    assert not one.marked(a, 11.0)
+    same_slot = next(d for d in (digest(f"/k{i}".encode()) for i in range(10**6))
+                     if int(d[:8], 16) % MARK_SLOTS == int(a[:8], 16) % MARK_SLOTS and d != a)
+    one.mark(a, 20.0)
+    two.mark(same_slot, 21.0)  # fixed size: the newer key takes the slot, the older loses its mark
+    assert one.marked(same_slot, 22.0) and not one.marked(a, 22.0)
+    assert os.path.getsize(tmp_path / "marks") == MARK_SLOTS * 16
+    assert os.stat(tmp_path / "marks").st_blocks * 512 >= MARK_SLOTS * 16, "allocated: no SIGBUS on a full disk"
+    one.close()
+    two.close()
+    alone = HitForMiss(str(tmp_path / "no-such-dir" / "marks"))  # cannot be made: this worker's own marks
+    assert not alone.shared
+    alone.mark(a, 1.0)
+    assert alone.marked(a, 2.0)
+    alone.close()
 
 
 def test_concurrent_requests_for_a_no_store_answer_each_ask_the_origin(pull, origins, cache_dir):
@@ -1725,8 +1742,8 @@ def test_health_flapping_moves_keys_away_and_back(pull, origins, cache_dir):
 def test_failing_origin_opens_its_circuit_then_a_trial_closes_it(pull, origins, cache_dir):
     upstreams = origins(2)
     first, second = upstreams
-    server = pull(upstreams, config="[health]\nfailures = 2\ncooldown = 1.5\ninterval = 60\n"
-                                    "failure_statuses = [503]\n")
+    server = pull(upstreams, "--workers", "1",  # one worker: the breaker under test is per worker
+                  config="[health]\nfailures = 2\ncooldown = 1.5\ninterval = 60\nfailure_statuses = [503]\n")
     probe = next(t for t in (gen(f"p{i}", cc="no-store") for i in range(100)) if owner(upstreams, t) == 0)
     broken = next(t for t in (gen(f"b{i}", cc="no-store") for i in range(100)) if owner(upstreams, t) == 0)
     name = broken.split("/")[2].split("?")[0]
@@ -1793,7 +1810,9 @@ def test_failure_statuses_never_cut_off_the_last_origin_the_active_check_keeps(p
     """failure_statuses = [500] with one origin: its 500s open its circuit, but with no other origin to try it
     is still asked (the client gets its 500s, never a 502) until the active check marks it down."""
     [origin] = origins(1)
-    server = pull([origin], "--health-interval", "0.2", config="[health]\nfailure_statuses = [500]\nfailures = 3\n")
+    # One worker: each worker keeps its own passive breaker, and the test counts one breaker's failures.
+    server = pull([origin], "--workers", "1", "--health-interval", "0.2",
+                  config="[health]\nfailure_statuses = [500]\nfailures = 3\n")
     origin.ctl("/_fail/down/on")
     target = gen("down")
     for _ in range(30):
@@ -1818,7 +1837,7 @@ def test_two_origins_one_refusing_requests_succeed_and_its_circuit_opens(pull, o
     health.failures (5) in a row the dead origin's circuit opens and it is no longer tried."""
     [live] = origins(1)
     dead = closed_url()
-    server = pull([dead, live.url], config="[health]\ninterval = 60\ncooldown = 60\n")
+    server = pull([dead, live.url], "--workers", "1", config="[health]\ninterval = 60\ncooldown = 60\n")  # one breaker
     ring = Ring([(dead, 1), (live.url, 1)])
     targets = [gen(f"d{i}", cc="no-store") for i in range(40)]
     assert sum(ring.candidates(t.encode())[0] == 0 for t in targets) >= 6, "keys of the dead origin"
@@ -1837,8 +1856,8 @@ def test_torn_bodies_open_the_circuit(pull, origins, cache_dir):
     """An origin that closes before the end of the body it announced fails the exchange (counted once:
     a head counted as a success first would reset the failures in a row and the circuit never opens)."""
     upstreams = origins(2)
-    server = pull(upstreams, config="[health]\nfailures = 3\ninterval = 60\ncooldown = 60\n")
-    cutter = owner(upstreams, "/cut")
+    server = pull(upstreams, "--workers", "1", config="[health]\nfailures = 3\ninterval = 60\ncooldown = 60\n")
+    cutter = owner(upstreams, "/cut")  # one worker: one breaker counts the three
     for _ in range(3):
         client = server.connect(timeout=10)
         client.sendall(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
