@@ -394,7 +394,7 @@ def test_300_concurrent_tunnels(wedge, ws_origin) -> None:
 
 def test_max_tunnels_503_and_idle_timeout(wedge, ws_origin, tmp_path: Path) -> None:
     """Beyond max_tunnels the upgrade gets 503; a tunnel without a byte for idle_timeout is closed."""
-    server = wedge("--origin", ws_origin.url, config=ws_config(tmp_path, max_tunnels=2, idle_timeout=1.5))
+    server = wedge("--origin", ws_origin.url, config=ws_config(tmp_path, max_tunnels=2, idle_timeout=2))
 
     async def client() -> None:
         a = await connect(ws_url(server, "/echo/a"), proxy=None, ping_interval=None)
@@ -405,13 +405,13 @@ def test_max_tunnels_503_and_idle_timeout(wedge, ws_origin, tmp_path: Path) -> N
         assert await asyncio.to_thread(lambda: metrics(server)["edge_tunnels_open"] in (-1, 0, 2))
         # Traffic keeps `a` alive past the idle timeout; `b` says nothing and is closed.
         started = time.monotonic()
-        for _ in range(8):
+        for _ in range(16):  # 3 s of a tick every 0.2 s: far inside the 2 s idle limit even on a busy machine
             await a.send("tick")
             assert await a.recv() == "tick"
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.2)
         with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(b.recv(), 5)
-        assert time.monotonic() - started < 6
+            await asyncio.wait_for(b.recv(), 8)
+        assert time.monotonic() - started < 11  # closed by the idle sweep, not by a slower timeout
         await a.send("still here")
         assert await a.recv() == "still here"
         await a.close()
