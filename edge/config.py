@@ -107,6 +107,9 @@ class ProxyConfig:
     max_connections: int = 64  # per origin, per worker
     forward_headers: tuple[str, ...] = ()  # client request fields sent to the origin (none by default)
     balance: str = "consistent"  # edge/balance.py: consistent, round-robin, least-conn, ip-hash
+    # The largest request body passed through to an origin (edge/passthrough.py), as nginx's
+    # client_max_body_size: 413 beyond it (at once from Content-Length, else when the stream passes it).
+    max_body_size: int = 100 << 20
 
 
 @dataclass(frozen=True)
@@ -424,6 +427,11 @@ def _proxy_field(name: str, sub: str, item: Any) -> Any:
         return tuple(h.lower() for h in item)
     elif name == "balance":
         return _string(sub, item, choices=BALANCE_POLICIES)
+    elif name == "max_body_size":
+        try:
+            return parse_size(item)
+        except ValueError as e:
+            raise ConfigError(f"{sub}: {e}") from None
 
 
 def _websocket(key: str, value: Any) -> WebSocketConfig:

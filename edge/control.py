@@ -12,9 +12,15 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+
 
 MAX_DATAGRAM = 256 * 1024  # a purge of many paths fits in one datagram
+#: The "pid" of the manager's request socket (`\0edge-<supervisor>-0`: no process has pid 0), where a worker
+#: asks the node for a purge (an invalidation after an unsafe method, edge/passthrough.py), whatever the
+#: manager's own pid after its restarts.
+MANAGER = 0
 
 
 def address(supervisor: int, pid: int) -> bytes:
@@ -31,8 +37,25 @@ def bind(supervisor: int, pid: int | None = None) -> socket.socket:
     return sock
 
 
-def serve(loop: asyncio.AbstractEventLoop, sock: socket.socket, handle: Callable[[dict], dict]) -> None:
-    """Answer every command arriving on `sock` with handle(command) (worker side, on its event loop)."""
+def serve(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+          handle: Callable[[dict], dict | Awaitable[dict]]) -> None:
+    """Answer every command arriving on `sock` with handle(command) (worker side, on its event loop); a handle
+    that returns an awaitable is answered when it is done (the manager's purges)."""
+
+    def send(reply: dict, sender: bytes) -> None:
+        if sender:
+            try:
+                sock.sendto(json.dumps(reply).encode(), sender)
+            except OSError:
+                pass  # the asker is gone
+
+    async def later(pending: Awaitable[dict], ident: object, sender: bytes) -> None:
+        try:
+            reply = await pending
+            reply["id"] = ident
+        except Exception as e:  # noqa: BLE001 - a failed command gets an error answer
+            reply = {"id": ident, "error": f"{type(e).__name__}: {e}"}
+        send(reply, sender)
 
     def readable() -> None:
         while True:
@@ -45,6 +68,11 @@ def serve(loop: asyncio.AbstractEventLoop, sock: socket.socket, handle: Callable
                 command = json.loads(data)
                 ident = command.get("id")
                 reply = handle(command)
+                if inspect.isawaitable(reply):
+                    task = loop.create_task(later(reply, ident, sender))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    continue
                 reply["id"] = ident
             except Exception as e:  # noqa: BLE001 - a bad command gets an error answer, never kills the worker
                 reply = {"id": ident, "error": f"{type(e).__name__}: {e}"}
@@ -54,16 +82,23 @@ def serve(loop: asyncio.AbstractEventLoop, sock: socket.socket, handle: Callable
                 except OSError:
                     pass  # the asker is gone
 
+    tasks: set[asyncio.Task] = set()
     loop.add_reader(sock.fileno(), readable)
 
 
 class Asker:
     """Sends a command to several processes and gathers their answers (admin side)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, supervisor: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, supervisor: int, *, anonymous: bool = False) -> None:
+        """`anonymous`: a socket of its own under a name the kernel picks (a worker, whose own name its command
+        socket holds, asking the manager)."""
         self.loop = loop
         self.supervisor = supervisor
-        self.sock = bind(supervisor)
+        if anonymous:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+            self.sock.bind(b"")  # Linux autobind: a unique abstract name, so the answer finds its way back
+        else:
+            self.sock = bind(supervisor)
         self.next_id = 0
         self.waiting: dict[int, tuple[set[int], dict[int, dict], asyncio.Future]] = {}
         loop.add_reader(self.sock.fileno(), self._readable)

@@ -35,6 +35,10 @@ REASONS.update({code: ("Success", "Redirection", "Client Error", "Server Error")
                 for code in range(200, 600) if code not in REASONS})
 
 Header = tuple[bytes, bytes]
+#: The Allow field of a 405 for CONNECT or TRACE when origins are configured: the methods edge takes (any
+#: other token method passes through too; these are the ones RFC 9110 §9.3 defines).
+PASSED_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
 #: Seconds between checks of a stored origin object against the disk (at least file_cache.valid). Purges
 #: reach the workers directly and refreshes have their own expiry; this only notices another worker's
 #: new copy or an eviction (whose file an open fd would otherwise keep), so it need not be every second.
@@ -112,6 +116,24 @@ class Miss:
     def __init__(self, path: str, query: bytes) -> None:
         self.path = path
         self.query = query
+
+
+class Pass:
+    """core sends the request on to an origin as it came, with its body (a method other than GET and HEAD,
+    edge/passthrough.py): its answer is never stored (RFC 9111 §4.4, RFC 9211 fwd=method).
+
+    `path` is the decoded, normalised URL path (what a purge names: the invalidation after an unsafe
+    method); `target` the path percent-encoded, with the query, as the origin is asked for it; `body` the
+    request's body on its way (a passthrough.RequestBody the adapter sets), None without one.
+    """
+
+    __slots__ = ("path", "target", "body")
+
+    def __init__(self, path: str, target: str) -> None:
+        self.path = path
+        self.target = target
+        self.body = None
+
 
 
 class Fetch:
@@ -195,6 +217,8 @@ class Site:
         self.boundary = b"edge-" + secrets.token_hex(12).encode("ascii")
         self.method_not_allowed = text_plan(405, [(b"allow", b"GET, HEAD")], self.server)
         self._errors: dict[int, Plan] = {405: self.method_not_allowed}
+        #: With origins, the answer to CONNECT and TRACE (every other method passes through: Site.passing).
+        self.not_passed = text_plan(405, [(b"allow", PASSED_METHODS)], self.server)
         self._targets: dict[bytes, tuple[str, bytes] | Plan] = {}
         # target -> (cache key, file-cache name, path encoded for the origin)
         self._store_keys: dict[bytes, tuple[bytes, str, str]] = {}
@@ -213,11 +237,13 @@ class Site:
             plan = self._errors[status] = text_plan(status, server=self.server)
         return plan
 
-    def resolve(self, req: Request, now: float) -> Plan | Miss | Fetch:
-        """Answer `req` from the cache, or say which path must be loaded first."""
+    def resolve(self, req: Request, now: float, root_only: bool = False) -> Plan | Miss | Fetch | None:
+        """Answer `req` from the cache, or say which path must be loaded first. `root_only` (an Upgrade
+        request, RFC 9110 §7.8): None where the root has no such file, as a tunnel is never a stored
+        answer (RFC 9111 §3) and goes to an origin instead."""
         method = req.method
         if method != b"GET" and method != b"HEAD":
-            return self.method_not_allowed
+            return self.method_not_allowed if self.cache_keys is None else self.passing(req)
         target = req.target
         known = self._targets.get(target)
         if known is None:
@@ -229,29 +255,34 @@ class Site:
         if found is None:
             return Miss(path, query)
         if type(found) is NotFound and found.status == 404 and self.cache_keys is not None:
+            if root_only:
+                return None
             return self.from_store(req, path, query, now)  # the proxied path's hot case, one call shorter
         return self.respond(req, found, query, path, now)
 
-    def root_lookup(self, req: Request, now: float) -> Plan | Miss | None:
-        """For an Upgrade request (RFC 9110 §7.8): the root's answer, a Miss to load first, or None when the
-        root has no such file (the upgrade goes to an origin: a tunnel is never a stored answer, RFC 9111 §3)."""
+    def root_answer(self, req: Request, found: Lookup, query: bytes, path: str, now: float) -> Plan | None:
+        """resolve(root_only=True)'s answer once the root was looked at: its plan, or None when it has no
+        such file."""
+        if type(found) is NotFound and found.status == 404:
+            return None
+        plan = self.respond(req, found, query, path, now)
+        return plan if type(plan) is Plan else None
+
+    def passing(self, req: Request) -> Plan | Pass:
+        """With origins, a method other than GET and HEAD goes to an origin as it came (a Pass), whatever the
+        root holds (the root answers GET and HEAD only); a bad target gets its error plan. Not CONNECT: it asks
+        for a tunnel (RFC 9110 §9.3.6), not a representation; not TRACE: the origin would reflect the request,
+        cookies and credentials included, to whoever sent it (§9.3.8; nginx and most CDNs refuse it too)."""
+        if req.method == b"CONNECT" or req.method == b"TRACE":
+            return self.not_passed
         known = self._targets.get(req.target)
         if known is None:
             known = self._parse_target(req.target)
         if type(known) is Plan:
             return known
         path, query = known
-        found = self.cache.lookup(path, now)
-        if found is None:
-            return Miss(path, query)
-        return self.root_answer(req, found, query, path, now)
-
-    def root_answer(self, req: Request, found: Lookup, query: bytes, path: str, now: float) -> Plan | None:
-        """root_lookup's answer once the root was looked at: its plan, or None when it has no such file."""
-        if type(found) is NotFound and found.status == 404:
-            return None
-        plan = self.respond(req, found, query, path, now)
-        return plan if type(plan) is Plan else None
+        target = encode_path(path)
+        return Pass(path, target + "?" + query.decode("latin-1") if query else target)
 
     def _parse_target(self, target: bytes) -> tuple[str, bytes] | Plan:
         """Split and normalise a target, or the error plan for it; memoised (it is a pure function)."""

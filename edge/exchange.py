@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
-from .core import Fetch, Miss, Plan, Request, Site
+from .core import Fetch, Miss, Pass, Plan, Request, Site
 from .filecache import FileCache, FileEntry, Lookup, NotFound, Resolver
 from .stored import STREAMED, settled
 
@@ -28,6 +28,8 @@ class Services(Protocol):
     resolver: Resolver
     executor: Executor
     puller: Any  # pull.Puller, when origins are configured
+    passer: Any  # passthrough.Passer, when origins are configured: other methods go to them
+
     config: Any  # config.Config
     stats: list[int]
     connections: set
@@ -100,7 +102,7 @@ def begin(w: Services, req: Request, now: float) -> Plan | Miss | Fetch:
     return plan
 
 
-def finish(w: Services, req: Request, step: Miss | Fetch, started: float, deliver: Callable[[Plan], None],
+def finish(w: Services, req: Request, step: Miss | Fetch | Pass, started: float, deliver: Callable[[Plan], None],
            alive: Callable[[], bool], old: FileEntry | None | bool = True,
            interim: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> None:
     """Carry `step` through to a plan and hand it to `deliver` (once, later); `alive()` false means the
@@ -110,6 +112,10 @@ def finish(w: Services, req: Request, step: Miss | Fetch, started: float, delive
     """
     if type(step) is Fetch:
         task = w.loop.create_task(w.puller.serve(req, step, interim))
+        task.add_done_callback(lambda t: _pulled(w, t, started, deliver, alive))
+        return
+    if type(step) is Pass:  # a method other than GET and HEAD, to an origin with its body (edge/passthrough.py)
+        task = w.loop.create_task(w.passer.serve(req, step, alive, interim))
         task.add_done_callback(lambda t: _pulled(w, t, started, deliver, alive))
         return
     miss = step
@@ -149,11 +155,11 @@ def upgrade(w: Services, req: Request, answer: Callable[[Plan], None], tunnel: C
     """An Upgrade request's life (RFC 9110 §7.8): the root's answer when it has the target (`answer`, as any
     request), else `tunnel()` to an origin; the disk cache is never asked (a tunnel is not a stored answer)."""
     now = w.loop.time()
-    step = w.site.root_lookup(req, now)
-    if step is None:
-        tunnel()
-    elif type(step) is Plan:
+    step = w.site.resolve(req, now, root_only=True)
+    if type(step) is Plan:
         answer(step)
+    elif type(step) is not Miss:  # None: the root has no such file
+        tunnel()
     else:
         def loaded(found: Lookup) -> None:
             plan = w.site.root_answer(req, found, step.query, step.path, w.loop.time())

@@ -614,6 +614,26 @@ class Engine:
         if stream is not None and stream.state == OPEN:
             self._credit(sid, n, stream)
 
+    def acknowledge_connection(self, n: int) -> None:
+        """`n` bytes of a request body arrived that its stream's window still holds back (a body passed to an
+        origin as the origin takes it): only the connection's window is given back now (§6.9.1), so one slow
+        upload never stalls the connection's other streams; acknowledge_stream gives the rest."""
+        self._credit(0, n)
+
+    def acknowledge_stream(self, sid: int, n: int) -> None:
+        """`n` bytes of a stream's request body were taken (acknowledge_connection counted them already): its
+        own window is given back (§6.9), while it is open."""
+        stream = self.streams.get(sid)
+        if stream is not None and stream.state == OPEN:
+            self._credit(sid, n, stream)
+
+    def stream_credit(self, sid: int, n: int) -> None:
+        """A tunnel's (RFC 8441) acknowledge_stream: stream `sid` gets `n` bytes of window back, also after our
+        END_STREAM (the client's direction goes on in half-closed (local), §5.1); nothing once it is closed."""
+        stream = self.streams.get(sid)
+        if stream is not None and stream.state in (OPEN, HALF_CLOSED_LOCAL):
+            self._credit(sid, n, stream)
+
     def _credit(self, sid: int, n: int, stream: _Stream | None = None) -> None:
         if n <= 0:
             return

@@ -15,7 +15,12 @@ import h2.exceptions
 import h2.settings
 from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamInputs
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PushPromiseFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    HeadersFrame,
+    PushPromiseFrame,
+    WindowUpdateFrame,
+)
 
 from .h2engine import (
     DATA_EVENT,
@@ -210,6 +215,31 @@ class LibEngine:
             self.conn.acknowledge_received_data(n, sid)
         except h2.exceptions.ProtocolError:
             pass
+
+    def acknowledge_connection(self, n: int) -> None:
+        """Nothing now: h2 gives a connection's window back only with a stream's (acknowledge_stream), so with
+        this reference engine a body waiting for its origin also holds the connection's window back."""
+
+    def acknowledge_stream(self, sid: int, n: int) -> None:
+        """Give back window for `n` bytes of a stream's request body that were taken (both windows, with h2)."""
+        self.acknowledge(sid, n)
+
+    def stream_credit(self, sid: int, n: int) -> None:
+        """A tunnel's acknowledge_stream: both windows back for `n` bytes (as acknowledge_connection gives none
+        here), the stream's also after our END_STREAM (h2's acknowledge_received_data skips a half-closed
+        stream); h2's window managers decide when a WINDOW_UPDATE is worth sending."""
+        conn = self.conn
+        frames = []
+        increment = conn._inbound_flow_control_window_manager.process_bytes(n)
+        if increment:
+            frame = WindowUpdateFrame(0)
+            frame.window_increment = increment
+            frames.append(frame)
+        stream = conn.streams.get(sid)
+        if stream is not None and not stream.closed:
+            frames += stream.acknowledge_received_data(n)
+        if frames:
+            conn._prepare_for_sending(frames)
 
     def reset(self, sid: int, code: int) -> None:
         """Reset a stream from our side (nothing when it is closed already)."""

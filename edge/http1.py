@@ -10,8 +10,10 @@ import socket
 
 import httptools
 
-from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Plan, Request, apply_field
+from .core import ACCEPT_ENCODING, REASONS, SEMANTIC_FIELDS, Pass, Plan, Request, apply_field
 from .exchange import HEADLESS, Services, begin, body_parts, client_address, finish, outline
+from .passthrough import CONTINUE, expects_continue
+
 from .stored import STREAMED, streamed_sent
 from .filecache import FileEntry
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, STATUS_FIELD
@@ -20,6 +22,8 @@ MAX_TARGET = 8 * 1024
 MAX_HEAD = 64 * 1024
 LINE_HOLD = MAX_TARGET + 64  # bytes of an unfinished first request line held before the parser sees them
 MAX_QUEUE = 64  # pipelined requests parsed ahead of the responses before reading pauses
+LINGER = 2.0  # seconds a connection closing with a passed request's body unread still drops its bytes (_linger)
+
 SENDFILE_CHUNK = 1 << 30
 CORK_MIN = 1 << 20
 TLS_CHUNK = 64 * 1024
@@ -122,8 +126,10 @@ class Pending(Request):
     # upgrade and h2_settings are set only when sent (read with getattr on the rare upgrade path); raw only
     # when the head came in more than one read (its pieces so far, for an upgrade's tunnel: _keep_head).
     # The head's framing facts live here, not on the connection, so an idle connection holds none.
+    # length and coding (the Content-Length and Transfer-Encoding values) are set only when sent, body only on
+    # a passed-through request that has one (edge/passthrough.py).
     __slots__ = ("keep_alive", "version10", "plan", "ua", "referer", "upgrade", "h2_settings", "cl_seen",
-                 "has_body", "host_seen", "close", "raw")
+                 "has_body", "host_seen", "close", "raw", "length", "coding", "body")
 
     def __init__(self, target: bytes) -> None:
         Request.__init__(self, b"", target)  # keep_alive and version10 are set when the head is complete
@@ -148,7 +154,7 @@ class H1Connection(asyncio.Protocol):
 
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "head_size", "error", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
-                 "tls", "fields", "line", "held", "tunnel")
+                 "tls", "fields", "line", "held", "tunnel", "body", "reader")
 
     def __init__(self, worker: Services, *, tls: bool = False) -> None:
         self.w = worker
@@ -178,6 +184,7 @@ class H1Connection(asyncio.Protocol):
         self.corked = False
         self.line = 0  # bytes of the request-head line still unfinished (the parser buffers them)
         self.held = b""  # the start of a request line, too short to tell HTTP/2's preface or a method by
+        self.body = None  # the passed-through request body being read (edge/passthrough.RequestBody)
 
     # -- asyncio protocol -------------------------------------------------------------------------
 
@@ -202,6 +209,8 @@ class H1Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:  # noqa: D102
         if self.error:
+            if self.body is not None and getattr(self, "reader", None) is not None:
+                self.reader.feed(data)  # the body of a passed request that offered an Upgrade (_BodyReader)
             return
         parser = self.parser
         if parser is None:
@@ -228,6 +237,8 @@ class H1Connection(asyncio.Protocol):
         # buffers the pieces until then, so a line that never ends is counted here, before the
         # parser sees it (complete fields and the target are counted by the callbacks).
         if data[-1] == 10:  # the usual read: whole lines (a keep-alive request, a pipelined batch)
+            self.line = 0
+        elif self.body is not None:  # (a passed request's body: no head line to bound, RFC 9112 §6)
             self.line = 0
         else:
             newline = data.rfind(b"\n")
@@ -263,8 +274,19 @@ class H1Connection(asyncio.Protocol):
                 self.queue[-1].keep_alive = False
             self.error = -1
             self._pause_reading()
-            if getattr(self.w, "tunnels", None) is not None and e.args:
+            reader = getattr(self, "reader", None)
+            if reader is not None:  # a passed request's body after an Upgrade offer edge ignores
+                reader.feed(data[e.args[0]:] if e.args else b"")
+                if self.body is not None and not self.body.paused:
+                    self._body_resume()
+            elif getattr(self.w, "tunnels", None) is not None and e.args:
                 self._websocket(data, e.args[0])
+        elif self.body is not None and not self.error:
+            # A passed request's body the parser refused (a bad chunk, RFC 9112 §7.1): its exchange answers
+            # 400 (or cuts its answer short), and nothing more is read.
+            self.body.fail(400)
+            self.error = -1
+            self._pause_reading()
         else:  # callback errors (_Abort) arrive wrapped in a subclass
             if self.error == 0:
                 self.error = 400
@@ -377,6 +399,8 @@ class H1Connection(asyncio.Protocol):
         return transport
 
     def eof_received(self) -> bool:  # noqa: D102
+        if self.body is not None:
+            self.body.fail(400)  # the client ended its side inside a passed request's body: it is incomplete
         if self.queue or self.busy:
             self.closing = True
             return True  # half-close: answer what was asked, then close
@@ -412,6 +436,12 @@ class H1Connection(asyncio.Protocol):
         self.corked = False  # the socket is gone: nothing to uncork
         if self.xfer is not None:
             self._end_transfer()
+        if self.body is not None:
+            self.body.fail(0)  # the client left inside a passed request's body: its origin exchange ends
+            self.body = None
+            self.reader = None
+
+
 
     # -- parser callbacks -------------------------------------------------------------------------
 
@@ -447,10 +477,13 @@ class H1Connection(asyncio.Protocol):
                 self.error = 400
                 raise _Abort
             req.cl_seen = True
+            req.length = value
             if value.strip() not in (b"0", b""):
                 req.has_body = True
         elif field == _TRANSFER_ENCODING:
             req.has_body = True
+            coding = getattr(req, "coding", None)
+            req.coding = value if coding is None else coding + b"," + value
         elif field == _HOST:
             req.host_seen += 1
         elif field == _USER_AGENT:
@@ -480,6 +513,9 @@ class H1Connection(asyncio.Protocol):
         self.state = BUSY
         self.head_size = 0  # what follows in this read belongs to the next head
         if self.req.has_body:
+            if self.fields is PASS_FIELDS:
+                self._pass_head()  # a method passed through to an origin (H1PassConnection)
+                return
             # No method here takes a body: answer now, close after, and never read the body
             # (a huge or endless upload must not keep the connection busy).
             self.on_message_complete()
@@ -493,6 +529,9 @@ class H1Connection(asyncio.Protocol):
         self.completed += 1
         parser = self.parser
         pending = self.req
+        if pending is None:  # the end of a passed request's body (the request was queued at its head)
+            self._body_end()
+            return
         self.req = None
         pending.method = parser.get_method()
         version = parser.get_http_version()
@@ -512,6 +551,151 @@ class H1Connection(asyncio.Protocol):
             self.error = -1  # RFC 9112 §9.6: nothing after a closing request is read or answered
         if len(queue) >= MAX_QUEUE:
             self._pause_reading()
+
+    # -- passed-through requests (edge/passthrough.py): their bodies stream to an origin ------------
+
+    def _pass_head(self) -> None:
+        """on_headers_complete for a request whose method passes through (H1PassConnection marked it): the
+        field table goes back to the worker's; one with a body is queued now, so its exchange can start while
+        the body arrives (an error status at once: answered, and the body never read)."""
+        self.fields = self.w.h1_fields
+        req = self.req
+        forward = getattr(req, "forward", None) or ()
+        for name, value in forward:  # (kept there for the origin; counted and logged from there)
+            lower = name.lower()
+            if lower == b"host":
+                req.host_seen += 1
+            elif lower == b"user-agent":
+                req.ua = value
+            elif lower == b"referer":
+                req.referer = value
+        if req.has_body is not True:
+            req.has_body = False  # (PASSING): no body; queued at on_message_complete as any request
+            return
+        refused = self._pass_body(req, forward)
+        if refused is not None:
+            req.plan = refused
+            self.on_message_complete()  # answered at once, closed after, the body never read (as for GET)
+            self.error = -1
+            raise _Abort
+
+    def _pass_body(self, req: Pending, forward: list[tuple[bytes, bytes]] | tuple) -> Plan | None:
+        """Queue `req` with a RequestBody the parser's on_body feeds (None); or the answer to give at once, its
+        body unread: its framing is refused, its declared length is over [proxy] max_body_size, or core does
+        not pass it (CONNECT, TRACE, a bad target)."""
+        parser = self.parser
+        site = self.w.site
+        version = parser.get_http_version()
+        version10 = req.version10 = version == "1.0"
+        host_seen = req.host_seen
+        if (version != "1.1" and not version10) or (not version10 and host_seen != 1) or host_seen > 1:
+            return site.error(400)  # RFC 9112 §3.2, as on_message_complete
+        req.method = parser.get_method()
+        step = site.passing(req)
+        if type(step) is not Pass:
+            return step
+        coding = getattr(req, "coding", None)
+        length = None
+        if coding is not None:
+            # RFC 9112 §6.3: Transfer-Encoding with Content-Length is a framing conflict (the way requests are
+            # smuggled past a proxy): 400 and close; so is Transfer-Encoding in HTTP/1.0 (§6.1).
+            if req.cl_seen or version10:
+                return site.error(400)
+            if [c.strip() for c in coding.lower().split(b",")] != [b"chunked"]:
+                return site.error(501)  # §6.1: a coding edge does not understand (it reads and re-frames chunked)
+        else:
+            try:
+                length = int(req.length)
+            except ValueError:
+                return site.error(400)  # (httptools has refused a malformed one already)
+        body = self.w.passer.body(length)
+        if body is None:
+            return site.error(413)  # RFC 9110 §15.5.14: Content-Length says it is over [proxy] max_body_size
+        body.owner = req
+        body.pause = self._pause_reading
+        body.resume = self._body_resume
+        if not version10 and expects_continue(forward):
+            body.start = lambda: self._continue(req)
+        req.body = self.body = body
+        req.keep_alive = parser.should_keep_alive() and not self.closing and not req.close
+        if parser.should_upgrade():
+            # RFC 9110 §7.8: edge ignores the Upgrade offer (curl offers h2c with a POST body), but httptools
+            # stops at this head as if the protocol changed, its body unread: a parser of its own reads it.
+            self.reader = _BodyReader(self, length)
+        self.req = None  # on_message_complete, at the body's end, sees this and ends the body (_body_end)
+        self.line = 0  # the bytes after the head in this read are body, not a head line
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = []
+        queue.append(req)
+        if len(queue) >= MAX_QUEUE:
+            self._pause_reading()
+        return None
+
+    def on_body(self, body: bytes) -> None:  # noqa: D102 - only a passed request's body is read (_pass_body)
+        if not self.body.feed(body):  # over [proxy] max_body_size, or its exchange no longer wants it
+            self.error = -1  # nothing more is read: the answer goes out, then the connection closes
+            self._pause_reading()
+
+    def _body_end(self) -> None:
+        """The passed request's body ended (RFC 9112 §6.3: its Content-Length, or the last chunk)."""
+        if getattr(self, "reader", None) is not None:
+            return  # httptools skipped the body of a head with Upgrade: the _BodyReader reads it and ends it
+        body, self.body = self.body, None
+        self.line = 0  # (what follows in this read is the next head: counted from the next read on)
+        if body is not None:
+            body.end()
+            if not body.owner.keep_alive:
+                self.error = -1  # RFC 9112 §9.6: nothing after a closing request is read or answered
+
+    def _body_resume(self) -> None:
+        """The origin took the body bytes waiting for it: read the client again (unless something else holds
+        reading: an error, or the queue is full)."""
+        if self.reading_paused and (not self.error or self.body is not None) and self.transport is not None and \
+                (self.queue is None or len(self.queue) < MAX_QUEUE):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _pass_start(self, pending: Pending, step: Pass) -> bool:
+        """A passed request's exchange starts: it gets its body, if any. True when that body is still arriving
+        (reading goes on, within its own bounds, instead of pausing as for any request that waits)."""
+        body = getattr(pending, "body", None)
+        if body is None:
+            return False
+        step.body = body
+        if body.done:
+            return False
+        if not body.paused:
+            self._body_resume()  # (a request before it may have paused reading while it waited)
+        return True
+
+    def _linger(self) -> None:
+        """Close after an answer given before the request's body was all read (413, an early origin answer),
+        without the client losing it: closing with its body still arriving would send a reset that can destroy
+        the answer in flight (RFC 9112 §9.6). So: half-close, and drop what the client still sends until it
+        closes, or for LINGER seconds (the sweep closes it then), as nginx's lingering close."""
+        body, self.body = self.body, None
+        self.reader = None
+        body.abandon()
+        transport = self.transport
+        if transport is None:
+            return
+        if not transport.can_write_eof():  # TLS: no half-close
+            transport.close()
+            return
+        transport.write_eof()
+        self.error = -1  # data_received drops everything from here on
+        self.state = IDLE
+        self.deadline = self.w.loop.time() + LINGER
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+
+    def _continue(self, pending: Pending) -> None:
+        """RFC 9110 §10.1.1: the 100 (Continue) a client that sent `Expect: 100-continue` waits for, now that
+        the origin connection is about to read the body."""
+        if self._alive() and self.queue and self.queue[0] is pending:
+            self.transport.write(CONTINUE)
 
     # -- answering --------------------------------------------------------------------------------
 
@@ -541,7 +725,8 @@ class H1Connection(asyncio.Protocol):
                     if w.wants_client:  # ip-hash balancing: the origin is chosen by the client's network
                         pending.client = client_address(self.transport, self.peer)
                     self.busy = True
-                    self._pause_reading()
+                    if type(plan) is not Pass or not self._pass_start(pending, plan):
+                        self._pause_reading()
                     finish(w, pending, plan, now, lambda answer: self._delivered(pending, answer), self._alive,
                            interim=lambda fields: self._origin_hints(pending, fields))
                     return
@@ -555,6 +740,8 @@ class H1Connection(asyncio.Protocol):
         if self.closing or self.error:
             if getattr(self, "tunnel", None) is not None:  # an upgrade waited for the answers before it
                 self._start_tunnel()
+            elif self.body is not None:
+                self._linger()  # a passed request's body is still coming
             elif self.transport is not None:
                 self.transport.close()
             return
@@ -573,6 +760,9 @@ class H1Connection(asyncio.Protocol):
     def _delivered(self, pending: Pending, plan: Plan) -> None:
         """The plan of a request that waited (file opened off the loop, or the puller): answer it in turn."""
         self.busy = False
+        body = self.body
+        if body is not None and body.owner is pending:
+            pending.keep_alive = False  # answered before its whole body was read: the connection ends with it
         if self.queue:
             self._answer_loaded(pending, plan)
 
@@ -818,8 +1008,86 @@ class H1Connection(asyncio.Protocol):
             self.deadline = min(self.deadline, idle_deadline)
 
 
+class _BodyReader:
+    """Reads the body of a passed request whose head offered an Upgrade edge ignores (RFC 9110 §7.8): httptools
+    treats such a head as the end of HTTP/1.1 and skips its body, so this parser of its own, fed the same
+    framing (RFC 9112 §6.3), reads it from the bytes after the head. The connection closes after the answer."""
+
+    __slots__ = ("conn", "parser", "done")
+
+    def __init__(self, conn: H1Connection, length: int | None) -> None:
+        self.conn = conn
+        self.done = False
+        self.parser = httptools.HttpRequestParser(self)
+        framing = b"Transfer-Encoding: chunked\r\n" if length is None else b"Content-Length: %d\r\n" % length
+        self.parser.feed_data(b"PUT / HTTP/1.1\r\nHost: body\r\n" + framing + b"\r\n")
+
+    def feed(self, data: bytes) -> None:
+        """Body bytes (then whatever followed them, which is never read)."""
+        if self.done or not data:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if not self.done:  # a bad chunk (RFC 9112 §7.1): its exchange answers 400
+                self.done = True
+                conn = self.conn
+                conn.reader = None
+                if conn.body is not None:
+                    conn.body.fail(400)
+                    conn._pause_reading()
+
+    def on_body(self, data: bytes) -> None:  # noqa: D102
+        self.conn.on_body(data)
+
+    def on_message_complete(self) -> None:  # noqa: D102
+        self.done = True
+        conn = self.conn
+        conn.reader = None
+        conn._body_end()
+        raise _Abort  # what follows the body is not read (the connection closes after the answer)
+
+
+class _PassFields(dict):
+
+    """The field table of a request whose method passes through to an origin: every field goes on as sent
+    (FORWARD), whatever its name, but the framing ones the adapter reads (RFC 9112 §6) and Connection (its
+    close, and the fields it names, which stay behind: RFC 9110 §7.6.1)."""
+
+    def get(self, name: bytes, default: int | None = None) -> int:  # noqa: D102
+        return dict.get(self, name, FORWARD)
+
+
+PASS_FIELDS = _PassFields({b"content-length": _CONTENT_LENGTH, b"transfer-encoding": _TRANSFER_ENCODING,
+                           b"connection": _CONNECTION})
+PASSING = 2  # Pending.has_body of a passed request until its head ends (truthy: on_headers_complete looks)
+
+
+class H1PassConnection(H1Connection):
+    """An HTTP/1.x connection of a worker with origins: a request whose method is not GET or HEAD keeps every
+    header field (its origin gets them, edge/passthrough.py) and may have a body, which is read as it streams.
+
+    The method is known from the request line on: only here is it asked for early (static workers, which pass
+    nothing through, use H1Connection, whose request path is untouched)."""
+
+    __slots__ = ()
+
+    def on_url(self, url: bytes) -> None:  # noqa: D102
+        req = self.req
+        target = req.target = req.target + url if req.target else url
+        if len(target) > MAX_TARGET:
+            self.error = 414
+            raise _Abort
+        self.head_size += len(url)
+        method = self.parser.get_method()
+        if method != b"GET" and method != b"HEAD":
+            self.fields = PASS_FIELDS  # until its head ends (_pass_head)
+            req.has_body = PASSING
+
+
 class _Transfer:
     """The parts of one response still to write: header bytes and (offset, length) file ranges."""
+
 
     __slots__ = ("entry", "parts", "index", "done", "failed", "truncated", "growth", "starved", "chunked",
                  "streamed", "log")

@@ -28,12 +28,15 @@ from .h2engine import (
     Engine,
     RefusedPush,
 )
-from .core import SEMANTIC_FIELDS, Miss, Plan, Request, apply_field
+from .core import SEMANTIC_FIELDS, Miss, Pass, Plan, Request, apply_field
+from .passthrough import RequestBody, expects_continue
+
 from .exchange import HEADLESS, Services, begin, body_parts, client_address, finish, outline
 from .stored import STREAMED, streamed_sent
 from .filecache import FileEntry
 from .hints import PageHints
 from .hpackblock import encode_block
+from .h2tunnel import TunnelStream, end_all, extended_connect, pump_all
 from .ratelimit import TokenBucket
 from .stats import BYTES_OUT, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, ERRORS, H2_STATUS_FIELD
 
@@ -66,10 +69,11 @@ def _malformed_trailers(fields: list[tuple[bytes, bytes]]) -> bool:
     return any(not name or name[0] == 58 or _FORBIDDEN_BYTE(value) or _forbidden_regular(name, value)
                for name, value in fields)
 
-def make_engine(limits) -> Engine:  # noqa: ANN001 - config.Http2Config
-    """The HTTP/2 engine `[http2] engine` names: edge's own, or the h2 library as the reference."""
+def make_engine(limits, connect_protocol: bool = False) -> Engine:  # noqa: ANN001 - config.Http2Config
+    """The HTTP/2 engine `[http2] engine` names: edge's own, or the h2 library as the reference.
+    `connect_protocol`: advertise SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441 §3; WebSocket tunnels are on)."""
     kwargs = dict(max_concurrent_streams=limits.max_concurrent_streams, max_header_list_size=limits.max_header_list_size,
-                  max_header_block_size=limits.max_header_block_size)
+                  max_header_block_size=limits.max_header_block_size, enable_connect_protocol=connect_protocol)
     if limits.engine == "h2":
         from .h2lib import LibEngine
 
@@ -112,7 +116,10 @@ class H2Connection(asyncio.Protocol):
         self.secure = secure
         self.limits = limits = worker.config.http2
         self.transport: asyncio.Transport | None = None
-        self.engine = make_engine(limits)
+        #: RFC 8441: extended CONNECT is advertised and taken when the worker tunnels WebSockets to origins.
+        self.connect_protocol = getattr(worker, "tunnels", None) is not None
+        self.engine = make_engine(limits, self.connect_protocol)
+        self.ws: dict[int, TunnelStream] = {}  # extended CONNECT streams (edge/h2tunnel.py), opening or relayed
         now = worker.loop.time()
         self.resets = TokenBucket(limits.reset_rate, limits.reset_burst, now)
         self.pings = TokenBucket(limits.ping_rate, limits.ping_burst, now)
@@ -123,6 +130,8 @@ class H2Connection(asyncio.Protocol):
         self.out: dict[int, _Out] = {}  # streams with body left to send, in round-robin order
         self.open: set[int] = set()  # streams we still owe a response (loading or sending)
         self.with_body: set[int] = set()  # client streams that carry a request body we do not read
+        #: Passed requests' bodies still arriving (edge/passthrough.py), read as their origins take them.
+        self.bodies: dict[int, RequestBody] = {}
         # Answered streams whose request body still arrives: reset at the time given (see _finished).
         self.unread: dict[int, float] = {}
         # :path of every request the client made on this connection (bounded): never pushed to it.
@@ -207,8 +216,22 @@ class H2Connection(asyncio.Protocol):
             kind = event[0]
             if kind == REQUEST:
                 self._request(event[1], event[2], event[3], now)
+            elif kind == DATA_EVENT and self.ws and event[1] in self.ws:  # a WebSocket tunnel's bytes (RFC 8441)
+                if not event[3] and not event[4] and not self.empty.take(now):
+                    return self._die(CALM)
+                self.ws[event[1]].received(event[2], event[3], event[4])
+            elif kind == TRAILERS and self.ws and event[1] in self.ws:  # trailers end a tunnel's client side
+                if _malformed_trailers(event[2]):
+                    self._reset(event[1], PROTOCOL_ERROR, now)
+                else:
+                    self.ws[event[1]].received(b"", 0, True)
             elif kind == DATA_EVENT:
-                if event[3]:
+                body = self.bodies.get(event[1]) if self.bodies else None
+                if body is not None:  # a passed request's body: on to its origin (edge/passthrough.py)
+                    self._body_data(body, event)
+                    if not event[3] and not event[4] and not self.empty.take(now):
+                        return self._die(CALM)
+                elif event[3]:
                     self.engine.acknowledge(event[1], event[3])
                 elif not event[4] and not self.empty.take(now):
                     return self._die(CALM)
@@ -219,6 +242,8 @@ class H2Connection(asyncio.Protocol):
             elif kind == TRAILERS:
                 if _malformed_trailers(event[2]):
                     self._reset(event[1], PROTOCOL_ERROR, now)  # a stream error (§8.1.1)
+                elif self.bodies and event[1] in self.bodies:
+                    self.bodies.pop(event[1]).end()  # a passed body's end (its trailer fields are not passed on)
             elif kind == RESET or kind == STREAM_ERROR:
                 self._cancel(event[1])
                 if not self.resets.take(now):
@@ -236,12 +261,17 @@ class H2Connection(asyncio.Protocol):
                 for sid in list(self.out):
                     self._cancel(sid)  # releases the files (their refs keep evicted fds open)
                 self.open.clear()
+                self._drop_bodies()
+                if self.ws:
+                    end_all(self)
                 self._flush()
                 self._linger()  # closing with its later frames unread would answer them with a RST
                 return
             if self.transport is None:
                 return
         self._pump()
+        if self.ws:
+            pump_all(self)  # windows may have opened for the tunnels (WINDOW_UPDATE, SETTINGS)
 
     def _request(self, sid: int, fields: list[tuple[bytes, bytes]], ended: bool, now: float) -> None:
         if self.goaway and sid > self.goaway:
@@ -251,7 +281,7 @@ class H2Connection(asyncio.Protocol):
             self.with_body.add(sid)
         # RFC 9113 §8.2-8.3 checks, done here in the one pass over the fields (h2's own validation
         # makes several passes and was a sixth of the CPU time of a small request).
-        method = path = authority = scheme = None
+        method = path = authority = scheme = protocol = None
         regular = malformed = False
         req = Request(b"", b"")
         forward = self.w.forward  # request fields passed on to origins (usually none)
@@ -271,6 +301,8 @@ class H2Connection(asyncio.Protocol):
                     scheme = value
                 elif name == b":authority" and authority is None:
                     authority = value
+                elif name == b":protocol" and protocol is None:
+                    protocol = value  # RFC 8441 §4 (checked below)
                 else:
                     malformed = True  # unknown or repeated pseudo-header
             else:
@@ -287,6 +319,11 @@ class H2Connection(asyncio.Protocol):
                     req_forward.append((name, value))
                 elif _forbidden_regular(name, value):
                     malformed = True
+        if protocol is not None and not (self.connect_protocol and method == b"CONNECT" and scheme and path
+                                         and authority):
+            # RFC 8441 §4: :protocol only after our SETTINGS_ENABLE_CONNECT_PROTOCOL, only on a CONNECT, which
+            # then has :scheme, :path and :authority; otherwise the request is malformed (RFC 9113 §8.1.1).
+            malformed = True
         if malformed or method is None or (method != b"CONNECT" and (scheme is None or not path)):
             self._reset(sid, PROTOCOL_ERROR, now)  # a malformed request is a stream error (§8.1.1)
             return
@@ -296,11 +333,17 @@ class H2Connection(asyncio.Protocol):
             self._send_goaway(sid)
         req.method = method or b""
         req.target = path or b""
+        if protocol is not None:
+            extended_connect(self, sid, req, fields, protocol, ended)  # a WebSocket over HTTP/2 (RFC 8441)
+            return
         if not authority or not path:
             # RFC 9113 §8.3.1: :authority or Host is required (CONNECT, without :path, is not served).
             plan = self.w.site.method_not_allowed if method == b"CONNECT" else self.w.site.error(400)
             self._respond(sid, req, plan)
             return
+        if method != b"GET" and method != b"HEAD" and self.w.passer is not None:
+            if not self._pass_request(sid, req, fields, authority, ended):
+                return
         hints = None
         if self.w.site.has_hints:
             if len(self.requested) >= MAX_REQUESTED:
@@ -316,6 +359,65 @@ class H2Connection(asyncio.Protocol):
             self._answer(sid, req, (hints, authority))
             return
         self._answer(sid, req)
+
+    # -- passed requests' bodies (edge/passthrough.py) ---------------------------------------------
+
+    def _pass_request(self, sid: int, req: Request, fields: list[tuple[bytes, bytes]], authority: bytes,
+                      ended: bool) -> bool:
+        """A method that passes through to an origin: every regular field goes on as sent, the authority as
+        its Host; its body (unless the head ended the stream) is read as its DATA frames come. False when it
+        was answered at once: a content-length over [proxy] max_body_size (413, the body never read)."""
+        forward = [pair for pair in fields if pair[0][0] != 58 and pair[0] != b"host"]
+        forward.append((b"host", authority))
+        req.forward = forward
+        if ended:
+            return True
+        declared = next((value for name, value in fields if name == b"content-length"), None)  # (engine-checked)
+        body = self.w.passer.body(int(declared) if declared is not None else None)
+        if body is None:
+            self._respond(sid, req, self.w.site.error(413))
+            return False
+        body.owner = sid
+        body.taken = lambda n: self._taken(sid, n)
+        if expects_continue(forward):
+            body.start = lambda: self._continue(sid)
+        self.bodies[sid] = body
+        return True
+
+    def _body_data(self, body: RequestBody, event: tuple) -> None:
+        """A DATA frame of a passed body: the connection's window comes back at once (each stream's window
+        bounds what waits), the stream's only as the origin takes the bytes (RequestBody.taken): a slow
+        origin slows its client down, and nothing waits here beyond a window (RFC 9113 §6.9)."""
+        sid, data, flow, end = event[1], event[2], event[3], event[4]
+        engine = self.engine
+        if flow:
+            engine.acknowledge_connection(flow)
+            if flow > len(data):
+                engine.acknowledge_stream(sid, flow - len(data))  # the padding: nothing to pass on
+        if data and not body.feed(data):
+            engine.acknowledge_stream(sid, len(data))  # not wanted (over the limit, or answered already)
+        if end:
+            del self.bodies[sid]
+            body.end()
+
+    def _drop_bodies(self) -> None:
+        """The connection ends: every passed body still arriving fails (their origin exchanges end)."""
+        bodies, self.bodies = self.bodies, {}
+        for body in bodies.values():
+            body.fail(0)
+
+    def _taken(self, sid: int, n: int) -> None:
+        """`n` bytes of stream `sid`'s body went on to its origin: its window is given back."""
+        if self.transport is not None:
+            self.engine.acknowledge_stream(sid, n)
+            self._flush()
+
+    def _continue(self, sid: int) -> None:
+        """RFC 9110 §10.1.1 (RFC 9113 §8.1): 100 (Continue) for `Expect: 100-continue` when the origin
+        connection is about to read the body."""
+        if sid in self.open and self.transport is not None and self.engine.is_open(sid):
+            self.engine.send_headers(sid, encode_block([(b":status", b"100")]), False, informational=True)
+            self._flush()
 
     def _hints(self, sid: int, req: Request, authority: bytes) -> PageHints | None:
         """The page's hints: 103 Early Hints go out at once; pushes only when the client allows them."""
@@ -356,6 +458,8 @@ class H2Connection(asyncio.Protocol):
         now = w.loop.time()
         plan = begin(w, req, now)
         if type(plan) is not Plan:  # a file to open off the loop, or the puller: answered later
+            if type(plan) is Pass:
+                plan.body = self.bodies.get(sid)  # (None: it has none, or it is over already)
             if w.wants_client:  # ip-hash balancing: the origin is chosen by the client's network
                 req.client = client_address(self.transport, self.peer)
             finish(w, req, plan, now, lambda answer: self._delivered(sid, req, answer, push),
@@ -450,6 +554,10 @@ class H2Connection(asyncio.Protocol):
 
     def _finished(self, sid: int) -> None:
         self.open.discard(sid)
+        if self.bodies:
+            body = self.bodies.pop(sid, None)
+            if body is not None:
+                body.abandon()  # answered whole before its body ended: the rest is not read (see below)
         if sid in self.with_body:
             # RFC 9113 §8.1: the answer is complete while the request body still comes; the server MAY
             # then ask the client to stop with RST_STREAM(NO_ERROR). It does so at the next sweep, a
@@ -639,6 +747,14 @@ class H2Connection(asyncio.Protocol):
         self.with_body.discard(sid)
         if self.unread:
             self.unread.pop(sid, None)
+        if self.bodies:
+            body = self.bodies.pop(sid, None)
+            if body is not None:
+                body.fail(0)  # the stream is gone: so is its body (its origin exchange ends)
+        if self.ws:
+            tunnel = self.ws.get(sid)
+            if tunnel is not None:
+                tunnel.cancel()  # the stream is gone: its tunnel ends (the origin's connection closes)
 
     def _log_streamed(self, stream: _Out) -> None:
         """The access log line of a body whose length was unknown when its response began."""
@@ -674,6 +790,9 @@ class H2Connection(asyncio.Protocol):
         self.wbuf.clear()
         self.engine.close(code)
         self._flush()
+        self._drop_bodies()
+        if self.ws:
+            end_all(self)
         for sid in list(self.out):
             self._cancel(sid)
         self.open.clear()
@@ -704,11 +823,16 @@ class H2Connection(asyncio.Protocol):
     def resume_writing(self) -> None:  # noqa: D102
         self.paused = False
         self._pump()
+        if self.ws:
+            pump_all(self)
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
         w = self.w
         w.connections.discard(self)
         w.stats[CONNECTIONS_ACTIVE] -= 1
+        self._drop_bodies()
+        if self.ws:
+            end_all(self)
         for sid in list(self.out):
             self._cancel(sid)
         self.open.clear()

@@ -13,19 +13,21 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable
 
 import aiohttp
 import uvloop
 from aiohttp import web
 
-from . import reports
+from . import control, reports
 from .admin import IDLE_TIMEOUT, Node, make_app
+
 from .config import Config
 from .control import Asker
 from .diskcache import DiskCache, process_alive
 from .health import ActiveHealth, HealthTable, OriginCounters, check
 from .follow import KeyLocks
-from .purge import PurgeIndex
+from .purge import Purge, PurgeIndex
 from .stats import StatsBlock
 
 
@@ -65,6 +67,23 @@ class Manager:
                     self.make_room()
                 elif name in store.index:
                     store.index.move_to_end(name)
+
+    def request(self, node: Node, command: dict) -> Awaitable[dict]:
+        """A worker's request on the manager's control socket: "invalidate" (paths), the node's purge of the
+        stored answers an unsafe method invalidated (RFC 9111 §4.4), answered once every worker dropped them."""
+        if command.get("op") != "invalidate":
+            raise ValueError(f"unknown request {command.get('op')!r}")
+        paths = command.get("paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
+            raise ValueError("invalidate takes a list of URL paths")
+        return self._invalidate(node, Purge(paths=tuple(paths)))
+
+    async def _invalidate(self, node: Node, purge: Purge) -> dict:
+        """Node.purge for an invalidation (the admin endpoint's own purge: the disk, then every worker)."""
+        try:
+            return await node.purge(purge)
+        except web.HTTPException as e:  # not every worker acknowledged in time
+            return {"error": e.text or e.reason}
 
     def make_room(self) -> None:
         """A worker could not store: evict least recently used objects until min_free bytes are free."""
@@ -144,6 +163,14 @@ class Manager:
             loop.add_reader(self.events.fileno(), self.on_event)
         asker = Asker(loop, supervisor)
         node = Node(self.config, stats, self.health, self.store, asker, origin_counts)
+        requests = None
+        if self.store is not None:
+            try:  # workers ask here for the node's purge of what an unsafe method invalidated (edge/passthrough.py)
+                requests = control.bind(supervisor, control.MANAGER)
+            except OSError as e:  # the manager before this one still holds the name: invalidations stay local
+                print(f"edge: cache manager cannot take workers' requests: {e}", file=sys.stderr, flush=True)
+            else:
+                control.serve(loop, requests, lambda command: self.request(node, command))
         if self.events is not None:
             node.drain_reports = self.on_event
         loop.add_signal_handler(signal.SIGUSR2, lambda: setattr(node, "draining", True))
@@ -163,6 +190,9 @@ class Manager:
         if runner is not None:
             await runner.cleanup()
         asker.close()
+        if requests is not None:
+            loop.remove_reader(requests.fileno())
+            requests.close()
         if self.events is not None:
             loop.remove_reader(self.events.fileno())
 

@@ -33,10 +33,42 @@ def connection_options(value: bytes) -> set[bytes]:
     """The lower-cased names a Connection field lists (RFC 9110 §7.6.1): each is hop-by-hop too."""
     return {option.strip(b" \t").lower() for option in value.split(b",")}
 
+
+def relayed_head(method: bytes, target: bytes, fields: Sequence[tuple[bytes, bytes]], host: bytes, via: bytes,
+                 own: bytes) -> bytes:
+    """The head of a client's request carried on to an origin as it came (a passed-through method, a
+    WebSocket upgrade): every end-to-end field as sent (Authorization and Cookie too), Host and Via as for
+    any origin request, and `own`, the lines edge writes itself for this hop (the body's framing; Connection
+    and Upgrade, an upgrade being per hop, RFC 9110 §7.8).
+
+    RFC 9110 §7.6.1: hop-by-hop fields and those the client's Connection names stay behind; §7.6.3: Via
+    lists the client's hops, then edge."""
+    nominated: set[bytes] = set()
+    client_via: list[bytes] = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower == b"connection":
+            nominated |= connection_options(value)
+        elif lower == b"via":
+            client_via.append(value)
+    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
+    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in fields
+                 if name.lower() not in _NOT_PASSED and name.lower() not in nominated)
+    lines.append(own)
+    lines.append(b"Via: %s\r\n\r\n" % b", ".join([*client_via, via]))
+    return b"".join(lines)
+
 #: Transfer codings edge undoes when an origin applies them without chunked (RFC 9112 §7; the body then ends
 #: with the connection, §6.3 rule 4): zlib reads gzip and deflate (zlib-wrapped) streams alike.
 _DECODED_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
 IDEMPOTENT = frozenset({"GET", "HEAD"})
+#: RFC 9110 §9.2.2: the methods whose request may be sent again without a different effect.
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+#: A passed-through request's client fields edge never sends on: hop-by-hop ones (RFC 9110 §7.6.1), and those
+#: it writes itself: Host and Via (as for every origin request), the body's framing (RFC 9112 §6: edge frames
+#: the body it forwards) and Expect (edge answers 100-continue itself when it starts reading the body).
+_NOT_PASSED = _HOP_BY_HOP_BYTES | {b"host", b"via", b"content-length", b"transfer-encoding", b"expect"}
+UPLOAD_HIGH = 256 * 1024  # request body bytes buffered towards an origin before edge stops taking more
 KEEPALIVE = 30.0  # seconds an idle pooled connection is kept (origins commonly close after 60-75 s)
 HIGH_WATER = 1 << 20  # body bytes buffered for a slow reader before reading from the origin pauses
 
@@ -53,7 +85,17 @@ class TruncatedBody(OriginError):
     """The origin closed or failed before the whole body arrived (never cache it, never pass it as complete)."""
 
 
+class BodyFailed(Exception):
+    """The client's request body could not be passed on: malformed (400), too large (413), stalled (408), or the
+    client left (0). Never the origin's failure (its circuit is not charged, no other origin is tried)."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        super().__init__(message or f"request body failed ({status})")
+        self.status = status
+
+
 class _Dropped(ConnectionError):
+
     """A reused keep-alive connection closed before any byte of the answer: safe to ask again at once."""
 
 
@@ -178,6 +220,12 @@ class _Conn(asyncio.Protocol):
         self.decoder = None  # a zlib decompressor for a gzip/deflate transfer coding (no chunked)
         self.paused = False
         self.pool_reused = False  # the current request went out on a connection used before
+        # A request body streaming to the origin (upload()): its task, whether it is under way, the waiter for
+        # room in the transport's buffer. The read timeout does not run while it is (the body has its own).
+        self.uploader: asyncio.Task | None = None
+        self.uploading = False
+        self.write_paused = False
+        self.room: asyncio.Future | None = None
 
     # -- asyncio -----------------------------------------------------------------------------------
 
@@ -202,6 +250,9 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         self.reusable = False
         self._unwatch()
+        self._room()
+        if self.uploader is not None:
+            self.uploader.cancel()
         response = self.response
         if response is None:
             self.pool.lost_idle(self)  # the origin closed a kept-alive connection: gone from the pool at once
@@ -223,6 +274,63 @@ class _Conn(asyncio.Protocol):
             response.dropped = True
         else:
             response._fail(OriginError(f"connection to {self.pool.upstream.url} lost"))
+
+    def pause_writing(self) -> None:  # noqa: D102 - the origin is not taking the request body as fast
+        self.write_paused = True
+
+    def resume_writing(self) -> None:  # noqa: D102
+        self.write_paused = False
+        self._room()
+
+    def _room(self) -> None:
+        room = self.room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    def upload(self, body, chunked: bool) -> None:  # noqa: ANN001 - a passthrough.RequestBody
+        """Stream `body` (async read() -> bytes, b"" at its end) to the origin after the request head, chunked
+        or as is (its Content-Length was sent), as the origin takes it; the answer may come meanwhile."""
+        self.transport.set_write_buffer_limits(high=UPLOAD_HIGH)
+        self.uploading = True
+        self.uploader = self.loop.create_task(self._upload(body, chunked))
+
+    async def _upload(self, body, chunked: bool) -> None:  # noqa: ANN001
+        """upload()'s task: a failed body fails the answer (BodyFailed), an origin that stops taking bytes for
+        read_timeout fails it as a timeout; either way the connection is dropped, never reused half-written."""
+        response = self.response
+        timeout = self.pool.read_timeout
+        try:
+            while chunk := await body.read():
+                if self.closed:
+                    return
+                self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                self.last_data = self.loop.time()
+                if self.write_paused and not self.closed:
+                    self.room = self.loop.create_future()
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await self.room
+                    except TimeoutError:
+                        raise OriginError(f"{self.pool.upstream.url}: took no request body for {timeout:g} s",
+                                          timeout=True) from None
+                    finally:
+                        self.room = None
+            if not self.closed:
+                if chunked:
+                    self.transport.write(b"0\r\n\r\n")  # RFC 9112 §7.1: the last chunk, no trailer fields
+                self.last_data = self.loop.time()  # the read timeout runs from the body's end
+            self.uploading = False
+        except Exception as e:  # noqa: BLE001 - whatever stops the body fails this one exchange, never the worker
+            if not isinstance(e, (BodyFailed, OriginError)):
+                e = OriginError(f"{self.pool.upstream.url}: request body not sent: {e!r}")
+            self.reusable = False
+            if response is not None:
+                response._fail(e)  # noqa: SLF001 - a BodyFailed reaches whoever waits for the answer
+            if not self.closed:
+                self.closed = True
+                self.transport.abort()  # the origin must not take a cut body for a whole one
+        finally:
+            self.uploader = None
 
     def pause(self) -> None:
         """Stop reading until the body's reader catches up."""
@@ -322,8 +430,8 @@ class _Conn(asyncio.Protocol):
         response = self.response
         if response is None or response.complete or response.error is not None:
             return True
-        if now - self.last_data < self.pool.read_timeout:
-            return False
+        if self.uploading or now - self.last_data < self.pool.read_timeout:
+            return False  # (a request body still going out watches its own time: _upload)
         response._fail(OriginError(f"{self.pool.upstream.url}: no answer for {self.pool.read_timeout:g} s",
                                    timeout=True))
         self.transport.abort()
@@ -338,7 +446,10 @@ class _Conn(asyncio.Protocol):
             return
         self.response = None
         self._unwatch()
-        reusable = response.complete and self.reusable and not self.closed
+        if self.uploader is not None:
+            self.uploader.cancel()  # the answer is over before the request body: this connection is done
+            self.reusable = False
+        reusable = response.complete and self.reusable and not self.closed and not self.uploading
         if not reusable and not self.closed:
             self.closed = True
             self.transport.abort()
@@ -398,11 +509,14 @@ class _HostPool:
             figures[at + POOL_IDLE] = idle
             figures[at + POOL_IN_USE] = self.count - idle
 
-    async def acquire(self) -> tuple[_Conn, bool]:
-        """A connection to send on: (an idle one, True) or (a new one, False); counted active until release()."""
+    async def acquire(self, fresh: bool = False) -> tuple[_Conn, bool]:
+        """A connection to send on: (an idle one, True) or (a new one, False); counted active until release().
+        `fresh`: a new one whatever is idle (an idle one is closed when the pool is full, to make room)."""
         self.active += 1
         now = self.loop.time()
-        while self.idle:
+        if fresh and self.idle and self.count >= self.limit:
+            self._discard(self.idle.pop(0))  # the oldest idle one
+        while self.idle and not fresh:
             conn = self.idle.pop()
             if not conn.closed and now - conn.idle_since < KEEPALIVE:
                 self.publish()
@@ -557,6 +671,14 @@ class OriginPool:
             out[name] = value
         return out
 
+    def passed_request(self, pool: _HostPool, method: bytes, target: str, fields: Sequence[tuple[bytes, bytes]],
+                       framing: bytes) -> bytes:
+        """The head of a passed-through request (edge/passthrough.py): relayed_head with the pool's origin, then
+        `framing` (the body's Content-Length or Transfer-Encoding line, or nothing)."""
+        host = (pool.upstream.host_header or pool.upstream.authority).encode("latin-1")
+        return relayed_head(method, (pool.prefix + target).encode("latin-1"), fields, host,
+                            self.via.encode("latin-1"), framing)
+
     def _request(self, pool: _HostPool, method: str, target: str, headers: dict[str, str]) -> bytes:
         lines = [f"{method} {pool.prefix}{target} HTTP/1.1\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
@@ -568,8 +690,17 @@ class OriginPool:
                     on_failure: Callable[[int], None] = lambda i: None, up: Callable[[int], bool] | None = None,
                     failed_status: Callable[[int], bool] = lambda status: False,
                     hints: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
-                    client: str | None = None, eligible: Callable[[int], bool] | None = None) -> Fetched:
+                    client: str | None = None, eligible: Callable[[int], bool] | None = None,
+                    passed: tuple[Sequence[tuple[bytes, bytes]], bytes] | None = None, body=None) -> Fetched:  # noqa: ANN001
         """The response of the first healthy origin for the request; an idempotent one is retried once on the next.
+
+        `passed`: a passed-through request (edge/passthrough.py), its client fields and framing line (see
+        passed_request; `incoming` and `extra` are not used then), with its `body` streamed after the head
+        (None: no body). RFC 9110 §9.2.2: one that cannot be sent again whole (a body, which is read from the
+        client as it goes, or a method that is not idempotent) goes on a fresh connection, never a pooled one,
+        so no "kept-alive connection closed under it" can happen to it and nothing calls for a second try; the
+        next origin is asked only when no connection could be made (nothing was sent). BodyFailed: the
+        client's body failed (not the origin's failure).
 
         The origins are ordered by the pool's policy (order(): `key`, the `client` address, active counts);
         `eligible(i)`, a side-effect-free `healthy` (default: `up`), is what round-robin and least-conn skip by.
@@ -580,7 +711,8 @@ class OriginPool:
         reset, timed out or answered a status `failed_status` says is the origin's failure (for the
         circuit breaker); such an answer is retried on the next origin like a refused connection.
         """
-        most = 2 if method in IDEMPOTENT else 1
+        replayable = passed is None or (body is None and method.encode("latin-1") in IDEMPOTENT_METHODS)
+        most = 2 if method in IDEMPOTENT or passed is not None else 1
         order = self.order(self.balance, key, client, eligible or up or (lambda i: True))
         tries = pick_origins(order, healthy, up or (lambda i: False), most)
         if not tries:
@@ -590,15 +722,20 @@ class OriginPool:
         failure = "no origin tried"
         for n, index in enumerate(tries):
             pool = pools[index]
-            request = self._request(pool, method, target, self.request_headers(pool.upstream, incoming, extra))
+            if passed is None:
+                request = self._request(pool, method, target, self.request_headers(pool.upstream, incoming, extra))
+            else:
+                request = self.passed_request(pool, method.encode("latin-1"), target, *passed)
             try:
-                response = await self._exchange(pool, request, hints)
+                response = await self._exchange(pool, request, hints, body, replayable)
             except (OSError, asyncio.TimeoutError, OriginError) as e:
                 timed_out = isinstance(e, asyncio.TimeoutError) or getattr(e, "timeout", False)
                 failure = f"{pool.upstream.url}: {type(e).__name__}: {e}"
                 on_failure(index)
+                if getattr(e, "sent", False) and not replayable:
+                    break  # RFC 9110 §9.2.2: sent once, never again (the origin may have acted on it)
                 continue
-            if n + 1 < len(tries) and failed_status(response.status):
+            if n + 1 < len(tries) and failed_status(response.status) and replayable:
                 # A status the operator counts as the origin's failure is treated like a refused connection:
                 # dropped, counted, and the next origin asked (nginx proxy_next_upstream http_502 counts and
                 # retries together). The last origin's answer goes to the client as it is, as nginx does.
@@ -611,19 +748,30 @@ class OriginPool:
         raise OriginError(failure, timeout=timed_out)
 
     async def _exchange(self, pool: _HostPool, request: bytes,
-                        hints: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> Fetched:
-        """Send on a pooled connection and wait for the head; a reused one found dropped is replaced once."""
+                        hints: Callable[[list[tuple[bytes, bytes]]], None] | None = None, body=None,  # noqa: ANN001
+                        replayable: bool = True) -> Fetched:
+        """Send on a pooled connection and wait for the head; a reused one found dropped is replaced once.
+        Not `replayable`: on a fresh connection, once (an OriginError after the request went says `sent`)."""
         for _ in range(2):
-            conn, reused = await pool.acquire()
+            conn, reused = await pool.acquire(fresh=not replayable)
             response = conn.send(request, reused, hints)
+            if body is not None:
+                conn.upload(body, chunked=body.length is None)
             try:
                 await response.head()
                 return response
-            except OriginError:
+            except OriginError as e:
                 response.close()
+                if not replayable:
+                    e.sent = True
+                    raise
                 if not response.dropped:
                     raise
+            except BaseException:
+                response.close()  # BodyFailed (the client's body), or cancelled: the connection is dropped
+                raise
         raise OriginError(f"{pool.upstream.url}: connections keep dropping")
+
 
     async def close(self) -> None:
         """Close every pooled connection."""

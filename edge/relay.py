@@ -12,6 +12,10 @@ Ending closes both connections (and the pipes); it happens once.
 - `CopyRelay`: two asyncio transports, at least one of them not a plain socket (TLS: the bytes must pass
   through the SSL layer, which splice cannot). Each side's bytes are written to the other's transport;
   a transport whose write buffer passes its high-water mark pauses reading on the other side.
+- `StreamRelay`: an HTTP/2 stream (RFC 8441: a WebSocket over an extended CONNECT) and an asyncio transport
+  to the origin. The stream's DATA goes to the transport; the client gets its stream window back only as
+  the transport takes the bytes. The origin's bytes go out as DATA within the stream's and connection's
+  send windows; while they do not fit, the origin is not read.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 PIPE_BYTES = 1 << 16  # bytes spliced into a pipe per read (Linux's default pipe capacity)
 BURST = 16  # pipe-fulls one direction moves per callback before the loop turns (fairness among tunnels)
@@ -376,3 +381,191 @@ class CopyRelay(Relay):
                 transport.abort()
             else:
                 transport.close()  # buffered bytes are flushed first
+
+
+# -- an HTTP/2 stream and a transport (RFC 8441) ---------------------------------------------------------------
+
+
+class StreamSide(Protocol):
+    """The HTTP/2 stream of a StreamRelay, as its adapter offers it (edge/h2tunnel.py TunnelStream)."""
+
+    def window(self) -> int:
+        """Bytes DATA frames may carry now (the stream's and the connection's send windows, RFC 9113 §6.9.1;
+        0 while the connection's own transport is full); -1 once the stream can carry no more."""
+
+    def send(self, data: bytes, end: bool) -> None:
+        """`data` as DATA frames on the stream (at most window() bytes); `end`: END_STREAM on the last."""
+
+    def credit(self, n: int) -> None:
+        """Give the client `n` bytes of the stream's receive window back (WINDOW_UPDATE, RFC 9113 §6.9)."""
+
+    def finish(self, reason: str) -> None:
+        """The relay ended for `reason` (DONE, IDLE, ERROR, STOPPED): close the stream accordingly."""
+
+
+class _OriginSide(asyncio.Protocol):
+    """The transport of a StreamRelay: what it receives goes to the stream."""
+
+    __slots__ = ("relay",)
+
+    def __init__(self, relay: StreamRelay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes) -> None:  # noqa: D102
+        self.relay._from_origin(data)
+
+    def eof_received(self) -> bool:  # noqa: D102
+        return self.relay._origin_eof()
+
+    def pause_writing(self) -> None:  # noqa: D102 - the origin takes no more: the client's window waits
+        self.relay.full = True
+
+    def resume_writing(self) -> None:  # noqa: D102
+        self.relay._drained()
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        self.relay._origin_lost(exc)
+
+
+class StreamRelay(Relay):
+    """A relay between an HTTP/2 stream (`stream`, direction 0 is its DATA to the origin) and an asyncio
+    transport, under the same rules, with HTTP/2 flow control both ways (RFC 9113 §5.2).
+
+    Client -> origin: each DATA's bytes are written to the transport; the stream's window is given back
+    (`stream.credit`) at once while the transport's buffer is under `high`, else when it drains. So the
+    client never has more than one stream window (plus `high`) in flight. The adapter gives the connection's
+    window back itself, at once (edge's engine): the bytes are held here, and one slow origin must not stall
+    the connection's other streams.
+    Origin -> client: what the transport delivers goes out as DATA within the windows; what does not fit
+    waits here (one read's worth) and the transport is not read until it is sent. Half-close passes both
+    ways: END_STREAM becomes write_eof (where the transport can; a TLS one cannot, and the relay then ends
+    after its buffer is flushed, as CopyRelay does), the origin's end of file becomes END_STREAM.
+    The transport is taken over (its protocol replaced, its reading resumed); `to_stream`: bytes the origin
+    sent already (after its 101), which go first.
+    """
+
+    __slots__ = ("stream", "transport", "pending", "owed", "full", "paused", "origin_eof", "origin_gone")
+
+    def __init__(self, group: RelayGroup, stream: StreamSide, transport: asyncio.Transport, *,
+                 to_stream: bytes = b"", on_end: Callable[[Relay], None] | None = None,
+                 high: int = COPY_HIGH) -> None:
+        self.stream = stream
+        self.transport = transport
+        self.pending = bytearray()  # origin bytes the stream's windows have no room for yet
+        self.owed = 0  # stream window the client is owed for bytes the transport has not taken yet
+        self.full = False  # the transport's buffer is over `high`
+        self.paused = False  # the transport's reading is paused (pending bytes wait for window)
+        self.origin_eof = False
+        self.origin_gone = False
+        Relay.__init__(self, group, on_end)
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        transport.set_protocol(_OriginSide(self))
+        if transport.is_closing():
+            self.end(ERROR)  # the origin went away during the handshake
+            return
+        self.paused = not transport.is_reading()  # (a handshake leaves it paused; pump() decides from here)
+        if to_stream:
+            self._from_origin(to_stream)
+        else:
+            self.pump()
+
+    # client -> origin
+
+    def from_stream(self, data: bytes, flow: int, end: bool) -> None:
+        """A DATA frame's `data` from the client (`flow`: its flow-controlled length, padding included);
+        `end`: it carried END_STREAM, which half-closes the origin's side (RFC 9113 §8.5)."""
+        if self.reason is not None:
+            return
+        gone = self.origin_gone or self.transport.is_closing()  # closed after its end of file: dropped
+        if data and not gone:
+            self.transport.write(data)
+            self._moved(0, len(data))
+        if flow:
+            if self.full and not gone:
+                self.owed += flow  # given back when the transport drains (_drained)
+            else:
+                self.stream.credit(flow)
+        if end and not self.ended[0]:
+            transport = self.transport
+            if gone:
+                self._direction_ended(0)
+            elif transport.can_write_eof():
+                transport.write_eof()  # after its buffered bytes
+                self._direction_ended(0)
+            else:
+                self.end(DONE)  # a TLS origin cannot half-close: its buffer is flushed, and the relay ends
+
+    def _drained(self) -> None:
+        """The transport's buffer fell under its low mark: the client gets the window it is owed."""
+        self.full = False
+        if self.owed and self.reason is None:
+            owed, self.owed = self.owed, 0
+            self.stream.credit(owed)
+
+    # origin -> client
+
+    def _from_origin(self, data: bytes) -> None:
+        if self.reason is not None:
+            return
+        self.pending += data
+        self.pump()
+
+    def pump(self) -> None:
+        """Send what waits within the stream's windows (the adapter calls it when they open); the origin is
+        read only while nothing waits; once its end of file is reached and all is sent, END_STREAM."""
+        if self.reason is not None:
+            return
+        pending = self.pending
+        while pending:
+            window = self.stream.window()
+            if window < 0:
+                self.end(ERROR)  # the stream is gone (reset, or its connection)
+                return
+            if window == 0:
+                break
+            n = min(window, len(pending))
+            self.stream.send(bytes(pending[:n]), False)
+            del pending[:n]
+            self._moved(1, n)
+            if self.reason is not None:
+                return
+        if pending:
+            if not self.paused:
+                self.paused = True
+                self.transport.pause_reading()  # back-pressure: nothing more until the window opens
+            return
+        if self.origin_eof:
+            if not self.ended[1]:
+                self.stream.send(b"", True)  # the origin's end of file: END_STREAM (needs no window, §6.9)
+                self._direction_ended(1)
+            if self.origin_gone and self.reason is None:
+                self.end(DONE)  # the origin closed both ways: the client's side has nowhere to go
+            return
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _origin_eof(self) -> bool:
+        self.origin_eof = True
+        if self.reason is not None:
+            return False
+        self.pump()
+        # Keep the transport open for the client's direction (half-open), where it can stay so.
+        return self.reason is None and self.transport.can_write_eof()
+
+    def _origin_lost(self, exc: Exception | None) -> None:
+        self.origin_gone = True
+        if self.reason is not None:
+            return
+        if exc is not None or not self.origin_eof:
+            self.end(ERROR)  # a reset, or a close without its end of file first
+        else:
+            self.pump()  # what waits still goes to the client, then END_STREAM, then the end
+
+    def _release(self, reason: str) -> None:
+        self.pending = bytearray()
+        if reason == ERROR:
+            self.transport.abort()
+        else:
+            self.transport.close()  # buffered bytes are flushed first
+        self.stream.finish(reason)

@@ -7,11 +7,20 @@ end-to-end fields, Host and Via as for any origin request, and Connection/Upgrad
 a 101 goes to the client as it came (status line and fields), then both connections become a relay
 (edge/relay.py: splice for plain sockets, copying when TLS is on either side); anything else goes to the
 client as a plain, uncached answer, and the connection closes.
+
+WebSocket over HTTP/2 (RFC 8441) takes the same road from its adapter (edge/h2tunnel.py, `start_stream`):
+an extended CONNECT with `:protocol = websocket` becomes the same HTTP/1.1 Upgrade to the origin (GET, the
+client's fields, and a Sec-WebSocket-Key edge makes: HTTP/2 clients send none, RFC 8441 §5), under the same
+limit, origin choice and counters. A 101 whose Sec-WebSocket-Accept matches that key (RFC 6455 §4.2.2)
+becomes `:status 200` on the stream, then a StreamRelay (edge/relay.py) between the stream and the origin;
+anything else is the stream's plain answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import socket
 import ssl
@@ -27,18 +36,18 @@ from .config import Config
 from .core import Plan, Request, text_plan
 from .exchange import Services, upgrade
 from .health import pick_origins
-from .origin import HOP_BY_HOP, OriginError, connection_options
+from .origin import HOP_BY_HOP, OriginError, connection_options, relayed_head
 from .paths import BadTarget, split_target
-from .relay import CopyRelay, RelayGroup, SpliceRelay
+from .relay import CopyRelay, RelayGroup, SpliceRelay, StreamRelay, StreamSide
 from .stats import TUNNEL_BYTES_DOWN, TUNNEL_BYTES_UP, TUNNELS_OPEN, TUNNELS_TOTAL
 
 MAX_ANSWER_BODY = 1 << 20  # body bytes of an origin's non-101 answer, read whole before it goes on (else 502)
-#: Client fields never passed to the origin: hop-by-hop ones (RFC 9110 §7.6.1), and those edge writes itself.
-_NOT_PASSED = frozenset(name.encode("ascii") for name in HOP_BY_HOP) | {b"host", b"via"}
+_UPGRADE_LINES = b"Connection: upgrade\r\nUpgrade: websocket\r\n"  # edge's own: an upgrade is per hop (RFC 9110 §7.8)
 #: Origin answer fields edge does not pass on with a plain (non-101) answer: hop-by-hop ones and the framing
 #: it writes itself (the body goes with its own Content-Length).
 _NOT_RETURNED = frozenset(name.encode("ascii") for name in HOP_BY_HOP) | {b"content-length"}
 _BYPASS = CacheStatus(fwd="bypass").encode()  # RFC 9211 §2.2: the cache does not handle upgrades
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 
 class Upgrading(Protocol):
@@ -55,6 +64,27 @@ class Upgrading(Protocol):
 
     def upgrade_alive(self) -> bool:
         """The client is still connected."""
+
+
+class StreamUpgrading(Protocol):
+    """What the HTTP/2 adapter offers for an extended CONNECT's stream (edge/h2tunnel.py TunnelStream)."""
+
+    def answer_upgrade(self, req: Request, plan: Plan) -> None:
+        """Send `plan` as the stream's answer (not a tunnel: it ends with END_STREAM)."""
+
+    def upgrade_alive(self) -> bool:
+        """The stream and its connection are still open."""
+
+    def accept(self, fields: list[tuple[bytes, bytes]]) -> StreamSide:
+        """`:status 200` with `fields` on the stream (RFC 8441 §5); the stream side for its relay."""
+
+    def attach(self, relay: StreamRelay) -> None:
+        """The relay that carries the stream from now on (the client's DATA so far goes to it)."""
+
+
+def accept_value(key: bytes) -> bytes:
+    """The Sec-WebSocket-Accept an origin must answer `key` with (RFC 6455 §4.2.2 item 5.4)."""
+    return base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())  # noqa: S324 - the protocol's hash
 
 
 def parse_head(raw: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
@@ -84,28 +114,6 @@ class _HeadFields:
 
     def on_header(self, name: bytes, value: bytes) -> None:  # noqa: D102
         self.fields.append((name, value))
-
-
-def origin_request(method: bytes, target: bytes, fields: Sequence[tuple[bytes, bytes]], host: bytes,
-                   via: bytes) -> bytes:
-    """The upgrade request for the origin: the client's end-to-end fields, Host and Via as edge sends them.
-
-    RFC 9110 §7.6.1: hop-by-hop fields and those the client's Connection names stay behind; Connection and
-    Upgrade are edge's own (the upgrade is per hop, §7.8). §7.6.3: Via lists the client's hops, then edge.
-    """
-    nominated: set[bytes] = set()
-    client_via = []
-    for name, value in fields:
-        lower = name.lower()
-        if lower == b"connection":
-            nominated |= connection_options(value)
-        elif lower == b"via":
-            client_via.append(value)
-    lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
-    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in fields
-                 if name.lower() not in _NOT_PASSED and name.lower() not in nominated)
-    lines.append(b"Connection: upgrade\r\nUpgrade: websocket\r\nVia: %s\r\n\r\n" % b", ".join([*client_via, via]))
-    return b"".join(lines)
 
 
 class OriginAnswer(asyncio.Protocol):
@@ -192,14 +200,19 @@ class OriginAnswer(asyncio.Protocol):
         return b"HTTP/1.1 101 %s\r\n%s\r\n" % (self.reason or b"Switching Protocols",
                                               b"".join(b"%s: %s\r\n" % f for f in self.fields))
 
-    def plan(self, server: bytes) -> Plan:
-        """A non-101 answer as a plan for the client: its status, end-to-end fields and body, never stored."""
+    def end_to_end(self) -> list[tuple[bytes, bytes]]:
+        """The answer's fields without hop-by-hop ones and those its Connection names (RFC 9110 §7.6.1), and
+        without Content-Length; names lower-cased (as HTTP/2 needs them)."""
         nominated: set[bytes] = set()
         for name, value in self.fields:
             if name.lower() == b"connection":
                 nominated |= connection_options(value)
-        headers = [(name.lower(), value) for name, value in self.fields
-                   if name.lower() not in _NOT_RETURNED and name.lower() not in nominated]
+        return [(name.lower(), value) for name, value in self.fields
+                if name.lower() not in _NOT_RETURNED and name.lower() not in nominated]
+
+    def plan(self, server: bytes) -> Plan:
+        """A non-101 answer as a plan for the client: its status, end-to-end fields and body, never stored."""
+        headers = self.end_to_end()
         dated = any(name == b"date" for name, _ in headers)
         body = bytes(self.body)
         headers.append((b"content-length", b"%d" % len(body)))
@@ -245,6 +258,8 @@ class Tunnels:
                                  ssl.create_default_context() if tls else None,
                                  parts.path.rstrip("/").encode("latin-1"), host.encode("latin-1")))
         self.via = self.pool.via.encode("latin-1")
+        # RFC 9110 §7.6.3: Via names the protocol edge received: HTTP/2 for an extended CONNECT.
+        self.via_h2 = b"2 " + self.via[4:] if self.via.startswith(b"1.1 ") else self.via
 
     @property
     def open(self) -> int:
@@ -276,8 +291,46 @@ class Tunnels:
             client.answer_upgrade(req, site.error(400))
             return
         target = path + (b"?" + query if query else b"")
+        self._spawn(client, req, target, parsed[2], rest, None)
+
+    def start_stream(self, client: StreamUpgrading, req: Request, fields: Sequence[tuple[bytes, bytes]]) -> None:
+        """Answer an extended CONNECT with `:protocol = websocket` (RFC 8441 §5): `req` is its GET (target =
+        :path), `fields` the client's regular fields. The root answers when it has the target (a 2xx there
+        would tell the client its tunnel is up, RFC 9113 §8.5: 405, the file takes no CONNECT), else an origin.
+        """
+        def answer(plan: Plan) -> None:
+            client.answer_upgrade(req, self.w.site.method_not_allowed if 200 <= plan.status < 300 else plan)
+
+        upgrade(self.w, req, answer, lambda: self._tunnel_stream(client, req, fields), client.upgrade_alive)
+
+    def _tunnel_stream(self, client: StreamUpgrading, req: Request, fields: Sequence[tuple[bytes, bytes]]) -> None:
+        """The root has no such file: the origin gets an HTTP/1.1 Upgrade, within the limit."""
+        if self.open >= self.max:
+            client.answer_upgrade(req, self.w.site.error(503))  # [websocket] max_tunnels
+            return
+        try:
+            path, query = split_target(req.target)
+        except BadTarget:
+            client.answer_upgrade(req, self.w.site.error(400))
+            return
+        target = path + (b"?" + query if query else b"")
+        # RFC 8441 §5: no Sec-WebSocket-Key (nor Accept) over HTTP/2: edge makes the key of its own hop.
+        # RFC 9113 §8.2.3: cookie crumbs are joined with "; " for HTTP/1.1.
+        key = base64.b64encode(os.urandom(16))
+        passed = [(name, value) for name, value in fields if name not in (b"cookie", b"sec-websocket-key")]
+        cookies = [value for name, value in fields if name == b"cookie"]
+        if cookies:
+            passed.append((b"cookie", b"; ".join(cookies)))
+        if not any(name == b"sec-websocket-version" for name, _ in passed):
+            passed.append((b"sec-websocket-version", b"13"))  # RFC 6455 §4.1 item 9: the origin needs one
+        passed.append((b"sec-websocket-key", key))
+        self._spawn(client, req, target, passed, b"", key)
+
+    def _spawn(self, client: Upgrading | StreamUpgrading, req: Request, target: bytes,
+               fields: Sequence[tuple[bytes, bytes]], rest: bytes, key: bytes | None) -> None:
+        """Start the origin exchange of an upgrade (counted against max_tunnels while it waits)."""
         self.opening += 1
-        task = self.loop.create_task(self._open(client, req, target, parsed[2], rest))
+        task = self.loop.create_task(self._open(client, req, target, fields, rest, key))
         self.tasks.add(task)
         task.add_done_callback(self._opened)
 
@@ -293,12 +346,13 @@ class Tunnels:
         order = self.pool.order(self.balance, key, getattr(req, "client", None), self.puller._eligible)
         return pick_origins(order, self.puller._healthy, self.puller._up, 2)
 
-    async def _open(self, client: Upgrading, req: Request, target: bytes, fields: list[tuple[bytes, bytes]],
-                    rest: bytes) -> None:
-        """Connect, ask, and either relay (101) or answer the client with what the origin said."""
+    async def _open(self, client: Upgrading | StreamUpgrading, req: Request, target: bytes,
+                    fields: Sequence[tuple[bytes, bytes]], rest: bytes, key: bytes | None = None) -> None:
+        """Connect, ask, and either relay (101) or answer the client with what the origin said. `key`: the
+        Sec-WebSocket-Key edge made for an HTTP/2 stream (RFC 8441); None for an HTTP/1.1 upgrade."""
         state = _Opening()
         try:
-            await self._exchange(client, req, target, fields, rest, state)
+            await self._exchange(client, req, target, fields, rest, state, key)
         except Exception as e:  # noqa: BLE001 - one broken tunnel is a 502 for its client, never a dead worker
             print(f"edge: worker {os.getpid()}: tunnel failed: {e!r}", file=sys.stderr, flush=True)
             if not state.taken and client.upgrade_alive():
@@ -308,8 +362,9 @@ class Tunnels:
             if answer is not None and not state.relayed and answer.transport is not None:
                 answer.transport.abort()
 
-    async def _exchange(self, client: Upgrading, req: Request, target: bytes, fields: list[tuple[bytes, bytes]],
-                        rest: bytes, state: _Opening) -> None:
+    async def _exchange(self, client: Upgrading | StreamUpgrading, req: Request, target: bytes,
+                        fields: Sequence[tuple[bytes, bytes]], rest: bytes, state: _Opening,
+                        key: bytes | None = None) -> None:
         """_open's steps, which record in `state` the origin connection and whether a relay took it."""
         error: Exception = OriginError("no healthy origin")
         answer: OriginAnswer | None = None
@@ -331,7 +386,8 @@ class Tunnels:
             client.answer_upgrade(req, text_plan(status, [(b"cache-status", _BYPASS)], self.server))
             return
         state.answer = answer
-        answer.transport.write(origin_request(req.method, prefix + target, fields, host_field, self.via))
+        via = self.via if key is None else self.via_h2
+        answer.transport.write(relayed_head(req.method, prefix + target, fields, host_field, via, _UPGRADE_LINES))
         try:
             async with asyncio.timeout(self.read_timeout):
                 await answer.done
@@ -346,8 +402,27 @@ class Tunnels:
         if answer.status != 101:
             client.answer_upgrade(req, answer.plan(self.server))
             return
+        if key is not None:
+            accepts = [value.strip() for name, value in answer.fields if name.lower() == b"sec-websocket-accept"]
+            if accepts != [accept_value(key)]:  # RFC 6455 §4.2.2: not an answer to this handshake
+                raise OriginError("the origin's Sec-WebSocket-Accept does not match edge's key")
+            state.taken = True
+            state.relayed = self._relay_stream(client, answer, index)
+            return
         state.taken = True
         state.relayed = self._relay(client, req, answer, rest, index)
+
+    def _relay_stream(self, client: StreamUpgrading, answer: OriginAnswer, index: int) -> bool:
+        """RFC 8441 §5: the origin's 101 becomes `:status 200` on the stream (with its end-to-end fields but
+        Sec-WebSocket-Accept), then the stream and the origin's connection are a StreamRelay, which counts as
+        active on origin `index` (least-conn) until it ends."""
+        pool = self.pool
+        side = client.accept([f for f in answer.end_to_end() if f[0] != b"sec-websocket-accept"])
+        pool.track(index, 1)
+        relay = StreamRelay(self.group, side, answer.transport, to_stream=answer.after,
+                            on_end=lambda _relay: pool.track(index, -1))
+        client.attach(relay)
+        return True
 
     def _relay(self, client: Upgrading, req: Request, answer: OriginAnswer, rest: bytes, index: int) -> bool:
         """Both connections switch to a relay; the origin's 101 head and first frames go to the client first,

@@ -23,7 +23,7 @@ from .config import Config
 from .core import Fetch, Miss, Plan, Request, Site
 from .filecache import FileCache, Resolver
 from .http1 import _FIELDS as H1_FIELDS
-from .http1 import FORWARD, H1Connection
+from .http1 import FORWARD, H1Connection, H1PassConnection
 from .http2 import H2Connection
 from .health import HealthTable
 from .hpackblock import encode_field
@@ -102,6 +102,15 @@ class Worker:
 
             self.puller = Puller(config, loop, self.cache, self.site, self.executor, self.stats, health, events, solo,
                                  origin_counts)
+        #: Other methods than GET and HEAD, passed through to origins (edge/passthrough.py); None without origins.
+        self.passer = None
+        #: The HTTP/1.1 connection class: with origins, one that keeps every field of a passed request.
+        self.h1: type[H1Connection] = H1Connection
+        if self.puller is not None:
+            from .passthrough import Passer
+
+            self.passer = Passer(self, config)
+            self.h1 = H1PassConnection
         self.connections: set[H1Connection] = set()
         #: WebSocket upgrades to origins and their relays (edge/tunnel.py); None: upgrades are answered as plain
         #: HTTP/1.1 (no origins, or [websocket] enabled = false).
@@ -158,7 +167,7 @@ class Worker:
                     tls_sock: socket.socket | None = None, tls_context: ssl.SSLContext | None = None) -> None:
         """Serve `sock` (and `tls_sock` with `tls_context`) until SIGTERM/SIGINT, then drain."""
         loop = self.loop
-        servers = [await loop.create_server(lambda: H1Connection(self), sock=sock, backlog=4096)]
+        servers = [await loop.create_server(lambda: self.h1(self), sock=sock, backlog=4096)]
         if tls_sock is not None:
             servers.append(await loop.create_server(lambda: AlpnDispatch(self.alpn_protocol), sock=tls_sock, backlog=4096,
                                                     ssl=tls_context, ssl_handshake_timeout=self.header_timeout))
@@ -194,6 +203,8 @@ class Worker:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self._publish()
+        if self.passer is not None:
+            self.passer.close()
         if self.puller is not None:
             await self.puller.close()
         if control_sock is not None:
@@ -216,7 +227,8 @@ class Worker:
 
     def alpn_protocol(self, chosen: str | None) -> asyncio.Protocol:
         """The protocol of a TLS connection by the ALPN protocol its handshake chose."""
-        return H2Connection(self, secure=True) if chosen == "h2" else H1Connection(self, tls=True)
+        return H2Connection(self, secure=True) if chosen == "h2" else self.h1(self, tls=True)
+
 
     def observe(self, seconds: float) -> None:
         """Count the response time of a request that had to wait (a file open, the disk cache, an origin)."""

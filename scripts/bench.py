@@ -73,6 +73,49 @@ on) stand in front of it on CPU 1.  wrk -t1 -c64 --latency runs a Lua script
 proxy-hot and proxy-miss cells are measured in rounds like the unpinned rows
 ("proxy" selects all three rows).
 
+Tunnel rows ("tunnel" selects all five), edge against nginx proxy_pass (edge and
+nginx only; edge-base with --baseline).  The origin is
+scripts/bench_peers/ws_origin.py, one uvloop process pinned to CPU 0 beside the
+load generator: a WebSocket echo (/ws/echo), sink (/ws/sink) and source
+(/ws/source), and a POST sink.  In front of it on CPU 1: edge (`--workers 1
+--origin ...`, empty root, as in the proxy rows, plus a [websocket] table with
+max_tunnels above --idle-tunnels and idle_timeout 600) and nginx (master + 1
+worker; /ws/ with `proxy_http_version 1.1`, `proxy_set_header Upgrade
+$http_upgrade`, `proxy_set_header Connection "upgrade"`, nginx's 4k
+proxy_buffer_size unless --nginx-ws-buffer sets it; other paths over keep-alive
+upstream connections, `proxy_request_buffering off`):
+
+  ws-echo       64 tunnels opened first (101 and Sec-WebSocket-Accept checked),
+                then each sends a 64 B binary frame (masked, built beforehand),
+                waits for its echo, compares it byte for byte and sends the next
+                (bench_client.ws_echo: one process, uvloop): round trips/s, p99
+                round-trip latency, server CPU µs per round trip
+  ws-bulk       one tunnel, client -> origin: 1 MiB binary frames back to back,
+                the origin counting the payload (never unmasking it) and
+                confirming the total at the end (bench_client.ws_bulk_up): MB/s
+                (10^6 bytes of payload per second), server CPU s per GiB
+  ws-bulk-down  the other way: the origin sends 1 MiB frames back to back, the
+                client reads them (1 MiB recv_into) checking every frame header
+                (bench_client.ws_bulk_down)
+  ws-idle       server RSS growth per open idle tunnel, measured like the idle
+                row with N = --idle-tunnels (default 10000) tunnels, each with
+                one echo checked (bench_client.WsIdleTunnels), a fresh server per
+                run; edge holds 6 fds per tunnel (2 sockets, 2 splice pipes), so
+                the open-file limit must reach 6 N + 1024 (65536 fits 10000)
+  post-1m       wrk -t1 -c64 -s: POST of the same 1 MiB body; the origin reads
+                every byte and answers a small 200: req/s, server CPU µs/request
+
+Each cell is checked first: 100 echoes of 64 B (ws-echo) or 8 of 1 MiB (bulk
+rows) compared byte for byte, or a 1 MiB POST whose SHA-256 the origin sends
+back (post-1m).  A refused handshake, a wrong byte, a closed tunnel or a non-2xx
+answer (405 while edge does not pass POST through) fails that cell with its
+reason; the other cells go on.  Cells are measured in rounds like the proxy
+rows; after the table come edge / nginx per round against the issue's targets
+(>= 0.5x echo round trips, >= 0.9x bulk MB/s with CPU per GiB <= 1.2x, <= 4 KiB
+per idle tunnel, >= 0.5x POST req/s; printed, not asserted) and how busy the
+load side (client + origin, both on CPU 0) was: near nginx's echo rate it needs
+the whole core, which then caps the nginx cell and flatters edge's ratio.
+
 For every throughput row the server's CPU time (utime+stime from
 /proc/PID/stat, summed over the server's process tree) is sampled before and
 after the run: CPU µs per request, or CPU seconds per GiB sent.  Every figure
@@ -135,6 +178,21 @@ COALESCE_RATE = "4m"                 # ... sent by the origin at 4 MiB/s: one fe
 PROXY_HOT_TARGET = 0.90              # edge proxy-hot / edge local-file req/s, printed not asserted
 PROXY_MISS_TARGET = 0.5              # edge / nginx proxy-miss req/s, printed not asserted
 CACHE_FIELD = {"edge": "cache-status", "nginx": "x-cache-status"}   # where each says hit or miss
+TUNNEL_SERVERS = ("edge", "edge-base", "nginx")   # the tunnel rows: edge and nginx in front of ws_origin
+WS_ECHO_TUNNELS = 64                 # ws-echo: tunnels, each with one message in flight ...
+WS_ECHO_SIZE = 64                    # ... of this many payload bytes (a binary frame)
+WS_FRAME = 1 << 20                   # ws-bulk, ws-bulk-down: payload bytes per binary frame
+WS_CHECK = (1 << 20, 8)              # before the bulk rows: 8 echoes of 1 MiB, compared byte for byte
+WS_IDLE_TUNNELS = 10_000             # ws-idle: default --idle-tunnels
+WS_FDS = 6                           # edge's fds per tunnel: 2 sockets + 2 pipes (splice) of 2 fds
+POST_SIZE = 1 << 20                  # post-1m: request body bytes
+TUNNEL_TARGETS = {                   # the issue's targets, printed not asserted
+    "ws-echo": 0.5,                  # edge / nginx round trips per second, at least
+    "ws-bulk": (0.9, 1.2),           # edge / nginx MB/s at least, server CPU per GiB at most
+    "ws-bulk-down": (0.9, 1.2),
+    "ws-idle": 4096,                 # edge RSS per idle tunnel (bytes), at most
+    "post-1m": 0.5,                  # edge / nginx req/s, at least
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 OTHER_LOAD_WARN = 0.15      # warn when others used more than this share of a CPU
 IDLE_TIMEOUT = 600          # edge --keepalive-timeout in the RSS rows (s): nothing closes them
@@ -160,6 +218,12 @@ PROXY_LABEL = {
     "edge-local": "edge, same objects as local files",
     "edge-base": "edge proxy before (--baseline)",
 }
+# the cells of the tunnel rows: edge and nginx in front of the bench's WebSocket/POST origin
+TUNNEL_LABEL = {
+    "edge": "edge --origin (splice relay)",
+    "nginx": "nginx proxy_pass",
+    "edge-base": "edge --origin before (--baseline)",
+}
 
 
 @dataclasses.dataclass
@@ -174,6 +238,7 @@ class Row:
     proto: str | None = None     # None: HTTP/1.1; "h2c": HTTP/2 by prior knowledge; "h2": TLS
     load: tuple[int | None, int] | None = None   # h2load -c, -m (-c None: --conns)
     proxy: str | None = None     # "hot", "miss" or "coalesce": a proxy-cache row (run_proxy)
+    tunnel: str | None = None    # "echo", "up", "down", "idle" or "post": a tunnel row (run_tunnel)
 
 
 ROWS = [
@@ -207,13 +272,25 @@ ROWS = [
     Row("proxy-coalesce", f"{COALESCE_CLIENTS} concurrent misses of one new 1 MiB key "
         "(origin fetches)", "coalesce", "co.bin", "fetches", servers=PROXY_SERVERS,
         proxy="coalesce"),
+    Row("ws-echo", f"WebSocket echo, {WS_ECHO_TUNNELS} tunnels, {WS_ECHO_SIZE} B messages "
+        "(round trips/s)", "wsecho", "/ws/echo", "rt/s", servers=TUNNEL_SERVERS, tunnel="echo"),
+    Row("ws-bulk", "WebSocket relay, 1 tunnel, client → origin, 1 MiB frames (MB/s)", "wsbulk",
+        "/ws/sink", "MB/s", servers=TUNNEL_SERVERS, tunnel="up"),
+    Row("ws-bulk-down", "WebSocket relay, 1 tunnel, origin → client, 1 MiB frames (MB/s)",
+        "wsbulk", "/ws/source", "MB/s", servers=TUNNEL_SERVERS, tunnel="down"),
+    Row("ws-idle", "RSS per idle WebSocket tunnel (B, lower is better)", "idle", "/ws/echo", "B",
+        servers=TUNNEL_SERVERS, tunnel="idle"),
+    Row("post-1m", "POST of 1 MiB bodies to the origin (req/s)", "wrk", "/post", "req/s",
+        servers=TUNNEL_SERVERS, tunnel="post"),
 ]
 ROW_BY_KEY = {r.key: r for r in ROWS}
 ROW_GROUPS = {"scaling": ("scaling-1", "scaling-2"),   # --rows names that select several rows
-              "proxy": ("proxy-hot", "proxy-miss", "proxy-coalesce")}
+              "proxy": ("proxy-hot", "proxy-miss", "proxy-coalesce"),
+              "tunnel": ("ws-echo", "ws-bulk", "ws-bulk-down", "ws-idle", "post-1m")}
 ROW_NAMES = ["1k", "100k", "1m", "64m", "idle", "h2-idle", "h2-1k", "h2-1m", "h2-64m", "h2tls-1k",
              "h2tls-1m", "machine", "scaling", "proxy-hot", "proxy-miss",
-             "proxy-coalesce", "purge"]   # --rows choices (and "proxy": the three proxy rows)
+             "proxy-coalesce", "ws-echo", "ws-bulk", "ws-bulk-down", "ws-idle", "post-1m",
+             "purge"]   # --rows choices (and the groups "proxy", "tunnel", "scaling")
 
 
 def log(msg: str) -> None:
@@ -511,6 +588,53 @@ function request()
   return wrk.format(nil, "/obj/" .. (i % n) .. "?v=" .. token .. "-" .. i)
 end
 """
+# nginx in front of the tunnel rows' origin (scripts/bench_peers/ws_origin.py): master + 1 worker
+# like the proxy rows.  /ws/ is nginx's documented WebSocket set-up (HTTP/1.1 to the origin, Upgrade
+# and Connection: upgrade set; the upgraded connection relayed through proxy_buffer_size buffers, 4k
+# by default, or --nginx-ws-buffer); timeouts long enough for the idle row.  Everything else (the start-up probe, the
+# POSTs) goes over keep-alive upstream connections with the request body streamed as it arrives
+# (proxy_request_buffering off, as edge passes it on), no body size limit.
+NGINX_TUNNEL_CONF = """\
+# generated by scripts/bench: nginx proxy_pass for the tunnel rows
+daemon off;
+master_process on;
+worker_processes 1;
+{user}
+""" + NGINX_COMMON + NGINX_TEMPS + """\
+    upstream origin {{
+        server {host}:{origin_port};
+        keepalive 64;
+    }}
+    server {{
+        listen {host}:{port} backlog=4096;
+        server_name localhost;
+        client_max_body_size 0;
+        location /ws/ {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 600s;
+            proxy_send_timeout 600s;{ws_buffer}
+        }}
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""
+# wrk -s script of the post-1m row: every request a POST of the same body (read once from a file).
+WRK_POST_LUA = """\
+-- generated by scripts/bench
+local f = assert(io.open("{body}", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
 # HTTP/2 instances: "listen ... http2" (h2c by prior knowledge only: the port no
 # longer answers HTTP/1.1) or "listen ... ssl http2" (ALPN h2, http/1.1), nginx 1.22
 NGINX_LISTEN = {None: "", "h2c": " http2", "h2": " ssl http2"}
@@ -627,13 +751,13 @@ class Harness:
         self.token += 1
         return f"{what}-{os.getpid()}-{self.token}"
 
-    def _nginx_conf(self, port: int, template: str, **kw) -> Spec:
+    def _nginx_conf(self, port: int, template: str, conns: int | None = None, **kw) -> Spec:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         ntmp = self.tmp / f"nginx-{port}"
         ntmp.mkdir(exist_ok=True)
         conf = ntmp / "nginx.conf"
         conf.write_text(template.format(
-            tmp=ntmp, host=HOST, port=port, conns=max(1024, self.a.idle_conns + 2048),
+            tmp=ntmp, host=HOST, port=port, conns=conns or max(1024, self.a.idle_conns + 2048),
             nofile=max(self.nofile, 1024),
             # a root master's workers would run as nobody, who cannot use the tmp dir
             user=f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else "",
@@ -647,6 +771,41 @@ class Harness:
 
     def origin_log(self, port: int) -> Path:
         return self.tmp / f"nginx-{port}" / "coalesce-access.log"
+
+    # ---- tunnel rows: origin and the servers in front of it ---------------
+    def make_tunnel_files(self) -> None:
+        """The post-1m row's body (random bytes) and its wrk script; edge's empty root."""
+        self.empty_root = self.tmp / "proxy-empty-root"   # as in the proxy rows
+        self.empty_root.mkdir(exist_ok=True)
+        self.post_body = os.urandom(POST_SIZE)
+        body = self.tmp / "post-body.bin"
+        body.write_bytes(self.post_body)
+        self.post_lua = self.tmp / "post.lua"
+        self.post_lua.write_text(WRK_POST_LUA.format(body=body))
+
+    def ws_origin_spec(self, port: int) -> Spec:
+        """scripts/bench_peers/ws_origin.py (the peers' venv: uvloop), one process."""
+        return Spec("ws-origin", [str(self.bench_venv / "bin" / "python"),
+                                  str(PEERS_DIR / "ws_origin.py"), "--host", HOST,
+                                  "--port", str(port), "--source-size", str(WS_FRAME)], "")
+
+    def tunnel_spec(self, cell: str, port: int, origin_port: int) -> Spec:
+        """edge (as in the proxy rows, plus a [websocket] table that lets the idle row's tunnels
+        in and keeps them open) or nginx (NGINX_TUNNEL_CONF) in front of ws_origin."""
+        tunnels = self.a.idle_tunnels
+        if cell == "nginx":
+            buf = self.a.nginx_ws_buffer
+            return self._nginx_conf(port, NGINX_TUNNEL_CONF, origin_port=origin_port,
+                                    conns=max(1024, 2 * tunnels + 2048),
+                                    # (proxy_buffers only to satisfy nginx's busy-buffers check)
+                                    ws_buffer=f"\n            proxy_buffer_size {buf};\n"
+                                    f"            proxy_buffers 4 {buf};" if buf else "")
+        spec = self.proxy_spec(cell, port, origin_port)
+        conf = self.tmp / f"edge-tunnel-{port}.toml"
+        conf.write_text("# generated by scripts/bench: the tunnel rows\n[websocket]\n"
+                        f"max_tunnels = {tunnels + 1000}\nidle_timeout = {IDLE_TIMEOUT}\n")
+        spec.argv += ["--config", str(conf)]
+        return spec
 
     def proxy_spec(self, cell: str, port: int, origin_port: int) -> Spec:
         """edge or nginx as a caching proxy of the origin, or edge serving the
@@ -956,15 +1115,17 @@ class Harness:
 
     # ---- measurements --------------------------------------------------
     def run_wrk(self, pid: int, port: int, path: str, size: int, seconds: float,
-                unpinned: bool = False, script: list[str] | None = None) -> dict:
+                unpinned: bool = False, script: list[str] | None = None,
+                lua: Path | None = None) -> dict:
         """wrk against one server: WRK_PINNED on CPU 0, or WRK_UNPINNED on all CPUs;
-        with ``script``, wrk -s self.lua (the proxy rows) and these arguments for it."""
+        with ``script``, wrk -s self.lua (the proxy rows) and these arguments for it;
+        with ``lua``, wrk -s that script (the post-1m row)."""
         url = f"http://{HOST}:{port}{path}"
         threads, conns = WRK_UNPINNED if unpinned else WRK_PINNED
         argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s",
                 "--latency", url]
-        if script is not None:
-            argv[-1:] = ["-s", str(self.lua), url, "--", *script]
+        if script is not None or lua is not None:
+            argv[-1:] = ["-s", str(lua or self.lua), url, "--", *(script or [])]
         if self.a.pin:   # this process is pinned to CPU 0 and wrk would inherit that
             argv = ["taskset", "-c", self.a.all_cpus if unpinned else str(CLIENT_CPU), *argv]
         sample = Sample(pid)
@@ -1040,13 +1201,17 @@ class Harness:
         return r
 
     def run_idle(self, pid: int, port: int, path: str, size: int,
-                 proto: str | None = None) -> dict:
+                 proto: str | None = None, make_client=None, count: int | None = None) -> dict:
         """RSS growth of the server's tree per idle connection: --idle-conns
-        keep-alive HTTP/1.1 connections, or h2c ones (proto "h2c"), one GET each."""
+        keep-alive HTTP/1.1 connections, or h2c ones (proto "h2c"), one GET each;
+        or ``count`` of what ``make_client(n)`` opens (ws-idle: WebSocket tunnels)."""
+        count = count or self.a.idle_conns
+        if make_client is None and proto == "h2c":
+            make_client = lambda n: bench_client.H2IdleConnections(HOST, port, path, size, n)  # noqa: E731
         # light warm-up so lazily-initialised code paths are already paid for
-        if proto == "h2c":
-            for _ in range(3):   # a few h2c connections, one GET each, closed again
-                warm = bench_client.H2IdleConnections(HOST, port, path, size, 20)
+        if make_client is not None:
+            for _ in range(3):   # a few connections (one GET, or one echo, each), closed again
+                warm = make_client(20)
                 try:
                     warm.open()
                 finally:
@@ -1054,10 +1219,10 @@ class Harness:
         else:
             for _ in range(3):
                 http_get_many(port, path, 100)
+            make_client = lambda n: bench_client.IdleConnections(HOST, port, path, size, n)  # noqa: E731
         time.sleep(0.5)
         before = rss_bytes(pid)
-        client = bench_client.H2IdleConnections if proto == "h2c" else bench_client.IdleConnections
-        ic = client(HOST, port, path, size, self.a.idle_conns)
+        ic = make_client(count)
         try:
             n = ic.open()
             time.sleep(1.0)
@@ -1219,7 +1384,7 @@ class Cell:
 def fmt_num(v: float | None, unit: str) -> str:
     if v is None:
         return "—"
-    if unit in ("req/s", "MB/s", "B"):
+    if unit in ("req/s", "MB/s", "B", "rt/s"):
         return f"{v:,.0f}"
     if unit == "ms":
         return f"{v:.2f}" if v < 10 else f"{v:.1f}"
@@ -1247,7 +1412,8 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
         ref_v = ref.med("value") if ref and ref.runs else None
         for s in (proxy_cells(row, servers) if row.proxy else servers):
             cell = results.get((row.key, s))
-            name = PROXY_LABEL[s] if row.proxy else SERVER_LABEL[s]
+            name = (PROXY_LABEL[s] if row.proxy else TUNNEL_LABEL.get(s, s) if row.tunnel
+                    else SERVER_LABEL[s])
             label = f"**{name}**" if s.startswith("edge") else name
             if cell is None:
                 continue
@@ -1259,7 +1425,7 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
                 label += f" (only {len(cell.runs)} run(s): failed after)"
             v = cell.med("value")
             lat = "—"
-            if row.kind == "wrk":
+            if row.kind in ("wrk", "wsecho"):
                 p = cell.med("p99_ms")
                 sp = cell.span("p99_ms")
                 lat = fmt_num(p, "ms")
@@ -1269,6 +1435,8 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
                 cpu = "—"
             elif row.unit == "req/s":
                 cpu = f"{cell.med('cpu_metric'):.1f} µs/req"
+            elif row.unit == "rt/s":
+                cpu = f"{cell.med('cpu_metric'):.1f} µs/rt"
             else:
                 cpu = f"{cell.med('cpu_metric'):.2f} s/GiB"
             busy = f"{cell.med('util') * 100:.0f}%" if row.kind != "idle" else "—"
@@ -1304,6 +1472,7 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
     out += render_multi(results)
     out += render_h2(results)
     out += render_proxy(results, rows)
+    out += render_tunnel(results, rows)
     if failures:
         out += ["", "## Failures and warnings", ""]
         out += [f"- {f}" for f in failures]
@@ -1312,12 +1481,12 @@ def render(results: dict, servers: list[str], rows: list[Row], meta: list[str],
     return "\n".join(out) + "\n"
 
 
-def paired(num: Cell | None, den: Cell | None) -> dict[int, float]:
-    """Round (run index) -> num / den value, for every round in which both cells have a run."""
+def paired(num: Cell | None, den: Cell | None, key: str = "value") -> dict[int, float]:
+    """Round (run index) -> num / den ``key``, for every round in which both cells have a run."""
     if not num or not den:
         return {}
-    base = {r["run"]: r["value"] for r in den.runs}
-    return {r["run"]: r["value"] / base[r["run"]] for r in num.runs if r["run"] in base}
+    base = {r["run"]: r[key] for r in den.runs if r.get(key)}
+    return {r["run"]: r[key] / base[r["run"]] for r in num.runs if r["run"] in base}
 
 
 def fmt_ratios(by_round: dict[int, float], unit: str = "×") -> str:
@@ -1561,7 +1730,16 @@ def describe_run(row: Row, r: dict) -> str:
              + _acct(r))
         if r["socket_errors"]:
             s += f", socket errors: {r['socket_errors']}"
+        if "body_mbps" in r:
+            s += f", {r['body_mbps']:,.0f} MB/s of request bodies"
         return s
+    if row.kind == "wsecho":
+        return (f"{r['value']:,.0f} round trips/s, {r['round_trips']:,} in {r['elapsed']:.2f}s over "
+                f"{r['tunnels']} tunnels of {r['size']} B messages, rtt p50 {r['rtt_p50_ms']:.3g} "
+                f"p99 {r['rtt_p99_ms']:.3g} ms, client on {r['loop']}, " + _acct(r))
+    if row.kind == "wsbulk":
+        return (f"{r['value']:,.0f} MB/s, {r['frames']} frames of {r['frame_size']} B, "
+                f"{r['bytes'] / 2**30:.2f} GiB in {r['elapsed']:.2f}s, " + _acct(r))
     if row.kind == "h2load":
         s = f"{r['rps']:,.0f} req/s"
         if row.unit == "MB/s":
@@ -1580,7 +1758,7 @@ def describe_run(row: Row, r: dict) -> str:
                 f"{r['bytes'] / 2**30:.2f} GiB in {r['elapsed']:.1f}s, " + _acct(r)
                 + f", rcvbuf {r['rcvbuf']}, reconnects {r['reconnects']}"
                 + (", chunked" if r.get("chunked") else ""))
-    return (f"{r['value']:,.0f} B/conn: rss {r['before'] / 2**20:.1f} -> "
+    return (f"{r['value']:,.0f} B/{'tunnel' if row.tunnel else 'conn'}: rss {r['before'] / 2**20:.1f} -> "
             f"{r['after'] / 2**20:.1f} MiB, {r['established']} established, "
             f"{r['alive']} still open at measurement"
             + (f", {r['failed']} failed {r['errors']}" if r['failed'] else ""))
@@ -1599,13 +1777,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run edge as it was at git revision REV (server edge-base, same venv), "
                          "for before/after figures in one run")
     ap.add_argument("--rows", default=",".join(ROW_NAMES),
-                    help=f"comma-separated rows ({','.join(ROW_NAMES)})")
+                    help=f"comma-separated rows ({','.join(ROW_NAMES)}) or groups "
+                         f"({', '.join(f'{g}: {chr(43).join(k)}' for g, k in ROW_GROUPS.items())})")
     ap.add_argument("--out", default="bench-results.md", help="markdown output file")
     ap.add_argument("--conns", type=int, default=4,
                     help="keep-alive connections of the MB/s client (and of h2load "
                          "in the h2-64m row)")
     ap.add_argument("--idle-conns", type=int, default=5000,
                     help="idle connections for the RSS row")
+    ap.add_argument("--idle-tunnels", type=int, default=WS_IDLE_TUNNELS,
+                    help="open idle WebSocket tunnels in the ws-idle row (edge needs "
+                         f"{WS_FDS} fds per tunnel)")
+    ap.add_argument("--nginx-ws-buffer", metavar="SIZE",
+                    help="tunnel rows: nginx proxy_buffer_size for /ws/ (the buffer of each "
+                         "direction of an upgraded connection), e.g. 64k; default nginx's own (4k)")
     ap.add_argument("--h2-duration", type=float, default=None,
                     help=f"seconds per run of the HTTP/2 rows (default {H2_DURATION:g}, or "
                          "--duration when shorter)")
@@ -1637,9 +1822,12 @@ def main(argv: list[str] | None = None) -> int:
         servers.append("edge-base")
         SERVER_LABEL["edge-base"] = f"edge at {a.baseline} (before)"
         PROXY_LABEL["edge-base"] = f"edge proxy at {a.baseline} (before)"
+        TUNNEL_LABEL["edge-base"] = f"edge --origin at {a.baseline} (before)"
     elif "edge-base" in servers:
         ap.error("edge-base runs the revision given by --baseline REV")
     servers = [s for s in ALL_SERVERS if s in servers]   # stable order, edge first
+    if a.nginx_ws_buffer:
+        TUNNEL_LABEL["nginx"] += f" (proxy_buffer_size {a.nginx_ws_buffer})"
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
@@ -1690,7 +1878,8 @@ def main(argv: list[str] | None = None) -> int:
                  "self-signed P-256 certificate made for this run); files checked byte for "
                  "byte over HTTP/2 with nghttp first."]
     for r in rows:
-        if r.workers is None and r.proxy is None and not any(s in r.servers for s in servers):
+        if (r.workers is None and r.proxy is None and r.tunnel is None
+                and not any(s in r.servers for s in servers)):
             failures.append(f"row {r.key}: none of its servers ({', '.join(r.servers)}) "
                             "selected by --only")
     multi_rows = [r for r in rows if r.workers is not None]
@@ -1713,20 +1902,29 @@ def main(argv: list[str] | None = None) -> int:
         if not proxy_servers:
             failures.append("rows " + ", ".join(r.key for r in proxy_rows)
                             + ": measure edge and nginx only, neither selected by --only")
+    tunnel_rows = [r for r in rows if r.tunnel]
+    tunnel_servers = [s for s in servers if s in TUNNEL_SERVERS]
+    if tunnel_rows:
+        meta += ["", "tunnel rows (edge and nginx only): see \"WebSocket tunnels and POST "
+                 f"pass-through\" below the table; ws-idle with {a.idle_tunnels} tunnels."]
+        if not tunnel_servers:
+            failures.append("rows " + ", ".join(r.key for r in tunnel_rows)
+                            + ": measure edge and nginx only, neither selected by --only")
     try:
         h.make_corpus()
         meta += ["", "versions: " + ", ".join(versions(a))]
         if a.interleave:
             for proto in (None, "h2c", "h2"):
                 for row in rows:
-                    if row.workers is None and row.proxy is None and row.kind != "idle" and row.proto == proto:
+                    if (row.workers is None and row.proxy is None and row.tunnel is None
+                            and row.kind != "idle" and row.proto == proto):
                         run_throughput_rounds(h, [s for s in servers if s in row.servers], row,
                                               results, failures, raw)
                         meta += ["", f"{row.key}: measured in rounds (--interleave); per-round "
                                  "ratios of server CPU per request below the table."]
         for s in servers:
             pinned = [r for r in rows if r.workers is None and r.proxy is None
-                      and s in r.servers]
+                      and r.tunnel is None and s in r.servers]
             throughput_rows = [r for r in pinned if r.kind != "idle" and r.proto is None]
             if throughput_rows and not a.interleave:
                 run_throughput(h, s, throughput_rows, results, failures, raw)
@@ -1741,6 +1939,8 @@ def main(argv: list[str] | None = None) -> int:
             run_multi(h, multi_servers, multi_rows, results, failures, raw)
         if proxy_rows and proxy_servers:
             run_proxy(h, proxy_servers, proxy_rows, results, failures, raw)
+        if tunnel_rows and tunnel_servers:
+            run_tunnel(h, tunnel_servers, tunnel_rows, results, failures, raw)
     except (KeyboardInterrupt, Interrupted) as e:
         interrupted = e
         failures.append(f"INTERRUPTED ({e.__class__.__name__}); table is partial")
@@ -2076,13 +2276,10 @@ def proxy_wrk(h: Harness, row: Row, cell: str, proc, port: int, origin, oport: i
     args = (["rotate", str(PROXY_OBJECTS)] if row.proxy == "hot"
             else ["unique", str(PROXY_OBJECTS), h.next_token(cell)])
     before = origin_requests(oport)
-    o0 = cpu_seconds(origin.pid)
-    r = h.run_wrk(proc.pid, port, "/", PROXY_OBJ_SIZE, seconds, script=args)
-    o1 = cpu_seconds(origin.pid)
+    r = with_origin(origin, lambda: h.run_wrk(proc.pid, port, "/", PROXY_OBJ_SIZE, seconds,
+                                              script=args))
     fetched = origin_requests(oport) - before - 1
     r["origin_requests"] = fetched
-    r["origin_util"] = (o1 - o0) / r["wall"]
-    r["other_util"] = max(0.0, r["other_util"] - r["origin_util"])
     if row.proxy == "miss" and fetched < 0.99 * r["requests"]:
         raise RuntimeError(f"only {fetched} origin requests for {r['requests']} requests "
                            "with new keys: not every request was a miss")
@@ -2101,9 +2298,20 @@ def cell_failed(cell: Cell, failures: list[str], where: str, error: Exception, d
     failures.append(msg)
 
 
+def with_origin(origin, measure) -> dict:
+    """Run ``measure()`` (a run with Sample accounting) and add the origin's CPU share over it
+    ("origin_util"), taken out of "other_util": the origin runs beside the load generator."""
+    o0 = cpu_seconds(origin.pid)
+    r = measure()
+    r["origin_util"] = (cpu_seconds(origin.pid) - o0) / r["wall"]
+    r["other_util"] = max(0.0, r["other_util"] - r["origin_util"])
+    return r
+
+
 def describe_proxy_run(row: Row, r: dict) -> str:
-    return (describe_run(row, r) + f", origin requests {r['origin_requests']}, "
-            f"origin busy {r['origin_util'] * 100:.0f}%")
+    return (describe_run(row, r)
+            + (f", origin requests {r['origin_requests']}" if "origin_requests" in r else "")
+            + f", origin busy {r['origin_util'] * 100:.0f}%")
 
 
 def run_proxy(h: Harness, servers: list[str], rows: list[Row], results, failures, raw) -> None:
@@ -2122,32 +2330,17 @@ def run_proxy(h: Harness, servers: list[str], rows: list[Row], results, failures
     try:
         try:
             h.make_origin_corpus()
-            origin, oport, _ = h.start("origin", make_spec=h.origin_spec,
-                                       cpus=str(CLIENT_CPU), children=0)
         except Exception as e:  # noqa: BLE001
-            msg = f"proxy rows: the nginx origin could not start: {e}"
-            log(msg)
-            failures.append(msg)
-            for key, cell in results.items():
-                if key[0] in {r.key for r in rows} and not cell.runs:
-                    cell.error = str(e)
+            mark_failed(rows, results, failures, f"proxy rows: no origin corpus: {e}")
             return
-        log(f"origin up on port {oport} (pid {origin.pid}, CPU {CLIENT_CPU})")
-        for c in cells:
-            try:
-                # edge as a proxy: supervisor, cache manager and one worker
-                proc, port, _ = h.start(c, make_spec=lambda p, c=c: h.proxy_spec(c, p, oport),
-                                        children={"edge": 2, "edge-base": 2, "edge-local": 1}.get(c))
-            except Exception as e:  # noqa: BLE001
-                msg = f"proxy rows / {c}: could not start: {e}"
-                log(msg)
-                failures.append(msg)
-                for row in rows:
-                    if (row.key, c) in results:
-                        results[(row.key, c)].error = str(e)
-                continue
-            live[c] = (proc, port)
-            log(f"{c} up on port {port} (pid {proc.pid}, tree {proc_tree(proc.pid)})")
+        origin, oport = start_origin(h, "origin", h.origin_spec, "proxy rows: the nginx origin",
+                                     rows, results, failures)
+        if origin is None:
+            return
+        # edge as a proxy: supervisor, cache manager and one worker
+        start_cells(h, cells, lambda c, p: h.proxy_spec(c, p, oport),
+                    {"edge": 2, "edge-base": 2, "edge-local": 1}, "proxy rows", rows, live,
+                    results, failures)
         for row in rows:
             if row.proxy == "coalesce":
                 run_coalesce(h, row, [c for c in proxy_cells(row, servers) if c in live],
@@ -2162,8 +2355,66 @@ def run_proxy(h: Harness, servers: list[str], rows: list[Row], results, failures
             h.stop(origin)
 
 
+def mark_failed(rows: list[Row], results, failures, msg: str) -> None:
+    """Nothing of ``rows`` can run: every cell not measured yet gets ``msg``."""
+    log(msg)
+    failures.append(msg)
+    keys = {r.key for r in rows}
+    for key, cell in results.items():
+        if key[0] in keys and not cell.runs:
+            cell.error = msg
+
+
+def start_origin(h: Harness, name: str, make_spec, what: str, rows: list[Row], results,
+                 failures) -> tuple[subprocess.Popen | None, int]:
+    """The origin of the proxy or tunnel rows, one process pinned to the load generator's CPU;
+    (None, 0) when it would not start (every cell of ``rows`` then fails with the reason)."""
+    try:
+        origin, oport, _ = h.start(name, make_spec=make_spec, cpus=str(CLIENT_CPU), children=0)
+    except Exception as e:  # noqa: BLE001
+        mark_failed(rows, results, failures, f"{what} could not start: {e}")
+        return None, 0
+    log(f"{name} up on port {oport} (pid {origin.pid}, CPU {CLIENT_CPU})")
+    return origin, oport
+
+
+def start_cells(h: Harness, cells: list[str], spec_for, children: dict[str, int], what: str,
+                rows: list[Row], live: dict, results, failures) -> None:
+    """Start each cell's server (``spec_for(cell, port)``, pinned to SERVER_CPU, with
+    ``children[cell]`` processes under its root) into ``live``; a cell that will not start
+    fails in every row."""
+    for c in cells:
+        try:
+            proc, port, _ = h.start(c, make_spec=lambda p, c=c: spec_for(c, p),
+                                    children=children.get(c))
+        except Exception as e:  # noqa: BLE001
+            msg = f"{what} / {c}: could not start: {e}"
+            log(msg)
+            failures.append(msg)
+            for row in rows:
+                if (row.key, c) in results:
+                    results[(row.key, c)].error = str(e)
+            continue
+        live[c] = (proc, port)
+        log(f"{c} up on port {port} (pid {proc.pid}, tree {proc_tree(proc.pid)})")
+
+
 def run_proxy_rounds(h: Harness, row: Row, cells: list[str], live, origin, oport: int,
                      results, failures, raw) -> None:
+    run_rounds(h, row, cells, live, results, failures, raw,
+               prepare=lambda c, port: proxy_prepare(h, row, c, port),
+               measure=lambda c, proc, port, seconds: proxy_wrk(h, row, c, proc, port, origin,
+                                                                oport, seconds),
+               describe=describe_proxy_run)
+
+
+def run_rounds(h: Harness, row: Row, cells: list[str], live, results, failures, raw, *,
+               prepare, measure, describe) -> None:
+    """One row of servers already running (``live``: cell -> (proc, port)), measured in rounds:
+    ``prepare(cell, port)`` checks each cell (returns what it saw, for the log) and one warm-up
+    ``measure(cell, proc, port, seconds)`` runs, then run i of every cell before run i + 1 of
+    any, so that ratios pair runs taken close together.  A cell that fails is dropped with its
+    reason; the others go on."""
     a = h.a
     ready: list[str] = []
 
@@ -2183,12 +2434,12 @@ def run_proxy_rounds(h: Harness, row: Row, cells: list[str], live, origin, oport
         try:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited (code {proc.returncode})")
-            seen = proxy_prepare(h, row, c, port)
+            seen = prepare(c, port)
             line = f"{row.key} {c} check: {seen}"
             raw.append(line)
             log(line)
             ready.append(c)
-            proxy_wrk(h, row, c, proc, port, origin, oport, a.warmup)   # warm-up run
+            measure(c, proc, port, a.warmup)   # warm-up run
         except (KeyboardInterrupt, Interrupted):
             raise
         except Exception as e:  # noqa: BLE001
@@ -2201,7 +2452,7 @@ def run_proxy_rounds(h: Harness, row: Row, cells: list[str], live, origin, oport
                 if proc.poll() is not None:
                     raise RuntimeError(f"server exited (code {proc.returncode})")
                 wait_for_quiet(proc.pid, a.quiet_wait)
-                r = proxy_wrk(h, row, c, proc, port, origin, oport, a.duration)
+                r = measure(c, proc, port, a.duration)
             except (KeyboardInterrupt, Interrupted):
                 raise
             except Exception as e:  # noqa: BLE001
@@ -2215,7 +2466,7 @@ def run_proxy_rounds(h: Harness, row: Row, cells: list[str], live, origin, oport
                 if cpus != {SERVER_CPU}:
                     failures.append(f"{c}: server threads allowed on CPUs {sorted(cpus)}, "
                                     f"not only {SERVER_CPU}")
-            line = f"{row.key:10} {c:10} run {i + 1}: {describe_proxy_run(row, r)}"
+            line = f"{row.key:10} {c:10} run {i + 1}: {describe(row, r)}"
             raw.append(line)
             log(line)
     for c in cells:
@@ -2300,6 +2551,279 @@ def run_coalesce(h: Harness, row: Row, cells: list[str], live, oport: int,
                                 f"{COALESCE_CLIENTS} responses complete and byte-identical"
                                 + (f"; e.g. {bad}" if bad else "")
                                 + (f"; errors {got['errors']}" if got["errors"] else ""))
+
+
+# --------------------------------------------------------------------------
+# tunnel rows: WebSocket tunnels and POST pass-through, edge against nginx proxy_pass
+
+
+def post_check(h: Harness, port: int, path: str) -> str:
+    """A 1 MiB POST must reach the origin whole (it answers the body's SHA-256 when asked with
+    X-Bench-Digest), and a second one must get the origin's plain 200 on the same connection."""
+    want = hashlib.sha256(h.post_body).hexdigest()
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        for k, extra in enumerate(({"X-Bench-Digest": "sha256"}, {})):
+            conn.request("POST", path, body=h.post_body,
+                         headers={"Content-Type": "application/octet-stream", **extra})
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                hint = (" (POST not passed through to the origin)"
+                        if resp.status in (405, 501) else "")
+                raise RuntimeError(f"POST {path} of {len(h.post_body)} B: HTTP {resp.status} "
+                                   f"{resp.reason}{hint}: {body[:100]!r}")
+            text = body.decode("latin-1").strip()
+            if k == 0 and text != want:
+                raise RuntimeError(f"POST {path}: the origin's SHA-256 of the body is {text[:70]!r}, "
+                                   f"not the body's {want[:16]}... (the body changed on the way, or "
+                                   "the X-Bench-Digest field did not reach the origin)")
+            if k == 1 and text != "ok":
+                raise RuntimeError(f"POST {path}: answer {body[:100]!r}, not the origin's ok")
+    finally:
+        conn.close()
+    return (f"a {len(h.post_body)} B POST reached the origin byte for byte (its SHA-256 came "
+            "back), then a second one got the origin's 200 on the same connection")
+
+
+def tunnel_prepare(h: Harness, row: Row, port: int) -> str:
+    """Before a tunnel row's runs: echoes through one tunnel compared byte for byte (1 MiB
+    frames before the bulk rows), or post_check."""
+    if row.tunnel == "post":
+        return post_check(h, port, row.file)
+    size, count = WS_CHECK if row.tunnel in ("up", "down") else (WS_ECHO_SIZE, 100)
+    bench_client.ws_echo_check(HOST, port, "/ws/echo", size, count)
+    return f"{count} echoes of {size} B through one tunnel, byte for byte"
+
+
+def tunnel_measure(h: Harness, row: Row, proc, port: int, origin, seconds: float) -> dict:
+    """One run of a tunnel row against the server at ``port``, with the origin's CPU share."""
+    if row.tunnel == "post":
+        def post() -> dict:
+            r = h.run_wrk(proc.pid, port, row.file, len(b"ok\n"), seconds, lua=h.post_lua)
+            r["body_mbps"] = r["rps"] * POST_SIZE / 1e6
+            return r
+        return with_origin(origin, post)
+
+    # accounting from the moment the tunnels are open: the handshakes are not part of a figure
+    at: dict = {}
+
+    def start() -> None:
+        at["origin"] = cpu_seconds(origin.pid)
+        at["sample"] = Sample(proc.pid)
+
+    if row.tunnel == "echo":
+        r = bench_client.ws_echo(HOST, port, row.file, WS_ECHO_TUNNELS, seconds, WS_ECHO_SIZE,
+                                 on_start=start)
+    else:
+        bulk = bench_client.ws_bulk_up if row.tunnel == "up" else bench_client.ws_bulk_down
+        r = bulk(HOST, port, row.file, seconds, WS_FRAME, on_start=start)
+    r.update(at["sample"].finish())
+    r["origin_util"] = (cpu_seconds(origin.pid) - at["origin"]) / r["wall"]
+    r["other_util"] = max(0.0, r["other_util"] - r["origin_util"])
+    if row.tunnel == "echo":
+        if not r["round_trips"]:
+            raise RuntimeError("no round trip completed")
+        r.update(value=r["round_trips"] / r["elapsed"], p99_ms=r["rtt_p99_ms"],
+                 cpu_metric=r["cpu"] / r["round_trips"] * 1e6)
+    else:
+        if not r["bytes"]:
+            raise RuntimeError("no bytes relayed")
+        r.update(value=r["bytes"] / r["elapsed"] / 1e6, cpu_metric=r["cpu"] / (r["bytes"] / 2**30))
+    return r
+
+
+def tunnel_fds(h: Harness, failures: list[str]) -> None:
+    """ws-idle: edge holds WS_FDS descriptors per tunnel; raise the open-file limit (which the
+    servers inherit) that far when allowed, else say how many tunnels fit."""
+    need = WS_FDS * h.a.idle_tunnels + 1024
+    if h.nofile < need:
+        try:
+            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(need, hard)))
+            h.nofile = need
+        except (ValueError, OSError):
+            pass
+    if h.nofile < need:
+        failures.append(f"ws-idle: open-file limit {h.nofile}, below the {need} edge needs for "
+                        f"{h.a.idle_tunnels} tunnels ({WS_FDS} fds each: 2 sockets, 2 pipes): "
+                        f"expect failed tunnels; --idle-tunnels {(h.nofile - 1024) // WS_FDS} fits")
+
+
+def run_ws_idle(h: Harness, row: Row, cells: list[str], oport: int, results, failures,
+                raw) -> None:
+    """ws-idle: a fresh server for every run (rounds: run i of each cell, then run i + 1), RSS
+    growth of its tree per open idle tunnel, measured like the idle row."""
+    n = h.a.idle_tunnels
+    cells = list(cells)
+    for i in range(h.a.runs):
+        for c in list(cells):
+            cell = results[(row.key, c)]
+            try:
+                proc, port, _ = h.start(c, make_spec=lambda p, c=c: h.tunnel_spec(c, p, oport),
+                                        children={"edge": 2, "edge-base": 2}.get(c))
+            except Exception as e:  # noqa: BLE001
+                cell_failed(cell, failures, f"{row.key} / {c}: could not start", e)
+                cells.remove(c)
+                continue
+            try:
+                r = h.run_idle(proc.pid, port, row.file, 0, count=n, make_client=lambda k, port=port:
+                               bench_client.WsIdleTunnels(HOST, port, row.file, k))
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited (code {proc.returncode}); {h.log_tail(proc)}")
+                r["run"] = i
+                cell.runs.append(r)
+                line = f"{row.key:10} {c:10} run {i + 1}: {describe_run(row, r)}"
+                raw.append(line)
+                log(line)
+                if r["established"] < n or r["alive"] < r["established"]:
+                    failures.append(f"{row.key} / {c} run {i + 1}: {r['established']} of {n} "
+                                    f"tunnels established, {r['alive']} still open at "
+                                    f"measurement {r['errors'] or ''}")
+            except (KeyboardInterrupt, Interrupted):
+                raise
+            except Exception as e:  # noqa: BLE001
+                cell_failed(cell, failures, f"{row.key} / {c}", e)
+                cells.remove(c)
+            finally:
+                h.stop(proc)
+
+
+def run_tunnel(h: Harness, servers: list[str], rows: list[Row], results, failures, raw) -> None:
+    """The tunnel rows: scripts/bench_peers/ws_origin.py pinned to the load generator's CPU (as
+    the proxy rows' origin), edge (`--origin`) and nginx (`proxy_pass`) in front of it on
+    SERVER_CPU, started once for ws-echo, ws-bulk, ws-bulk-down and post-1m, each row measured
+    in rounds (run_rounds); then ws-idle with a fresh server per run."""
+    cells = [s for s in servers if s in TUNNEL_SERVERS]
+    for row in rows:
+        for c in cells:
+            results.setdefault((row.key, c), Cell())
+    live: dict[str, tuple[subprocess.Popen, int]] = {}
+    origin = None
+    try:
+        try:
+            h.make_tunnel_files()
+        except Exception as e:  # noqa: BLE001
+            mark_failed(rows, results, failures, f"tunnel rows: no POST body: {e}")
+            return
+        if any(r.tunnel == "idle" for r in rows):
+            tunnel_fds(h, failures)
+        origin, oport = start_origin(h, "ws-origin", h.ws_origin_spec,
+                                     "tunnel rows: the origin (bench_peers/ws_origin.py)",
+                                     rows, results, failures)
+        if origin is None:
+            return
+        busy = [r for r in rows if r.tunnel != "idle"]
+        if busy:
+            start_cells(h, cells, lambda c, p: h.tunnel_spec(c, p, oport),
+                        {"edge": 2, "edge-base": 2}, "tunnel rows", busy, live, results,
+                        failures)
+            for row in busy:
+                run_rounds(h, row, [c for c in cells if c in live], live, results, failures, raw,
+                           prepare=lambda c, port, row=row: tunnel_prepare(h, row, port),
+                           measure=lambda c, proc, port, seconds, row=row:
+                               tunnel_measure(h, row, proc, port, origin, seconds),
+                           describe=describe_proxy_run)
+            for proc, _ in live.values():
+                h.stop(proc)
+            live.clear()
+        for row in rows:
+            if row.tunnel == "idle":
+                run_ws_idle(h, row, cells, oport, results, failures, raw)
+    finally:
+        for proc, _ in live.values():
+            h.stop(proc)
+        if origin is not None:
+            h.stop(origin)
+
+
+def render_tunnel(results: dict, rows: list[Row]) -> list[str]:
+    """edge against nginx proxy_pass in the tunnel rows: the ratios (median of per-round ratios)
+    with the issue's targets, and how busy the load side (client + origin, one CPU) was."""
+    keys = [r.key for r in rows if r.tunnel]
+    if not keys:
+        return []
+    out = ["", "## WebSocket tunnels and POST pass-through: edge against nginx proxy_pass", "",
+           f"One origin, scripts/bench_peers/ws_origin.py (one uvloop process pinned to CPU "
+           f"{CLIENT_CPU} beside the load generator): WebSocket echo, sink and source, and a POST "
+           f"sink. In front of it on CPU {SERVER_CPU}: edge `--workers 1 --origin ...` (empty "
+           "root; a [websocket] table lets the idle row's tunnels in and keeps them open) and "
+           "nginx `proxy_pass` (master + 1 worker; /ws/ with `proxy_http_version 1.1`, "
+           "`Upgrade $http_upgrade`, `Connection \"upgrade\"`, proxy_buffer_size nginx's 4k "
+           "unless its label says otherwise; "
+           "POSTs over keep-alive upstream connections, `proxy_request_buffering off`). "
+           f"ws-echo: {WS_ECHO_TUNNELS} tunnels, each sends a {WS_ECHO_SIZE} B binary message, "
+           "waits for its echo (checked byte for byte) and sends the next (scripts/bench_client.py"
+           ", one uvloop process); p99 latency is the round trip's. ws-bulk: one tunnel, "
+           f"{WS_FRAME >> 20} MiB binary frames client → origin, the origin counting (and "
+           "confirming at the end) every payload byte; ws-bulk-down: one tunnel, origin → client. "
+           "MB = 10^6 bytes of frame payload; CPU per GiB of payload. ws-idle: RSS growth of the "
+           "server's tree per open tunnel, each tunnel with one echo checked, a fresh server per "
+           "run. post-1m: `wrk -t1 -c64 -s` POSTing the same 1 MiB body, the origin reading "
+           "it all and answering 200 (a body checked by its SHA-256 first). Cells measured in "
+           "rounds; ratios are medians of per-round ratios."]
+    out += ["", "| figure | measured | target | |", "|---|---|---|---|"]
+
+    def med(key: str, c: str, what: str = "value"):
+        cell = results.get((key, c))
+        return cell.med(what) if cell and cell.runs else None
+
+    def ratio(key: str, text: str, what: str, unit: str, target: float | None,
+              at_most: bool = False) -> None:
+        by_round = paired(results.get((key, "edge")), results.get((key, "nginx")), what)
+        bound = f"{'≤' if at_most else '≥'} {target:g}×" if target else "—"
+        if not by_round:
+            why = "; ".join(f"{c}: {results[(key, c)].error}" for c in ("edge", "nginx")
+                            if (key, c) in results and results[(key, c)].error)
+            out.append(f"| {text} | n/a ({why or 'not measured'}) | {bound} | |")
+            return
+        m = statistics.median(by_round.values())
+        verdict = ""
+        if target:
+            verdict = "met" if (m <= target if at_most else m >= target) else "not met"
+        e, n = med(key, "edge", what), med(key, "nginx", what)
+        fmt = (lambda v: f"{v:.3g}") if unit in ("µs/rt", "s/GiB") else (lambda v: fmt_num(v, unit))
+        out.append(f"| {text} | {fmt_ratios(by_round)}; {fmt(e)} vs {fmt(n)} {unit} | {bound} "
+                   f"| {verdict} |")
+
+    for key in keys:
+        t = TUNNEL_TARGETS[key]
+        if key == "ws-echo":
+            ratio(key, "ws-echo: edge ÷ nginx round trips/s", "value", "rt/s", t)
+            ratio(key, "ws-echo: edge ÷ nginx server CPU per round trip", "cpu_metric", "µs/rt",
+                  None)
+        elif key in ("ws-bulk", "ws-bulk-down"):
+            way = "client → origin" if key == "ws-bulk" else "origin → client"
+            ratio(key, f"{key} ({way}): edge ÷ nginx MB/s", "value", "MB/s", t[0])
+            ratio(key, f"{key} ({way}): edge ÷ nginx server CPU per GiB", "cpu_metric", "s/GiB",
+                  t[1], True)
+        elif key == "ws-idle":
+            cell = results.get((key, "edge"))
+            ref = med(key, "nginx")
+            if cell and cell.runs:
+                v = cell.med("value")
+                n = max(r["established"] for r in cell.runs)
+                beside = f" (nginx {fmt_num(ref, 'B')} B)" if ref else ""
+                out.append(f"| ws-idle: edge RSS per idle tunnel | {fmt_num(v, 'B')} B at {n:,} "
+                           f"tunnels{beside} | ≤ {t:,} B | {'met' if v <= t else 'not met'} |")
+            else:
+                out.append(f"| ws-idle: edge RSS per idle tunnel | n/a "
+                           f"({cell.error if cell else 'not measured'}) | ≤ {t:,} B | |")
+        elif key == "post-1m":
+            ratio(key, "post-1m: edge ÷ nginx req/s", "value", "req/s", t)
+    load = []
+    for key in keys:
+        for c in TUNNEL_SERVERS:
+            cell = results.get((key, c))
+            if key == "ws-idle" or not cell or not cell.runs:
+                continue
+            side = statistics.median(r["client_util"] + r.get("origin_util", 0.0) for r in cell.runs)
+            load.append(f"{key} {c} {side * 100:.0f}%")
+    if load:
+        out += ["", f"Load side (client + origin, both on CPU {CLIENT_CPU}) busy, median: "
+                + "; ".join(load) + ". Near 100% the load side, not the server, set the pace: "
+                "a ratio against a faster server is then understated."]
+    return out
 
 
 def run_idle_row(h: Harness, s: str, row: Row, results, failures, raw) -> None:

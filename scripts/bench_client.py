@@ -1,6 +1,7 @@
-"""Load clients for scripts/bench (stdlib only, but for hpack in the h2c idle client).
+"""Load clients for scripts/bench (stdlib only, but for hpack in the h2c idle client and uvloop,
+when installed, in ws_echo).
 
-Four clients live here:
+These clients live here:
 
 * ``bulk_download`` -- K keep-alive connections that GET one large file over
   and over, reading up to 1 MiB per ``recv_into`` on sockets with a large
@@ -24,17 +25,32 @@ Four clients live here:
   once for all connections; the request's HPACK block is encoded once with the
   ``hpack`` package (the one import outside the stdlib, made only here).
 
-All are single-threaded selectors loops.  Run standalone for debugging:
+* WebSocket clients for the tunnel rows (RFC 6455, raw sockets, frames built and
+  masked beforehand): ``ws_echo`` (N tunnels, one message in flight on each,
+  every echo compared byte for byte; one asyncio loop, uvloop when installed),
+  ``ws_echo_check`` (a few large echoes through one tunnel), ``ws_bulk_up`` (one
+  tunnel, frames back to back to a counting origin), ``ws_bulk_down`` (one
+  tunnel, frames from the origin read and their headers checked) and
+  ``WsIdleTunnels`` (IdleConnections' loop: N tunnels, one echo each, then idle).
+
+All but ws_echo are single-threaded blocking or selectors loops.  Run standalone for debugging:
 
     python scripts/bench_client.py bulk    127.0.0.1 8080 /1m.bin 1048576 --seconds 5
     python scripts/bench_client.py idle    127.0.0.1 8080 /1k.bin 1024 --count 5000
     python scripts/bench_client.py h2idle  127.0.0.1 8080 /1k.bin 1024 --count 5000
+    python scripts/bench_client.py wsecho  127.0.0.1 8080 /ws/echo --tunnels 64 --seconds 5
+    python scripts/bench_client.py wsup    127.0.0.1 8080 /ws/sink --seconds 5
+    python scripts/bench_client.py wsdown  127.0.0.1 8080 /ws/source --seconds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import array
+import asyncio
+import base64
 import errno
+import hashlib
 import json
 import os
 import selectors
@@ -764,6 +780,457 @@ class H2IdleConnections(IdleConnections):
         self.leftover.clear()
 
 
+# --------------------------------------------------------------------------
+# WebSocket tunnels (RFC 6455): the tunnel rows
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_key() -> tuple[bytes, bytes]:
+    """A fresh Sec-WebSocket-Key and the Sec-WebSocket-Accept that answers it."""
+    key = base64.b64encode(os.urandom(16))
+    return key, base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+def ws_upgrade_request(host: str, port: int, path: str, key: bytes) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: edge-bench\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Origin: http://edge-bench\r\nSec-WebSocket-Key: ").encode() + key + b"\r\n\r\n"
+
+
+def ws_check_101(head: bytes, accept: bytes) -> str:
+    """"" when ``head`` (a response head, CRLFCRLF excluded) switches to a WebSocket with the
+    right Sec-WebSocket-Accept, else why not (the status line of a refusal)."""
+    first = head.split(b"\r\n", 1)[0]
+    parts = first.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or parts[1] != b"101":
+        return f"handshake refused: {first[:100].decode('latin-1')!r}"
+    fields = head_fields(head)
+    if fields.get("upgrade", "").lower() != "websocket":
+        return f"101 without Upgrade: websocket ({fields.get('upgrade')!r})"
+    if fields.get("sec-websocket-accept", "").encode() != accept:
+        return f"101 with a wrong Sec-WebSocket-Accept {fields.get('sec-websocket-accept')!r}"
+    return ""
+
+
+def ws_mask(key: bytes, data: bytes) -> bytes:
+    """``data`` XOR the repeated 4-byte ``key`` (masking and unmasking are the same)."""
+    n = len(data)
+    if not n:
+        return b""
+    mask = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+
+
+def _ws_len(n: int) -> bytes:
+    if n < 126:
+        return bytes((n,))
+    if n < 1 << 16:
+        return bytes((126,)) + n.to_bytes(2, "big")
+    return bytes((127,)) + n.to_bytes(8, "big")
+
+
+def ws_client_frame(opcode: int, payload: bytes, key: bytes | None = None) -> bytes:
+    """A masked frame, FIN set (client to server); a random mask key unless given."""
+    key = key or os.urandom(4)
+    ln = _ws_len(len(payload))
+    return bytes((0x80 | opcode, ln[0] | 0x80)) + ln[1:] + key + ws_mask(key, payload)
+
+
+def ws_server_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked frame, FIN set: what an origin sends, and so what comes back through a relay."""
+    return bytes((0x80 | opcode,)) + _ws_len(len(payload)) + payload
+
+
+def _ws_connect(host: str, port: int, path: str, timeout: float,
+                rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
+    """A blocking socket with the upgrade done; returns it and the bytes that came after the 101."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+        key, accept = ws_key()
+        s.sendall(ws_upgrade_request(host, port, path, key))
+        buf = bytearray()
+        while True:
+            data = s.recv(65536)
+            if not data:
+                raise ClientError(f"connection closed during the handshake ({bytes(buf[:100])!r})")
+            buf += data
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(buf) > MAX_HEAD:
+                raise ClientError("handshake answer head too large")
+        why = ws_check_101(bytes(buf[:end]), accept)
+        if why:
+            raise ClientError(why)
+        return s, bytes(buf[end + 4:])
+    except BaseException:
+        s.close()
+        raise
+
+
+def _new_loop() -> tuple[asyncio.AbstractEventLoop, str]:
+    try:
+        import uvloop  # in .bench-venv; plain asyncio otherwise
+        return uvloop.new_event_loop(), f"uvloop {uvloop.__version__}"
+    except ImportError:
+        return asyncio.new_event_loop(), "asyncio"
+
+
+class _EchoJob:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tunnels: int) -> None:
+        self.loop = loop
+        self.running = False
+        self.count = 0
+        self.error: str | None = None
+        self.waiting = tunnels            # handshakes still to finish, then echoes in flight
+        self.ready = loop.create_future()
+        self.done = loop.create_future()
+        self.last = 0.0
+        self.rtt = array.array("d")
+
+    def fail(self, msg: str) -> None:
+        if self.error is None:
+            self.error = msg
+        for f in (self.ready, self.done):
+            if not f.done():
+                f.set_exception(ClientError(msg))
+
+    def one_less(self, fut: asyncio.Future) -> None:
+        self.waiting -= 1
+        if self.waiting == 0 and not fut.done():
+            fut.set_result(None)
+
+
+class _EchoTunnel(asyncio.Protocol):
+    """One tunnel of ws_echo: handshake, then send a frame, wait for its echo, compare, repeat."""
+
+    def __init__(self, job: _EchoJob, idx: int, request: bytes, accept: bytes,
+                 frames: list[bytes], echoes: list[bytes]) -> None:
+        self.job, self.idx, self.request, self.accept = job, idx, request, accept
+        self.frames, self.echoes = frames, echoes
+        self.phase = "handshake"          # handshake, ready, echo, stopped
+        self.buf = bytearray()
+        self.i = 0
+        self.expect = b""
+        self.sent = 0.0
+        self.t: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.t = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc) -> None:
+        if self.phase != "closing":
+            self.job.fail(f"tunnel {self.idx}: connection closed in phase {self.phase}"
+                          + (f" ({exc})" if exc else ""))
+
+    def start(self) -> None:
+        self.phase = "echo"
+        self.expect = self.echoes[0]
+        self.sent = time.perf_counter()
+        self.t.write(self.frames[0])
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == "echo":
+            if not self.buf and data == self.expect:
+                pass
+            else:
+                buf = self.buf
+                buf += data
+                exp = self.expect
+                if len(buf) < len(exp):
+                    if buf != exp[:len(buf)]:
+                        self.wrong(bytes(buf))
+                    return
+                if buf != exp:
+                    self.wrong(bytes(buf))
+                    return
+                buf.clear()
+            job = self.job
+            now = time.perf_counter()
+            job.count += 1
+            job.rtt.append(now - self.sent)
+            job.last = now
+            if job.running:
+                self.i = i = (self.i + 1) % len(self.frames)
+                self.expect = self.echoes[i]
+                self.sent = now
+                self.t.write(self.frames[i])
+            else:
+                self.phase = "stopped"
+                job.one_less(job.done)
+            return
+        if self.phase != "handshake":
+            self.job.fail(f"tunnel {self.idx}: {len(data)} unexpected bytes in phase "
+                          f"{self.phase}: {data[:40]!r}")
+            return
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buf) > MAX_HEAD:
+                self.job.fail(f"tunnel {self.idx}: handshake answer head too large")
+            return
+        why = ws_check_101(bytes(self.buf[:end]), self.accept)
+        if not why and len(self.buf) > end + 4:
+            why = f"{len(self.buf) - end - 4} bytes after the 101 before any frame was sent"
+        if why:
+            self.job.fail(f"tunnel {self.idx}: {why}")
+            return
+        self.buf.clear()
+        self.phase = "ready"
+        self.job.one_less(self.job.ready)
+
+    def wrong(self, got: bytes) -> None:
+        exp = self.expect
+        at = next((k for k in range(min(len(got), len(exp))) if got[k] != exp[k]),
+                  min(len(got), len(exp)))
+        self.job.fail(f"tunnel {self.idx}: echo differs from the message sent at byte {at} "
+                      f"(got {len(got)} bytes {got[max(0, at - 4):at + 12].hex()}, expected "
+                      f"{len(exp)} bytes {exp[max(0, at - 4):at + 12].hex()})")
+
+
+def ws_echo(host: str, port: int, path: str, tunnels: int, seconds: float, size: int = 64,
+            variants: int = 8, timeout: float = 15.0, on_start=None) -> dict:
+    """``tunnels`` WebSocket tunnels to ``path`` (an echo origin behind the server), all opened
+    first, then each sends one binary message of ``size`` bytes, waits for its echo, compares it
+    byte for byte with what an unmasked echo of that message must be, and sends the next, for
+    ``seconds``; messages in flight at the end are awaited and checked too.  Each tunnel cycles
+    through ``variants`` different random messages, each frame built (and masked) beforehand.
+    One process, one asyncio loop (uvloop when installed).  ``on_start()``, when given, is called
+    once every tunnel is open, just before the first message.  Returns round_trips, elapsed (first
+    send to last echo), rtt_p50_ms, rtt_p99_ms and loop; any wrong byte, refused handshake or
+    closed tunnel raises ClientError."""
+    loop, kind = _new_loop()
+    job = _EchoJob(loop, tunnels)
+    protos: list[_EchoTunnel] = []
+
+    def make(idx: int) -> _EchoTunnel:
+        key, accept = ws_key()
+        payloads = [os.urandom(size) for _ in range(variants)]
+        p = _EchoTunnel(job, idx, ws_upgrade_request(host, port, path, key), accept,
+                        [ws_client_frame(2, m) for m in payloads],
+                        [ws_server_frame(2, m) for m in payloads])
+        protos.append(p)
+        return p
+
+    async def run() -> float:
+        await asyncio.wait_for(asyncio.gather(*(loop.create_connection(
+            lambda i=i: make(i), host, port) for i in range(tunnels))), timeout)
+        await asyncio.wait_for(job.ready, timeout)
+        job.waiting = tunnels
+        job.running = True
+        if on_start is not None:
+            on_start()
+        t0 = time.perf_counter()
+        for p in protos:
+            p.start()
+
+        def stop() -> None:
+            job.running = False
+        loop.call_later(seconds, stop)
+        await asyncio.wait_for(job.done, seconds + timeout)
+        return t0
+
+    try:
+        t0 = loop.run_until_complete(run())
+    except asyncio.TimeoutError:
+        raise ClientError(job.error or f"timed out ({sum(p.phase == 'handshake' for p in protos)} "
+                          f"tunnels still in the handshake, {job.waiting} waiting)") from None
+    finally:
+        for p in protos:
+            p.phase = "closing"
+            if p.t is not None:
+                p.t.close()
+        for f in (job.ready, job.done):   # a failure's exception, raised below, counts as seen
+            if f.done() and not f.cancelled():
+                f.exception()
+        loop.run_until_complete(asyncio.sleep(0.05))
+        loop.close()
+    if job.error:
+        raise ClientError(job.error)
+    rtt = sorted(job.rtt)
+    return {"round_trips": job.count, "elapsed": job.last - t0, "tunnels": tunnels, "size": size,
+            "rtt_p50_ms": rtt[len(rtt) // 2] * 1e3 if rtt else None,
+            "rtt_p99_ms": rtt[min(len(rtt) - 1, int(len(rtt) * 0.99))] * 1e3 if rtt else None,
+            "loop": kind}
+
+
+def ws_echo_check(host: str, port: int, path: str, size: int, count: int,
+                  timeout: float = 30.0) -> int:
+    """``count`` messages of ``size`` random bytes through one tunnel, each echo compared byte
+    for byte (the large-frame check before the bulk rows); returns the bytes echoed."""
+    s, rest = _ws_connect(host, port, path, timeout, rcvbuf=RCVBUF)
+    try:
+        if rest:
+            raise ClientError(f"{len(rest)} bytes after the 101 before any frame was sent")
+        for k in range(count):
+            payload = os.urandom(size)
+            s.sendall(ws_client_frame(2, payload))
+            want = ws_server_frame(2, payload)
+            got = bytearray()
+            while len(got) < len(want):
+                data = s.recv(min(len(want) - len(got), READ_CHUNK))
+                if not data:
+                    raise ClientError(f"closed after {len(got)} of {len(want)} echo bytes")
+                got += data
+            if got != want:
+                at = next(i for i in range(len(want)) if got[i] != want[i])
+                raise ClientError(f"echo {k + 1} of {size} bytes differs at byte {at}")
+        s.sendall(ws_client_frame(8, (1000).to_bytes(2, "big")))
+        return count * size
+    finally:
+        s.close()
+
+
+def ws_bulk_up(host: str, port: int, path: str, seconds: float, frame_size: int = 1 << 20,
+               timeout: float = 30.0, on_start=None) -> dict:
+    """One tunnel to a sink origin: binary frames of ``frame_size`` bytes (built and masked once)
+    sent back to back for ``seconds``, then a text frame "count" that the origin answers with the
+    payload bytes and frames it received, which must be all of them.  Returns bytes (payload the
+    origin counted), frames, elapsed (first send to the origin's count).  ``on_start()`` is called
+    once the tunnel is open, before the first frame."""
+    s, rest = _ws_connect(host, port, path, timeout)
+    try:
+        if rest:
+            raise ClientError(f"{len(rest)} bytes after the 101 before any frame was sent")
+        data = ws_client_frame(2, os.urandom(frame_size))
+        n = 0
+        if on_start is not None:
+            on_start()
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while time.perf_counter() < deadline:
+            s.sendall(data)
+            n += 1
+        s.sendall(ws_client_frame(1, b"count"))
+        got = bytearray()
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise ClientError(f"closed before the origin's count ({bytes(got)!r})")
+            got += chunk
+            if len(got) >= 2 and len(got) >= 2 + (got[1] & 0x7F):
+                break
+        elapsed = time.perf_counter() - t0
+        if got[0] != 0x81 or got[1] & 0x80 or (got[1] & 0x7F) > 125:
+            raise ClientError(f"origin's count is not a small text frame: {bytes(got[:40])!r}")
+        counted, frames = map(int, got[2:2 + (got[1] & 0x7F)].split())
+        if counted != n * frame_size or frames != n:
+            raise ClientError(f"the origin counted {counted} bytes in {frames} frames, "
+                              f"sent {n * frame_size} bytes in {n} frames")
+        try:
+            s.sendall(ws_client_frame(8, (1000).to_bytes(2, "big")))
+        except OSError:
+            pass
+        return {"bytes": counted, "frames": n, "elapsed": elapsed, "frame_size": frame_size}
+    finally:
+        s.close()
+
+
+def ws_bulk_down(host: str, port: int, path: str, seconds: float, frame_size: int = 1 << 20,
+                 timeout: float = 30.0, on_start=None) -> dict:
+    """One tunnel from a source origin that sends binary frames of ``frame_size`` bytes back to
+    back: read for ``seconds`` (1 MiB recv_into, large SO_RCVBUF), every frame header checked
+    (FIN + binary, unmasked, ``frame_size`` long).  Returns bytes (payload received inside the
+    window, the partial last frame included), frames (complete ones), elapsed.  ``on_start()`` is
+    called once the tunnel is open (the origin sends from its 101 on)."""
+    s, rest = _ws_connect(host, port, path, timeout, rcvbuf=RCVBUF)
+    if on_start is not None:
+        on_start()
+    want = bytes((0x82,)) + _ws_len(frame_size)   # FIN + binary, unmasked, the length
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    hdr = bytearray()
+    left = 0
+    total = frames = 0
+
+    def feed(data) -> None:
+        nonlocal left, total, frames
+        pos, n = 0, len(data)
+        while pos < n:
+            if left:
+                take = min(left, n - pos)
+                left -= take
+                total += take
+                pos += take
+                if left == 0:
+                    frames += 1
+                continue
+            take = min(len(want) - len(hdr), n - pos)
+            hdr.extend(data[pos:pos + take])
+            pos += take
+            if len(hdr) == len(want):
+                if hdr != want:
+                    raise ClientError(f"frame {frames + 1}: header {bytes(hdr).hex()}, expected "
+                                      f"{want.hex()} (FIN binary unmasked, {frame_size} bytes)")
+                hdr.clear()
+                left = frame_size
+
+    try:
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        feed(rest)
+        while True:
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+            n = s.recv_into(view)
+            if not n:
+                raise ClientError(f"tunnel closed after {frames} frames")
+            feed(view[:n])
+        return {"bytes": total, "frames": frames, "elapsed": now - t0, "frame_size": frame_size,
+                "rcvbuf": s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}
+    finally:
+        s.close()
+
+
+class WsIdleTunnels(IdleConnections):
+    """``count`` WebSocket tunnels to an echo origin, each with one message echoed and checked
+    byte for byte (so that the tunnel really runs end to end), then left idle: the RSS row
+    of tunnels.  The connect/send/read loop is IdleConnections'."""
+
+    def __init__(self, host: str, port: int, path: str, count: int, size: int = 16,
+                 **kw) -> None:
+        super().__init__(host, port, path, 0, count, **kw)
+        self.key, self.accept = ws_key()
+        payload = os.urandom(size)
+        self.frame = ws_client_frame(2, payload)
+        self.echo = ws_server_frame(2, payload)
+
+    def first_bytes(self) -> bytes:
+        return ws_upgrade_request(self.host, self.port, self.path, self.key)
+
+    def new_state(self) -> list:
+        return [False, bytearray()]       # upgraded yet, bytes read
+
+    def received(self, s: socket.socket, st: list, data: bytes) -> str | None:
+        buf = st[1]
+        buf += data
+        if not st[0]:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return None if len(buf) < MAX_HEAD else "handshake answer head too large"
+            why = ws_check_101(bytes(buf[:end]), self.accept)
+            if why:
+                return why
+            if len(buf) > end + 4:
+                return "bytes after the 101 before any frame was sent"
+            st[0] = True
+            buf.clear()
+            s.send(self.frame)            # a few bytes on a fresh socket
+            return None
+        if len(buf) < len(self.echo):
+            return None if self.echo.startswith(buf) else "echo differs"
+        return "" if buf == self.echo else "echo differs"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -781,8 +1248,25 @@ def main(argv: list[str] | None = None) -> int:
     for p in (i, i2):
         p.add_argument("--count", type=int, default=5000)
         p.add_argument("--hold", type=float, default=5, help="seconds to keep them open")
+    ws = {name: sub.add_parser(name) for name in ("wsecho", "wsup", "wsdown")}
+    for p in ws.values():
+        p.add_argument("host")
+        p.add_argument("port", type=int)
+        p.add_argument("path")
+        p.add_argument("--seconds", type=float, default=10)
+    ws["wsecho"].add_argument("--tunnels", type=int, default=64)
+    ws["wsecho"].add_argument("--size", type=int, default=64)
     a = ap.parse_args(argv)
     raise_nofile()
+    if a.cmd in ws:
+        if a.cmd == "wsecho":
+            r = ws_echo(a.host, a.port, a.path, a.tunnels, a.seconds, a.size)
+            r["round_trips_per_s"] = r["round_trips"] / r["elapsed"]
+        else:
+            r = (ws_bulk_up if a.cmd == "wsup" else ws_bulk_down)(a.host, a.port, a.path, a.seconds)
+            r["MB_per_s"] = r["bytes"] / r["elapsed"] / 1e6
+        print(json.dumps(r))
+        return 0
     if a.cmd == "bulk":
         r = bulk_download(a.host, a.port, a.path, a.length, a.seconds, a.conns)
         r["MB_per_s"] = r["bytes"] / r["elapsed"] / 1e6

@@ -33,8 +33,8 @@ import hpack
 import uvloop
 
 from edge.config import Config, load
-from edge.http1 import H1Connection
 from edge.worker import Worker
+
 
 from conftest import fill_www
 
@@ -347,7 +347,7 @@ class Conn:
                 s.setblocking(False)
         self.transport = MemoryTransport(edge.loop, sock)
         self._received = bytearray()
-        protocol = H1Connection(edge.worker, tls=tls)
+        protocol = edge.worker.h1(edge.worker, tls=tls)  # (with origins, the class that passes other methods on)
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
 

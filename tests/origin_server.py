@@ -4,7 +4,9 @@ Every request except the control routes (`/_...`) is counted and logged with its
 test can ask the origin itself what reached it (GET /_stats). Control routes flip its behaviour:
 
   /_stats                    {"counts": {path?query: n}, "log": [{"path", "method", "headers"}], "waiting": [...],
-                             "peak": {path?query: most requests for it answered at once}}
+                             "peak": {path?query: most requests for it answered at once},
+                             "passed": [what each /pass/NAME request received, as its answer says]}
+
   /_health/ok, /_health/fail what /healthz answers (200 or 503)
   /_fail/NAME/on|off         /gen/NAME answers 500 (or ?status=N) while on
   /_bump/NAME                /gen/NAME gets a new version (new body, new ETag)
@@ -14,12 +16,20 @@ test can ask the origin itself what reached it (GET /_stats). Control routes fli
   /_vary/NAME?value=V        /lang/NAME answers with Vary: V from now on
 
 /lang/NAME varies on ?vary= (Accept-Language by default) and names the request's Accept-Language in its body.
+
+/pass/NAME takes any method (passed through by edge, edge/passthrough.py): it reads the whole body and answers
+JSON {"method", "path", "headers": [[name, value]...], "sha256", "length"} of what it received; the query shapes
+the answer: status, location (Location), clocation (Content-Location), cc (Cache-Control), size (the body is
+pattern(NAME, size) instead), die (the origin hangs up after reading that many body bytes, answering nothing),
+cut (it hangs up halfway through its answer of `size` bytes).
+
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import random
 import socket
 import sys
@@ -52,7 +62,7 @@ def make_app(port_of: list[int]) -> web.Application:
     """Routes: /obj/NAME (names itself and its port), /echo (request headers as JSON), /healthz, /slow, /cut, /big,
     /gen/NAME (headers from the query), /vary/NAME, /stream/NAME, /gate/NAME, control routes, and /ANY.txt."""
     state = {"healthy": True, "fail": {}, "vary": {}, "version": Counter(), "gates": {}, "waiting": set(), "gate_seen": Counter(),
-             "notmod": {}}
+             "notmod": {}, "passed": []}
     counts: Counter = Counter()
     log: list[dict] = []
 
@@ -218,6 +228,39 @@ def make_app(port_of: list[int]) -> web.Application:
         return web.Response(text=f"{name} #{state['version']['seq/' + name]}\n",
                             headers={"Cache-Control": "max-age=600"})
 
+    async def passed(request: web.Request) -> web.StreamResponse:
+        """Any method: what it received (see the module docstring), the body read as it streams in."""
+        q = request.query
+        digest = hashlib.sha256()
+        length = 0
+        die = int(q["die"]) if "die" in q else -1
+        while chunk := await request.content.read(1 << 16):
+            digest.update(chunk)
+            length += len(chunk)
+            if 0 <= die <= length:
+                request.transport.abort()  # the origin dies in the middle of the request
+                raise asyncio.CancelledError
+        headers = {"X-Origin": str(port_of[0])}
+        for key, field in (("location", "Location"), ("clocation", "Content-Location"), ("cc", "Cache-Control")):
+            if key in q:
+                headers[field] = q[key]
+        status = int(q.get("status", "200"))
+        if "cut" in q:  # the origin dies in the middle of its answer: half of pattern(NAME, size), then it hangs up
+            size = int(q.get("size", "1000000"))
+            response = web.StreamResponse(status=status, headers={**headers, "Content-Length": str(size)})
+            await response.prepare(request)
+            await response.write(pattern(request.match_info["name"], size)[:size // 2])
+            request.transport.close()
+            return response
+        if "size" in q:
+            return web.Response(status=status, body=pattern(request.match_info["name"], int(q["size"])),
+                                headers=headers, content_type="application/octet-stream")
+        received = {"method": request.method, "path": request.raw_path,
+                    "headers": [[k, v] for k, v in request.headers.items()], "sha256": digest.hexdigest(),
+                    "length": length}
+        state["passed"].append(received)
+        return web.json_response(received, status=status, headers=headers)
+
     async def anything(request: web.Request) -> web.Response:
         return web.Response(text=f"origin {request.path}\n", headers={"Cache-Control": "max-age=60",
                                                                       "X-Origin": str(port_of[0])})
@@ -226,7 +269,7 @@ def make_app(port_of: list[int]) -> web.Application:
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response({"counts": dict(counts), "log": log, "waiting": sorted(state["waiting"]),
-                                  "peak": dict(peak)})
+                                  "peak": dict(peak), "passed": state["passed"]})
 
     async def set_health(request: web.Request) -> web.Response:
         state["healthy"] = request.match_info["how"] == "ok"
@@ -263,7 +306,9 @@ def make_app(port_of: list[int]) -> web.Application:
                     web.get("/_stats", stats), web.get("/_health/{how:ok|fail}", set_health),
                     web.get("/_fail/{name}/{how:on|off}", set_fail), web.get("/_bump/{name}", bump), web.get("/_vary/{name}", set_vary),
                     web.get("/_release/{name}", release),
-                    web.get("/_notmod/{name}", notmod), web.get("/{name:[^/_][^/]*\\.txt}", anything)])
+                    web.get("/_notmod/{name}", notmod), web.get("/{name:[^/_][^/]*\\.txt}", anything),
+                    web.route("*", "/pass/{name}", passed)])
+
     return app
 
 

@@ -842,3 +842,31 @@ def test_websocket_defaults_and_values_parse(tmp_path: Path) -> None:
     cfg = tmp_path / "edge.toml"
     cfg.write_text("[websocket]\nmax_tunnels = -1\n")
     assert_one_line_error(run("check-config", str(cfg)), "websocket.max_tunnels")
+
+
+# -- [proxy] max_body_size (other methods passed through, edge/passthrough.py) ----------------------------
+
+BAD_BODY_SIZES = [("unknown unit", "10X"), ("garbage", "lots"), ("negative", "-1m"), ("negative int", -1),
+                  ("float", 1.5), ("bool", True), ("list", ["1m"])]
+
+
+@pytest.mark.parametrize("value", [v for _, v in BAD_BODY_SIZES], ids=[n for n, _ in BAD_BODY_SIZES])
+def test_max_body_size_bad_values_name_the_key(value: object) -> None:
+    """A bad [proxy] max_body_size is a ConfigError whose message starts with the key."""
+    with pytest.raises(ConfigError) as caught:
+        from_mapping({"proxy": {"max_body_size": value}})
+    assert str(caught.value).startswith("proxy.max_body_size: "), str(caught.value)
+
+
+def test_max_body_size_default_and_sizes(tmp_path: Path) -> None:
+    """Default 100 MiB; size strings as for cache.max_size ("100m", "2G", "512k"), plain byte counts, 0 for no
+    limit (as nginx's client_max_body_size 0); check-config names a bad one."""
+
+    assert Config().proxy.max_body_size == 100 << 20
+    for text, size in (("100m", 100 << 20), ("2G", 2 << 30), ("512k", 512 << 10), (4096, 4096), (0, 0), ("1MiB", 1 << 20)):
+        assert from_mapping({"proxy": {"max_body_size": text}}).proxy.max_body_size == size
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('[proxy]\nmax_body_size = "1m"\n')
+    assert run("check-config", str(cfg)).returncode == 0
+    cfg.write_text('[proxy]\nmax_body_size = "big"\n')
+    assert_one_line_error(run("check-config", str(cfg)), "proxy.max_body_size")

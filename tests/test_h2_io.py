@@ -1016,3 +1016,72 @@ def test_client_goaway_mid_download_releases_the_file(make_edge: Callable[..., E
     assert cl.conn.transport.eof_written, "the server did not end the connection"
     assert h1_get(edge, "/hello.txt").status == 200  # evicts the big file from the one-entry cache
     assert big not in fd_targets(), "the file's fd leaked"
+
+
+# -- RFC 8441: extended CONNECT, as the adapter judges it ----------------------------------------------------
+
+#: An origin nobody listens on: with it the worker has tunnels, so SETTINGS_ENABLE_CONNECT_PROTOCOL is advertised.
+NO_ORIGIN = {"origin": [{"url": "http://127.0.0.1:9"}]}
+_WS = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"), (b":authority", b"x"),
+       (b":path", b"/chat")]
+
+
+def _without(name: bytes) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in _WS if k != name]
+
+
+#: name -> (tunnels on, request fields): each a malformed request, a stream PROTOCOL_ERROR (RFC 9113 §8.1.1).
+BAD_EXTENDED_CONNECTS = {
+    ":protocol without the setting": (False, _WS),
+    ":protocol on a GET": (True, [(b":method", b"GET"), *_WS[1:]]),
+    ":protocol on a POST": (True, [(b":method", b"POST"), *_WS[1:]]),
+    "extended CONNECT without :path": (True, _without(b":path")),
+    "extended CONNECT with an empty :path": (True, [*_without(b":path"), (b":path", b"")]),
+    "extended CONNECT without :scheme": (True, _without(b":scheme")),
+    "extended CONNECT without :authority": (True, _without(b":authority")),
+    "two :protocol fields": (True, [*_WS, (b":protocol", b"websocket")]),
+    ":protocol after a regular field": (True, [*_without(b":protocol"), (b"origin", b"o"), (b":protocol", b"websocket")]),
+}
+
+
+@pytest.mark.parametrize("tunnels", [False, True], ids=["no-tunnels", "tunnels"])
+def test_settings_advertise_enable_connect_protocol_with_tunnels(make_edge: Callable[..., Edge],
+                                                                 tunnels: bool) -> None:
+    """RFC 8441 §3: 0x8 = 1 in edge's SETTINGS when it tunnels WebSockets (origins and [websocket] enabled),
+    on both engines; not otherwise (h2 lists every setting: 0 there)."""
+    edge = make_edge(**NO_ORIGIN) if tunnels else make_edge()
+    cl = client(edge, check=True)
+    assert settings_of(cl.frames[0]).get(8, 0) == (1 if tunnels else 0)
+    off = make_edge(**NO_ORIGIN, websocket={"enabled": False})
+    assert settings_of(client(off).frames[0]).get(8, 0) == 0
+
+
+@pytest.mark.parametrize("name", BAD_EXTENDED_CONNECTS)
+def test_a_malformed_extended_connect_is_a_stream_protocol_error(make_edge: Callable[..., Edge], name: str) -> None:
+    """RFC 8441 §4: :protocol only after SETTINGS_ENABLE_CONNECT_PROTOCOL, only on CONNECT, which then has
+    :scheme, :path and :authority; otherwise one RST_STREAM(PROTOCOL_ERROR), and the connection goes on."""
+    tunnels, fields = BAD_EXTENDED_CONNECTS[name]
+    edge = make_edge(**NO_ORIGIN) if tunnels else make_edge()
+    cl = client(edge, auto_window=False)
+    cl.send(frame(HEADERS, END_HEADERS, 1, cl.block(fields)))
+    assert cl.reader.resets() == [(1, PROTOCOL_ERROR)], cl.reader.resets()
+    assert cl.reader.stream(1).status is None and not cl.reader.goaways()
+    cl.next_sid = 3
+    assert cl.get("/hello.txt").status == 200, "the connection goes on"
+
+
+@pytest.mark.parametrize("fields, status", [
+    ([(b":method", b"CONNECT"), (b":authority", b"x:443")], 405),  # plain CONNECT: refused as before
+    ([*_without(b":protocol"), (b":protocol", b"connect-udp")], 501),  # a protocol edge does not tunnel
+    ([*_without(b":path"), (b":path", b"/hello.txt")], 405),  # the root's file takes no CONNECT
+], ids=["plain-connect", "other-protocol", "root-file"])
+def test_extended_connects_edge_answers_itself(make_edge: Callable[..., Edge], fields: list, status: int) -> None:
+    """With tunnels on, a well-formed CONNECT that is no WebSocket to an origin gets a plain answer on its
+    stream (END_STREAM), never a 2xx, which would tell the client its tunnel is up (RFC 9113 §8.5)."""
+    edge = make_edge(**NO_ORIGIN)
+    cl = client(edge, check=True)
+    cl.send(frame(HEADERS, END_HEADERS, 1, cl.block(fields)))
+    stream = cl.reader.stream(1)
+    assert stream.status == status and stream.ended, (stream, cl.reader.resets())
+    cl.next_sid = 3
+    assert cl.get("/hello.txt").status == 200

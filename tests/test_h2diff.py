@@ -340,3 +340,50 @@ def test_a_reset_after_the_peers_goaway_is_quiet(engine_class):
     assert [e[0] for e in events][-1] == GOAWAY
     engine.reset(1, 0)
     engine.acknowledge(1, 1)
+
+
+# -- RFC 8441: the extended CONNECT path, on both engines ---------------------------------------------------
+
+
+def _increments(data: bytes) -> dict[int, int]:
+    """WINDOW_UPDATE increments in `data`, summed by stream id."""
+    out: dict[int, int] = {}
+    at = 0
+    while at < len(data):
+        high, low, kind, _, sid = struct.unpack_from(">HBBBI", data, at)
+        length = (high << 8) | low
+        if kind == 8:
+            out[sid] = out.get(sid, 0) + struct.unpack_from(">I", data, at + 9)[0]
+        at += 9 + length
+    return out
+
+
+def test_extended_connect_agrees():
+    # Both engines advertise SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 when asked, give the same events for a
+    # tunnel's stream (its request with :protocol, DATA both before and after our END_STREAM), and give the
+    # same window back in all through acknowledge_connection() and stream_credit() (the stream's also in
+    # half-closed local; the connection's with edge's engine in the first, with h2's in the second: h2 gives no
+    # connection window alone). h2 batches its WINDOW_UPDATEs (from half a window on): 40,000 bytes make both
+    # send them.
+    fields = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+              (b":authority", b"x"), (b":path", b"/chat")]
+    block = hpack.Encoder().encode(fields)
+    seen = []
+    for engine_class in (Engine, LibEngine):
+        engine = engine_class(enable_connect_protocol=True)
+        engine.initiate()
+        out = engine.data_to_send()
+        settings = dict(struct.unpack_from(">HI", out, at) for at in range(9, 9 + len(out) - 9, 6))
+        assert settings[8] == 1, engine_class
+        events = normalise(engine.receive(PREFACE + frame(4, 0, 0, b"") + frame(1, 4, 1, block)
+                                          + frame(0, 0, 1, b"x" * 16_000) + frame(0, 0, 1, b"y" * 16_000)))
+        engine.data_to_send()
+        engine.send_headers(1, b"\x88", False)
+        engine.sent_data(1, 0, True)  # our END_STREAM: the client's direction goes on
+        events += normalise(engine.receive(frame(0, 0, 1, b"z" * 8_000)))
+        engine.data_to_send()
+        engine.acknowledge_connection(40_000)
+        engine.stream_credit(1, 40_000)
+        seen.append((events, _increments(engine.data_to_send())))
+    assert seen[0] == seen[1]
+    assert seen[0][1] == {0: 40_000, 1: 40_000}

@@ -402,3 +402,55 @@ def test_bad_padding_is_a_connection_error_on_any_stream():
     peer.feed(HeadersFrame(1, data=peer.block(GET), flags=["END_HEADERS"]))
     peer.engine.reset(1, 0)
     assert peer.fails(raw(0, 0x8, 1, b"\x05abc")) == PROTOCOL_ERROR
+
+
+# -- RFC 8441: extended CONNECT -------------------------------------------------------------------------------
+
+WEBSOCKET = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"), (b":authority", b"x"),
+             (b":path", b"/chat"), (b"sec-websocket-version", b"13")]
+
+
+@pytest.mark.parametrize("enabled, expected", [(False, {3: 128, 6: 65_536}), (True, {3: 128, 6: 65_536, 8: 1})])
+def test_settings_advertise_enable_connect_protocol_only_when_asked(enabled, expected):
+    # RFC 8441 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL (0x8) = 1 when WebSocket tunnels are on; absent otherwise.
+    [(kind, flags, sid, payload)] = Peer(enable_connect_protocol=enabled).server_settings
+    assert (kind, flags, sid) == (4, 0, 0)
+    assert dict(struct.unpack_from(">HI", payload, at) for at in range(0, len(payload), 6)) == expected
+
+
+@pytest.mark.parametrize("value, connect_protocol", [(0, False), (1, True)])
+def test_the_peers_enable_connect_protocol_is_read(value, connect_protocol):
+    peer = Peer()
+    assert peer.feed(raw(4, 0, 0, struct.pack(">HI", 8, value))) == [(SETTINGS,)]
+    assert peer.engine.connect_protocol is connect_protocol
+
+
+def test_an_extended_connect_is_a_request_carrying_its_protocol():
+    # The engine passes :protocol on in the REQUEST event, the stream open both ways (a tunnel's stream);
+    # whether the request is well-formed (RFC 8441 §4) is the adapter's judgement (tests/test_h2_io.py).
+    peer = Peer(enable_connect_protocol=True)
+    assert peer.feed(HeadersFrame(1, data=peer.block(WEBSOCKET), flags=["END_HEADERS"])) == \
+        [(REQUEST, 1, WEBSOCKET, False)]
+    assert peer.engine.is_open(1)
+    assert peer.feed(DataFrame(1, b"frame")) == [(DATA_EVENT, 1, b"frame", 5, False)]
+
+
+def test_a_tunnels_windows_come_back_apart_and_after_our_end_stream():
+    # acknowledge_connection() gives back the connection's window only; stream_credit() the stream's, also in
+    # half-closed (local) after our END_STREAM (a tunnel's client direction goes on, RFC 9113 §5.1), not once closed.
+    peer = Peer(enable_connect_protocol=True)
+    peer.feed(HeadersFrame(1, data=peer.block(WEBSOCKET), flags=["END_HEADERS"]), DataFrame(1, b"x" * 1000))
+    engine = peer.engine
+    peer.out()
+    engine.acknowledge_connection(1000)
+    assert peer.out() == [(8, 0, 0, struct.pack(">I", 1000))]
+    assert engine.recv_window == 65_535 and engine.streams[1].recv_window == 64_535
+    engine.send_headers(1, b"\x88", False)
+    engine.sent_data(1, 0, True)  # our END_STREAM: half-closed (local)
+    peer.out()
+    engine.stream_credit(1, 1000)
+    assert peer.out() == [(8, 0, 1, struct.pack(">I", 1000))]
+    assert engine.streams[1].recv_window == 65_535
+    peer.feed(DataFrame(1, b"", flags=["END_STREAM"]))  # closed both ways
+    engine.stream_credit(1, 10)
+    assert peer.out() == []

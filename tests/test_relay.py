@@ -17,7 +17,16 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
-from edge.relay import DONE, ERROR, IDLE, STOPPED, CopyRelay, RelayGroup, SpliceRelay
+from edge.relay import (
+    DONE,
+    ERROR,
+    IDLE,
+    STOPPED,
+    CopyRelay,
+    RelayGroup,
+    SpliceRelay,
+    StreamRelay,
+)
 
 MiB = 1 << 20
 
@@ -421,5 +430,106 @@ def test_copy_tls_client(tls_cert) -> None:
         writer.close()
         server.close()
         await asyncio.sleep(0.1)
+
+    run(main)
+
+
+# -- an HTTP/2 stream and a transport (RFC 8441) ---------------------------------------------------------------
+
+
+class WindowedStream:
+    """A StreamSide whose send window the test opens: it keeps the DATA sent, the window given back, and how it
+    finished (the HTTP/2 adapter's side is tests/test_websocket_h2.py's)."""
+
+    def __init__(self, window: int = 0) -> None:
+        self.open = window
+        self.data = bytearray()
+        self.ended = False
+        self.credited = 0
+        self.finished: str | None = None
+
+    def window(self) -> int:  # noqa: D102
+        return -1 if self.finished is not None else self.open
+
+    def send(self, data: bytes, end: bool) -> None:  # noqa: D102
+        assert len(data) <= self.open and not self.ended, "DATA beyond the window, or after END_STREAM"
+        self.open -= len(data)
+        self.data += data
+        self.ended = end
+
+    def credit(self, n: int) -> None:  # noqa: D102
+        self.credited += n
+
+    def finish(self, reason: str) -> None:  # noqa: D102
+        self.finished = reason
+
+
+def test_stream_relay_windows_back_pressure_and_half_close() -> None:
+    """Origin -> stream: nothing beyond the window, the origin not read while bytes wait; stream -> origin: the
+    window comes back only as the origin's transport takes the bytes; half-close both ways ends it (DONE)."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        origin_sock, server = tcp_pair()
+        for s in (origin_sock, server):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        stream = WindowedStream(window=5)
+        relay = StreamRelay(RelayGroup(loop), stream, await plain_transport(loop, origin_sock), to_stream=b"HEAD-more",
+                            high=64 * 1024)
+        assert bytes(stream.data) == b"HEAD-" and relay.paused  # the rest waits for window; no reading meanwhile
+        down = os.urandom(4 * MiB)
+        send_task = loop.create_task(loop.sock_sendall(server, down))
+        await asyncio.sleep(0.5)
+        # Nothing read from the origin while the window is shut (the kernel holds what it sent).
+        assert len(stream.data) == 5 and len(relay.pending) == 4
+        stream.open = 8 * MiB
+        relay.pump()
+        await send_task
+        await until(lambda: len(stream.data) == 5 + 4 + len(down))
+        assert bytes(stream.data) == b"HEAD-more" + down
+        # Stream -> origin, the origin not reading: the window stops coming back once its buffer is full.
+        chunk = os.urandom(16 * 1024)
+        for _ in range(64):  # 1 MiB, far beyond the transport's 64 KiB mark and the kernel buffers
+            relay.from_stream(chunk, len(chunk) + 10, False)  # (+10: padding counts too)
+        await asyncio.sleep(0.2)
+        assert relay.full and stream.credited < 64 * (len(chunk) + 10)
+        assert await recv_exact(loop, server, 64 * len(chunk)) == chunk * 64
+        await until(lambda: stream.credited == 64 * (len(chunk) + 10))
+        # Half-close: the origin's end of file is END_STREAM; the stream's end is the origin's end of file.
+        server.shutdown(socket.SHUT_WR)
+        await until(lambda: stream.ended)
+        assert not relay.done
+        relay.from_stream(b"last", 4, True)
+        assert await recv_eof(loop, server) == b"last"
+        await until(lambda: relay.done)
+        assert relay.reason == DONE and stream.finished == DONE and relay.moved == [64 * len(chunk) + 4, 9 + len(down)]
+        server.close()
+        await asyncio.sleep(0.05)
+
+    run(main)
+
+
+def test_stream_relay_ends_on_an_origin_reset_or_a_stream_gone() -> None:
+    """The origin's reset ends the relay (ERROR, the stream told); so does a stream that can carry no more."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        origin_sock, server = tcp_pair()
+        stream = WindowedStream(window=1000)
+        relay = StreamRelay(RelayGroup(loop), stream, await plain_transport(loop, origin_sock))
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.close()
+        await until(lambda: relay.done)
+        assert relay.reason == ERROR and stream.finished == ERROR
+        origin_sock, server = tcp_pair()
+        stream = WindowedStream(window=0)
+        relay = StreamRelay(RelayGroup(loop), stream, await plain_transport(loop, origin_sock))
+        await loop.sock_sendall(server, b"for a stream that is gone")
+        await until(lambda: len(relay.pending) > 0)
+        stream.finished = "reset"  # window() is -1 from now on
+        relay.pump()
+        assert relay.reason == ERROR
+        assert await recv_eof(loop, server) == b""
+        server.close()
+        await asyncio.sleep(0.05)
 
     run(main)
