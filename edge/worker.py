@@ -112,6 +112,9 @@ class Worker:
             self.passer = Passer(self, config)
             self.h1 = H1PassConnection
         self.connections: set[H1Connection] = set()
+        #: TLS connections still in their handshake -> when it times out: a drain waits for them too (they are not
+        #: in `connections` until their protocol is chosen, and a reload must not cut one it accepted).
+        self.handshakes: dict[AlpnDispatch, float] = {}
         #: WebSocket upgrades to origins and their relays (edge/tunnel.py); None: upgrades are answered as plain
         #: HTTP/1.1 (no origins, or [websocket] enabled = false).
         self.tunnels = None
@@ -136,6 +139,7 @@ class Worker:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.tick(now)
+        self._handshaking(now)
         if self.log is not None:
             self.log.flush()
         self._publish()
@@ -169,7 +173,7 @@ class Worker:
         loop = self.loop
         servers = [await loop.create_server(lambda: self.h1(self), sock=sock, backlog=4096)]
         if tls_sock is not None:
-            servers.append(await loop.create_server(lambda: AlpnDispatch(self.alpn_protocol), sock=tls_sock, backlog=4096,
+            servers.append(await loop.create_server(self._tls_protocol, sock=tls_sock, backlog=4096,
                                                     ssl=tls_context, ssl_handshake_timeout=self.header_timeout))
         self._stopping = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -193,7 +197,8 @@ class Worker:
         deadline = loop.time() + self.config.shutdown_timeout
         # Open tunnels keep working until they end or shutdown_timeout (a reload's old worker, or SIGTERM).
         tunnels = self.tunnels
-        while (self.connections or (tunnels is not None and tunnels.open)) and loop.time() < deadline:
+        while (self.connections or self._handshaking(loop.time()) or (tunnels is not None and tunnels.open)) \
+                and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if tunnels is not None:
             tunnels.close()
@@ -224,6 +229,27 @@ class Worker:
     def upgrade_h2(self, transport: asyncio.Transport, settings: bytes, req: Request, rest: bytes) -> None:
         """Go on over HTTP/2 after `101 Switching Protocols` (h2c Upgrade), answering `req` on stream 1."""
         H2Connection(self).upgrade(transport, settings, req, rest)
+
+    def _tls_protocol(self) -> AlpnDispatch:
+        """A TLS connection just accepted: counted as handshaking until ALPN's choice (or its timeout)."""
+        def chosen(alpn: str | None) -> asyncio.Protocol:
+            self.handshakes.pop(dispatch, None)
+            proto = self.alpn_protocol(alpn)
+            if self.shared[STATE] == DRAINING:  # accepted before the drain, shaken hands after: drained too
+                self.loop.call_soon(proto.shutdown, self.loop.time() + DRAIN_IDLE_GRACE)  # after connection_made
+            return proto
+
+        dispatch = AlpnDispatch(chosen)
+        self.handshakes[dispatch] = self.loop.time() + self.header_timeout  # the ssl_handshake_timeout
+        return dispatch
+
+    def _handshaking(self, now: float) -> bool:
+        """Forget handshakes past their timeout (a failed one says nothing); whether any is still under way."""
+        handshakes = self.handshakes
+        if handshakes:
+            for dispatch in [d for d, until in handshakes.items() if until <= now]:
+                del handshakes[dispatch]
+        return bool(handshakes)
 
     def alpn_protocol(self, chosen: str | None) -> asyncio.Protocol:
         """The protocol of a TLS connection by the ALPN protocol its handshake chose."""

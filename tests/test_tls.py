@@ -380,3 +380,22 @@ def test_sighup_with_a_broken_certificate_keeps_the_old_one(edge, tmp_path: Path
     assert "tls" in server.stderr().split("reload failed", 1)[1].splitlines()[0]
     assert server.worker_pids() == workers
     assert presented(server) == der(old[0])
+
+
+def test_a_handshake_under_way_when_a_reload_begins_is_finished_by_the_old_worker(tls_server):
+    """A TLS connection the old worker accepted, its handshake not yet done when SIGHUP drains that worker:
+    the worker waits for it (it is not a connection of its own until ALPN chose its protocol) and answers
+    it, instead of leaving and cutting it (a reload drops no connection)."""
+    server = tls_server
+    old_workers = set(server.worker_pids())
+    raw = socket.create_connection((server.host, server.tls_port), timeout=10)  # accepted; no ClientHello yet
+    time.sleep(0.3)
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: set(server.worker_pids()) - old_workers, 10), "no new worker"
+    time.sleep(0.5)  # the old worker drains meanwhile: without this connection it would be gone by now
+    ctx = ssl._create_unverified_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    tls = ctx.wrap_socket(raw, server_hostname=server.host)
+    tls.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert tls.recv(65536).startswith(b"HTTP/1.1 200 "), "the old worker answered"
+    tls.close()
