@@ -1560,8 +1560,11 @@ def test_a_transfer_coding_without_chunked_ends_with_the_close_and_is_undone(pul
         assert headers.get("transfer-encoding") == "chunked", "edge's own framing of a body of unknown length"
         assert headers["cache-status"] == MISS_STORED
         status, headers, body = get(server, target)
-        assert body == content and HIT.fullmatch(headers["cache-status"]) and "transfer-encoding" not in headers
-        assert headers["content-length"] == str(len(content))
+        # Another worker (EDGE_TEST_WORKERS=2) may still follow the fetch, its store not yet renamed into place.
+        assert HIT.fullmatch(headers["cache-status"]) or headers["cache-status"] == COLLAPSED, headers
+        assert body == content
+        if headers["cache-status"] != COLLAPSED:  # a followed body of unknown length goes chunked until stored
+            assert "transfer-encoding" not in headers and headers["content-length"] == str(len(content))
     status, headers, body = get(server, "/te-br")
     assert status == 502 and "transfer-encoding" not in headers
     sock = server.connect(timeout=10)
