@@ -152,6 +152,8 @@ def _failed(plan: Plan) -> Pending:
 class H1Connection(asyncio.Protocol):
     """One HTTP/1.x connection: parse, queue, answer in order, send files zero-copy."""
 
+    passes = False  # other methods go to an origin (H1PassConnection): a class attribute, not a slot
+
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "head_size", "error", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
                  "tls", "fields", "line", "held", "tunnel", "body", "reader")
@@ -460,6 +462,11 @@ class H1Connection(asyncio.Protocol):
             self.error = 414
             raise _Abort
         self.head_size += len(url)
+        if self.passes:  # a worker with origins: the method is known from here on (H1PassConnection)
+            method = self.parser.get_method()
+            if method != b"GET" and method != b"HEAD":
+                self.fields = PASS_FIELDS  # until its head ends (_pass_head)
+                req.has_body = PASSING
 
     def on_header(self, name: bytes, value: bytes) -> None:  # noqa: D102
         self.head_size += len(name) + len(value) + 4
@@ -1067,22 +1074,11 @@ class H1PassConnection(H1Connection):
     """An HTTP/1.x connection of a worker with origins: a request whose method is not GET or HEAD keeps every
     header field (its origin gets them, edge/passthrough.py) and may have a body, which is read as it streams.
 
-    The method is known from the request line on: only here is it asked for early (static workers, which pass
-    nothing through, use H1Connection, whose request path is untouched)."""
+    The method is known from the request line on: on_url asks for it only on these connections (static workers,
+    which pass nothing through, use H1Connection and skip it)."""
 
     __slots__ = ()
-
-    def on_url(self, url: bytes) -> None:  # noqa: D102
-        req = self.req
-        target = req.target = req.target + url if req.target else url
-        if len(target) > MAX_TARGET:
-            self.error = 414
-            raise _Abort
-        self.head_size += len(url)
-        method = self.parser.get_method()
-        if method != b"GET" and method != b"HEAD":
-            self.fields = PASS_FIELDS  # until its head ends (_pass_head)
-            req.has_body = PASSING
+    passes = True
 
 
 class _Transfer:
