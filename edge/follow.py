@@ -185,7 +185,8 @@ class Follower:
                 data = os.getxattr(fd, HEAD_XATTR)
             except OSError:
                 return os.fstat(fd).st_size  # no head yet, or no xattrs here: is it still growing?
-            shared, known, pid, meta = parse_head(data)
+            shared, known, pid = parse_head(data)
+            meta = Meta.loads(os.getxattr(fd, XATTR))  # set before the head
             if meta.key != key.decode("latin-1"):
                 return None  # a Vary case: fetched by ourselves once this fetch is stored
             if not process_alive(pid):
@@ -250,15 +251,16 @@ class Follower:
     @staticmethod
     def _final_length(fd: int) -> int | None:
         """The length of another worker's body of unknown length (open as `fd`), once its end is known: from
-        its head, which the fetcher rewrites with the length at the end, or, the head gone with the commit,
-        from the metadata the commit set on the same file (read through `fd`: the stored object may be
-        replaced or purged by then). None while it still grows."""
+        the metadata on the same file, final once the head says the length is known or the head is gone
+        with the commit (read through `fd`: the stored object may be replaced or purged by then). None
+        while it still grows."""
         try:
             try:
-                _, known, _, meta = parse_head(os.getxattr(fd, HEAD_XATTR))
-                return meta.length if known else None
+                if not parse_head(os.getxattr(fd, HEAD_XATTR))[1]:
+                    return None
             except OSError:
-                return Meta.loads(os.getxattr(fd, XATTR)).length
+                pass  # committed: no head, the final metadata
+            return Meta.loads(os.getxattr(fd, XATTR)).length  # final once the head says the length is known
         except (OSError, ValueError, TypeError, KeyError):
             return None
 

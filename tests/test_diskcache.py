@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import diskcache
 from edge.cachekey import digest
 from edge.diskcache import HEAD_XATTR, XATTR, DiskCache, Meta, parse_head, rewrite_meta
 
@@ -116,6 +117,19 @@ def test_metadata_rides_on_the_body_as_an_xattr(tmp_path: Path):
     assert Meta.loads(os.getxattr(body, XATTR)).key == "/x"
 
 
+def test_metadata_too_big_for_one_xattr_block_goes_to_a_sidecar_file(tmp_path: Path):
+    # ext4 keeps a file's xattrs in one block (~4 KiB) and says ENOSPC for more, which is not a full disk:
+    # an answer with 6 KiB of fields is stored all the same (in the xattr where the filesystem takes it).
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    big = [("content-security-policy", "default-src " + "https://a.example " * 340)]
+    meta = meta_for(b"/big", b"body")
+    meta.headers = big
+    w = cache.writer(b"/big")
+    w.write(b"body")
+    assert w.commit(meta), w.failed
+    assert cache.meta(b"/big").headers == big
+
+
 def test_without_xattrs_the_metadata_goes_to_a_sidecar_file(tmp_path: Path, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(errno.ENOTSUP, "Operation not supported")
@@ -144,7 +158,8 @@ def test_a_followed_fetch_writes_where_other_workers_look_and_leaves_no_head_on_
     assert writer.tmp == str(where) and where.stat().st_size == 0  # the leftover was replaced
     meta = meta_for(key, b"hello")
     assert writer.publish_head(True, True, meta.dumps())
-    assert parse_head(os.getxattr(where, HEAD_XATTR)) == (True, True, os.getpid(), meta)
+    assert parse_head(os.getxattr(where, HEAD_XATTR)) == (True, True, os.getpid())
+    assert Meta.loads(os.getxattr(where, XATTR)) == meta, "the metadata is on the temp file before its head"
     writer.write(b"hello")
     assert writer.commit(meta)
     body, _ = cache.paths(name)
@@ -194,25 +209,28 @@ def test_make_room_evicts_least_recently_used_until_min_free(tmp_path: Path):
     assert cache.make_room() == 3 and not cache.index and cache.size == 0
 
 
-@pytest.mark.parametrize("call, code, reason", [
-    ("setxattr", errno.ENOSPC, "disk-full"),  # the metadata
-    ("replace", errno.EROFS, "read-only"),  # the rename
-    ("replace", errno.EIO, "io-error"),
+@pytest.mark.parametrize("calls, code, reason", [
+    (("setxattr", "write_file"), errno.ENOSPC, "disk-full"),  # the metadata, in the xattr and in a sidecar
+    (("setxattr",), errno.EIO, "io-error"),
+    (("replace",), errno.EROFS, "read-only"),  # the rename
+    (("replace",), errno.EIO, "io-error"),
 ])
-def test_a_refused_metadata_write_or_rename_stores_nothing_and_says_why(tmp_path: Path, monkeypatch, call, code,
+def test_a_refused_metadata_write_or_rename_stores_nothing_and_says_why(tmp_path: Path, monkeypatch, calls, code,
                                                                       reason):
     cache = DiskCache(str(tmp_path), 1 << 20)
     w = cache.writer(b"/k")
     fd = w.detach()
     w.write(b"whole body")
-    real = getattr(os, call)
+    for call in calls:
+        where = diskcache if call == "write_file" else os
+        real = getattr(where, call)
 
-    def refuse(*args, **kwargs):
-        if call == "setxattr" and args[1] != XATTR:
-            return real(*args, **kwargs)
-        raise OSError(code, os.strerror(code))
+        def refuse(*args, real=real, call=call, **kwargs):
+            if call == "setxattr" and args[1] != XATTR:
+                return real(*args, **kwargs)
+            raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(os, call, refuse)
+        monkeypatch.setattr(where, call, refuse)
     assert not w.commit(meta_for(b"/k", b"whole body"))
     monkeypatch.undo()
     assert w.failed == reason

@@ -1322,10 +1322,13 @@ def test_eviction_keeps_the_cache_under_its_size(pull, origins, cache_dir):
     server = pull([origin], "--cache-max-size", "200K")
     size = 100 * 1024
     targets = [gen(f"big{i}", cc="max-age=300", size=size) for i in range(4)]
-    for target in targets:
+    for i, target in enumerate(targets):
         status, headers, body = get(server, target)
         assert status == 200 and len(body) == size and headers["cache-status"] == MISS_STORED
         assert wait_for(lambda t=target: stored(cache_dir, t) is not None, 5)
+        # The manager's LRU order is the order workers' reports reach it: with two workers, wait for each
+        # before the next request, or a later store may be indexed first (and be the oldest).
+        assert wait_for(lambda i=i: sum(map(cache_status(server).get, ("objects", "evictions"))) == i + 1, 5)
     # 4 x 100 KiB under 200K: the two oldest go, the two newest stay.
     assert wait_for(lambda: stored_keys(cache_dir) == set(targets[2:]), 10), stored_keys(cache_dir)
     for target in targets[:2]:
@@ -1780,6 +1783,11 @@ def test_failing_origin_opens_its_circuit_then_a_trial_closes_it(pull, origins, 
     until(served_by, lambda port: port == first.port)  # after the cooldown a trial request succeeds
     assert served_by() == first.port
     settled(server, cache_dir)
+
+
+def cache_status(server: EdgeProcess) -> dict:
+    """The admin endpoint's `cache` of /status: the manager's objects, bytes, evictions..."""
+    return httpx.get(server.admin_url + "/status", timeout=10).json()["cache"]
 
 
 def origin_rows(server: EdgeProcess) -> list[dict]:
