@@ -372,6 +372,14 @@ class Puller:
         if old is None and not os.path.exists(self.store.paths(fetch.digest)[0]):
             return None  # a plain miss: one stat here costs less than a trip to the I/O pool
         found = await self.loop.run_in_executor(self.executor, self._open_stored, fetch.key, fetch.name, old)
+        current = self.cache.peek(fetch.name)
+        if current is not old or (old is not None and old.dead):
+            # The file cache changed under the name while the disk was asked: a flight of this worker stored a
+            # newer copy, or a refresh, purge or eviction retired `old`, whose fd may be closed by now. Served
+            # (or put back), it gave a head and no body. What the cache holds now is the newest there is.
+            if found is not None and found is not old:
+                found.retire()
+            return current if current is not None else await self._from_disk(fetch)
         if found is not None and found is not old and self.recent_purges and self._purged_after(found.meta):
             found.retire()  # purged, its file not yet removed: as good as gone
             found = None
@@ -451,7 +459,13 @@ class Puller:
                         # Joined another worker's fetch, or found what one stored earlier (a hit).
                         flight.resolve(Outcome(entry, COLLAPSED if waited else None))
                         return
-                    stale = entry if entry is not None and not entry.vary else stale
+                    if entry is not None and not entry.vary:
+                        # The newer copy is revalidated now, and may be served (stale-if-error, a 304): it needs
+                        # a reference of its own, as `original` has, or a refresh may close its fd meanwhile.
+                        entry.acquire()
+                        if original is not None:
+                            original.release()
+                        stale = original = entry
                 await self._fetch(flight, fetch, stale, name)
             finally:
                 self._unlock(flight)
