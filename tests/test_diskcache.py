@@ -199,6 +199,32 @@ def test_a_store_below_min_free_is_refused_before_any_file_is_made(tmp_path: Pat
     assert w.fd == -1
 
 
+def test_free_space_is_asked_of_the_filesystem_once_per_interval_less_what_was_admitted(tmp_path: Path,
+                                                                                     monkeypatch):
+    cache = DiskCache(str(tmp_path), 1 << 20, min_free=4000)
+    free = [10_000]
+    calls = []
+
+    def statvfs(path):
+        calls.append(path)
+        return os.statvfs_result((4096, 1, 0, 0, free[0], 0, 0, 0, 0, 255))  # f_frsize 1: bytes
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    cache.check_room(5000)  # asked: 10,000 free, 5,000 left after it
+    cache.check_room(1000)  # the estimate says yes: not asked
+    assert len(calls) == 1
+    cache.check_room(1000)  # 4,000 estimated, 5,000 needed: asked again, and the disk has room (9,000 left)
+    assert len(calls) == 2
+    free[0] = 4500
+    with pytest.raises(OSError) as refused:
+        cache.check_room(6000)  # 9,000 estimated, 10,000 needed: asked again, and the disk has not
+    assert refused.value.errno == errno.ENOSPC and len(calls) == 3
+    cache.room_until = 0.0  # the interval is over: asked again even where the estimate would say yes
+    free[0] = 1 << 30
+    cache.check_room(0)
+    assert len(calls) == 4
+
+
 def test_make_room_evicts_least_recently_used_until_min_free(tmp_path: Path):
     cache = DiskCache(str(tmp_path), 1 << 30)
     for i in range(3):
