@@ -76,7 +76,7 @@ SPILL_XATTR = "user.edge.spill"
 ROOM_FRESH = 0.05
 #: Bytes of one body a writer keeps in memory once the disk refuses it (beyond: the body fails).
 SPILL_MAX = 1 << 30
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_ENCODE = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # no cycles in a Meta
 
 
 def parse_head(data: bytes) -> tuple[bool, bool, int]:

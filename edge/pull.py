@@ -653,7 +653,7 @@ class Puller:
             # (measured on the miss path); only a 304's metadata rewrite goes off the loop.
             if storable and self.recent_purges and self._purged_since(flight.started, meta.key, meta.tags):
                 storable = False  # purged while it was being fetched: served to its requests, not kept
-            published = self._commit(writer, meta, marker, meta_data) if storable else None
+            published = self._commit(writer, meta, marker, meta_data, entry.fd) if storable else None
         except BaseException as e:
             # A cut-off origin, a bug: the readers are cut off and nothing partial is kept. (A disk that
             # refuses the body is not one of these: the writer goes on in memory.)
@@ -766,8 +766,8 @@ class Puller:
         return None if names is None else keyed_names(names, self.pool.forward)
 
     def _commit(self, writer: Writer, meta: Meta, marker: tuple[bytes, str] | None,
-                meta_data: bytes | None = None) -> tuple[str, int] | None:
-        """Publish a complete body and its metadata: (body path, metadata mtime), or None.
+                meta_data: bytes | None, fd: int) -> tuple[str, int] | None:
+        """Publish a complete body (open as `fd`) and its metadata: (body path, its ctime), or None.
 
         With `marker` (base key, Vary fields), also record that the key varies by those fields: an empty
         object under the base key whose metadata names them, so later requests look up their own variant.
@@ -780,9 +780,12 @@ class Puller:
             Writer(self.store, base).commit(replace(meta, key=base.decode("latin-1"), status=200, headers=[],
                                                     length=0, vary=names, tags=list(meta.tags)))
         try:
-            return body, os.stat(body).st_ctime_ns
+            st = os.fstat(fd)  # the renamed file itself (the rename set its ctime): no path lookup
         except OSError:
+            return None
+        if st.st_nlink == 0:
             return None  # purged or evicted at once: serve it from the open fd, do not keep it
+        return body, st.st_ctime_ns
 
     async def _follow(self, fetch: Fetch, name: str, slot: int, had_stale: bool) -> Outcome | None:
         """Another worker holds the key's lock: its fetch as this flight's outcome (follow.Follower), or None
