@@ -400,6 +400,11 @@ class Tunnels:
         if not client.upgrade_alive():
             return
         if answer.status != 101:
+            if key is not None and 200 <= answer.status < 300:
+                # The origin ignored the Upgrade: its 2xx on the stream would tell the client its tunnel is up
+                # (RFC 9113 §8.5, RFC 8441 §5), as a 2xx of the root would (405 there, see start_stream).
+                client.answer_upgrade(req, text_plan(502, [(b"cache-status", _BYPASS)], self.server))
+                return
             client.answer_upgrade(req, answer.plan(self.server))
             return
         if key is not None:

@@ -327,10 +327,17 @@ def test_sigterm_ends_open_tunnels_after_shutdown_timeout(wedge, ws_origin, engi
     assert server.proc.wait(10) == 0
 
 
-class BadAcceptOrigin:
-    """A raw origin that answers every upgrade with a 101 whose Sec-WebSocket-Accept is wrong."""
+BAD_ACCEPT = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+NO_UPGRADE = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 12\r\n\r\n<p>page</p>\n"
 
-    def __init__(self) -> None:
+
+class RawUpgradeOrigin:
+    """A raw origin that answers every upgrade with `answer`: by default a 101 whose Sec-WebSocket-Accept
+    is wrong."""
+
+    def __init__(self, answer: bytes = BAD_ACCEPT) -> None:
+        self.answer = answer
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -349,8 +356,7 @@ class BadAcceptOrigin:
                 if data.startswith(b"GET /healthz"):
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                     continue
-                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                             b"Sec-WebSocket-Accept: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                conn.sendall(self.answer)
                 conn.recv(1)
 
     def stop(self) -> None:
@@ -358,9 +364,12 @@ class BadAcceptOrigin:
         self.sock.close()
 
 
-def test_a_wrong_accept_from_the_origin_is_a_502(edge, engine: str) -> None:
-    """RFC 6455 §4.2.2: an origin 101 that does not answer edge's key is no tunnel: 502 on the stream."""
-    origin = BadAcceptOrigin()
+@pytest.mark.parametrize("answer", [BAD_ACCEPT, NO_UPGRADE], ids=["wrong-accept", "200-page"])
+def test_an_origin_answer_that_opens_no_tunnel_is_a_502(edge, engine: str, answer: bytes) -> None:
+    """RFC 6455 §4.2.2: an origin 101 that does not answer edge's key is no tunnel: 502 on the stream. An
+    origin that ignores the Upgrade and answers 200 neither: a 2xx on the stream would tell the client its
+    tunnel is up (RFC 9113 §8.5, RFC 8441 §5) and it would read the page as WebSocket frames."""
+    origin = RawUpgradeOrigin(answer)
     try:
         server = edge("--origin", origin.url, env={"EDGE_HTTP2_ENGINE": engine})
         client = h2_client(server, False)
