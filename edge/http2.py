@@ -29,6 +29,7 @@ from .h2engine import (
     RefusedPush,
 )
 from .core import SEMANTIC_FIELDS, Miss, Pass, Plan, Request, apply_field
+from .origin import join_cookies
 from .passthrough import RequestBody, expects_continue
 
 from .exchange import HEADLESS, Services, begin, body_parts, client_address, finish, outline
@@ -319,6 +320,8 @@ class H2Connection(asyncio.Protocol):
                     req_forward.append((name, value))
                 elif _forbidden_regular(name, value):
                     malformed = True
+        if req_forward is not None:
+            req.forward = join_cookies(req_forward)  # Cookie among [proxy] forward_headers
         if protocol is not None and not (self.connect_protocol and method == b"CONNECT" and scheme and path
                                          and authority):
             # RFC 8441 §4: :protocol only after our SETTINGS_ENABLE_CONNECT_PROTOCOL, only on a CONNECT, which
@@ -367,7 +370,7 @@ class H2Connection(asyncio.Protocol):
         """A method that passes through to an origin: every regular field goes on as sent, the authority as
         its Host; its body (unless the head ended the stream) is read as its DATA frames come. False when it
         was answered at once: a content-length over [proxy] max_body_size (413, the body never read)."""
-        forward = [pair for pair in fields if pair[0][0] != 58 and pair[0] != b"host"]
+        forward = join_cookies([pair for pair in fields if pair[0][0] != 58 and pair[0] != b"host"])
         forward.append((b"host", authority))
         req.forward = forward
         if ended:

@@ -34,6 +34,18 @@ def connection_options(value: bytes) -> set[bytes]:
     return {option.strip(b" \t").lower() for option in value.split(b",")}
 
 
+def join_cookies(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An HTTP/2 request's fields for an HTTP/1.1 hop: its cookie crumbs as one Cookie field joined with "; "
+    (RFC 9113 §8.2.3; many applications read only the first of several Cookie lines); `fields` itself when
+    there is at most one."""
+    cookies = [value for name, value in fields if name == b"cookie"]
+    if len(cookies) < 2:
+        return fields
+    joined = [pair for pair in fields if pair[0] != b"cookie"]
+    joined.append((b"cookie", b"; ".join(cookies)))
+    return joined
+
+
 def relayed_head(method: bytes, target: bytes, fields: Sequence[tuple[bytes, bytes]], host: bytes, via: bytes,
                  own: bytes) -> bytes:
     """The head of a client's request carried on to an origin as it came (a passed-through method, a

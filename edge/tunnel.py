@@ -36,7 +36,7 @@ from .config import Config
 from .core import Plan, Request, text_plan
 from .exchange import Services, upgrade
 from .health import pick_origins
-from .origin import HOP_BY_HOP, OriginError, connection_options, relayed_head
+from .origin import HOP_BY_HOP, OriginError, connection_options, join_cookies, relayed_head
 from .paths import BadTarget, split_target
 from .relay import CopyRelay, RelayGroup, SpliceRelay, StreamRelay, StreamSide
 from .stats import TUNNEL_BYTES_DOWN, TUNNEL_BYTES_UP, TUNNELS_OPEN, TUNNELS_TOTAL
@@ -317,10 +317,7 @@ class Tunnels:
         # RFC 8441 §5: no Sec-WebSocket-Key (nor Accept) over HTTP/2: edge makes the key of its own hop.
         # RFC 9113 §8.2.3: cookie crumbs are joined with "; " for HTTP/1.1.
         key = base64.b64encode(os.urandom(16))
-        passed = [(name, value) for name, value in fields if name not in (b"cookie", b"sec-websocket-key")]
-        cookies = [value for name, value in fields if name == b"cookie"]
-        if cookies:
-            passed.append((b"cookie", b"; ".join(cookies)))
+        passed = join_cookies([(name, value) for name, value in fields if name != b"sec-websocket-key"])
         if not any(name == b"sec-websocket-version" for name, _ in passed):
             passed.append((b"sec-websocket-version", b"13"))  # RFC 6455 §4.1 item 9: the origin needs one
         passed.append((b"sec-websocket-key", key))

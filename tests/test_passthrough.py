@@ -122,6 +122,11 @@ def test_http2_bodies_reach_the_origin(pull, origins, cache_dir, tmp_path: Path)
     received = {r["path"]: r for r in origin.stats()["passed"] if r["path"].startswith("/pass/n")}
     assert sorted(received) == [f"/pass/n{i}" for i in range(6)]
     assert all(r["sha256"] == sha(upload.read_bytes()) and r["method"] == "POST" for r in received.values())
+    # RFC 9113 §8.2.3: cookie crumbs (separate fields over HTTP/2) reach the HTTP/1.1 origin as one Cookie.
+    done = subprocess.run([NGHTTP, "-H", "cookie: a=1", "-H", "cookie: b=2", "-d", str(upload),
+                           f"{server.url}/pass/crumbs"], capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [v for k, v in json.loads(done.stdout)["headers"] if k.lower() == "cookie"] == ["a=1; b=2"]
     assert not stored_keys(cache_dir)
     settled(server, cache_dir)
 
