@@ -152,9 +152,14 @@ class TunnelStream:
         conn = self.conn
         if self.closed or conn.transport is None or conn.lingering:
             return -1
+        engine = conn.engine
+        if not engine.is_open(self.sid):
+            return -1
         if conn.paused:
             return 0
-        return conn.engine.window(self.sid)
+        # Below 0 when the client lowered SETTINGS_INITIAL_WINDOW_SIZE (RFC 9113 §6.9.2): nothing to send yet,
+        # not a stream gone.
+        return max(0, engine.window(self.sid))
 
     def send(self, data: bytes, end: bool) -> None:
         """`data` as DATA frames (each within the peer's SETTINGS_MAX_FRAME_SIZE), END_STREAM on the last when

@@ -289,6 +289,32 @@ def test_a_slow_reader_holds_the_origin_back(wedge, ws_origin, engine: str) -> N
     client.close()
 
 
+def test_a_window_made_negative_by_the_clients_settings_holds_the_tunnel_back(wedge, ws_origin, engine: str) -> None:
+    """RFC 9113 §6.9.2: a client that lowers SETTINGS_INITIAL_WINDOW_SIZE below what edge has sent leaves the
+    stream's window below 0. That is no window yet, not a stream gone: the tunnel waits (it was reset)."""
+    from h2.settings import SettingCodes
+
+    server = start(wedge, ws_origin, engine)
+    client = H2Client(server.connect(), auto_window=False)
+    client.start()
+    tunnel = Tunnel(client, "/echo")
+    tunnel.send(ws_frame(b"x" * 1000))
+    assert tunnel.message() == (BINARY, b"x" * 1000)  # 1,004 bytes of the stream's window used
+    client.conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    client.flush()
+    client.initial_window = 0
+    client.windows[tunnel.sid] -= 65_535  # -1,004 now, as edge counts it once it has our SETTINGS
+    client.wait(lambda: False, 0.5)  # edge's SETTINGS ACK
+    tunnel.send(ws_frame(b"after"))
+    client.wait(lambda: False, 1)  # edge holds the echo back, and must not reset the stream
+    assert not tunnel.stream.done and len(tunnel.stream.body) == tunnel.read, client.log(10)
+    client.grant(1004 + 7, tunnel.sid)  # back to room for the echo's 7 bytes
+    client.grant(65_535)
+    assert tunnel.message() == (BINARY, b"after")
+    clean(client)
+    client.close()
+
+
 def test_the_clients_connection_dropping_ends_its_tunnels(wedge, ws_origin, engine: str) -> None:
     """The client's TCP connection goes away mid-tunnel: every origin connection it had is closed, the gauge
     is back to 0, and the worker's fds are back where they were."""
