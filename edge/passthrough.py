@@ -411,7 +411,12 @@ class Passer:
         if not self.supervisor:
             return  # no node around this worker (tests): its own copies are all there are
         if self.asker is None:
-            self.asker = control.Asker(self.loop, self.supervisor, anonymous=True)
+            try:
+                self.asker = control.Asker(self.loop, self.supervisor, anonymous=True)
+            except OSError as e:  # the origin did what was asked: its answer stands, only the node's copies stay
+                print(f"edge: worker {os.getpid()}: invalidation not sent to the manager: {e}", file=sys.stderr,
+                      flush=True)
+                return
         for part in purge.batches():
             try:
                 answers, missing = await self.asker.ask([control.MANAGER], {"op": "invalidate", **part.to_json()},

@@ -35,6 +35,9 @@ _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 # Why a relay ended (Relay.reason).
 DONE, IDLE, ERROR, STOPPED = "done", "idle", "error", "stopped"
+#: Seconds a transport of a relay that ended normally has to flush what it still buffers before it is aborted:
+#: a peer that never reads would otherwise hold its fd and buffer for good (no relay watches it any more).
+CLOSE_GRACE = 10.0
 
 
 class RelayGroup:
@@ -127,6 +130,17 @@ class Relay:
 
     def _release(self, reason: str) -> None:  # pragma: no cover - every variant has its own
         raise NotImplementedError
+
+
+def let_go(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, reason: str) -> None:
+    """Close a relay's transport at its end: at once after an error, an idle timeout or a shutdown (nobody
+    waits for what is buffered); after a normal end once what is buffered is sent, within CLOSE_GRACE s."""
+    if reason != DONE:
+        transport.abort()
+        return
+    transport.close()
+    if transport.get_write_buffer_size():
+        loop.call_later(CLOSE_GRACE, transport.abort)  # nothing if it closed by then
 
 
 # -- splice(2) between two sockets ------------------------------------------------------------------------
@@ -359,8 +373,9 @@ class CopyRelay(Relay):
         side_a.other, side_b.other = side_b, side_a
         self.sides = (side_a, side_b)
         for side in self.sides:
-            side.transport.set_write_buffer_limits(high=high, low=high // 4)
+            # The protocol first: a buffer already over the new limit pauses this side, not the old protocol.
             side.transport.set_protocol(side)
+            side.transport.set_write_buffer_limits(high=high, low=high // 4)
         if to_b:
             b.write(to_b)
             self._moved(0, len(to_b))
@@ -376,11 +391,7 @@ class CopyRelay(Relay):
 
     def _release(self, reason: str) -> None:
         for side in self.sides:
-            transport = side.transport
-            if reason == ERROR:
-                transport.abort()
-            else:
-                transport.close()  # buffered bytes are flushed first
+            let_go(self.loop, side.transport, reason)
 
 
 # -- an HTTP/2 stream and a transport (RFC 8441) ---------------------------------------------------------------
@@ -458,8 +469,8 @@ class StreamRelay(Relay):
         self.origin_eof = False
         self.origin_gone = False
         Relay.__init__(self, group, on_end)
+        transport.set_protocol(_OriginSide(self))  # first: see CopyRelay
         transport.set_write_buffer_limits(high=high, low=high // 4)
-        transport.set_protocol(_OriginSide(self))
         if transport.is_closing():
             self.end(ERROR)  # the origin went away during the handshake
             return
@@ -564,8 +575,5 @@ class StreamRelay(Relay):
 
     def _release(self, reason: str) -> None:
         self.pending = bytearray()
-        if reason == ERROR:
-            self.transport.abort()
-        else:
-            self.transport.close()  # buffered bytes are flushed first
+        let_go(self.loop, self.transport, reason)
         self.stream.finish(reason)
