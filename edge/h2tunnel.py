@@ -128,7 +128,9 @@ class TunnelStream:
         """RFC 8441 §5: `:status 200` (the origin's 101) with `fields`; the stream stays open both ways."""
         conn = self.conn
         w = conn.w
-        conn.engine.send_headers(self.sid, encode_block([(b":status", b"200"), *fields]) + w.date_h2, False)
+        dated = any(name == b"date" for name, _ in fields)  # the origin's Date, else edge's: one of them
+        conn.engine.send_headers(self.sid, encode_block([(b":status", b"200"), *fields]) + (b"" if dated else w.date_h2),
+                                 False)
         conn._flush()
         w.stats[H2_STATUS_FIELD[200]] += 1
         if w.log is not None:

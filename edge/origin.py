@@ -34,6 +34,11 @@ def connection_options(value: bytes) -> set[bytes]:
     return {option.strip(b" \t").lower() for option in value.split(b",")}
 
 
+#: Fields of an origin's answer never passed on as they came: the framing (edge writes its own, RFC 9112 §6),
+#: Server (edge's own, as for every answer) and Surrogate-Key (purge tags, never for clients).
+NOT_RETURNED = frozenset({b"content-length", b"server", b"surrogate-key"})
+
+
 def join_cookies(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """An HTTP/2 request's fields for an HTTP/1.1 hop: its cookie crumbs as one Cookie field joined with "; "
     (RFC 9113 §8.2.3; many applications read only the first of several Cookie lines); `fields` itself when

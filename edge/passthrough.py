@@ -33,7 +33,7 @@ from . import control
 from .cachestatus import CacheStatus
 from .core import Pass, Plan, Request, text_plan
 from .filecache import FileEntry
-from .origin import BodyFailed, Fetched, OriginError
+from .origin import NOT_RETURNED, BodyFailed, Fetched, OriginError
 from .paths import BadTarget, normalize_path, split_target
 from .purge import Purge, purge_cache
 from .stats import ORIGIN_ERRORS, ORIGIN_REQUESTS
@@ -49,9 +49,6 @@ SAFE = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 #: Methods whose request defines a meaning for content: sent with "Content-Length: 0" when there is none
 #: (RFC 9110 §8.6: a user agent SHOULD send it then; some origins answer 411 without it).
 CONTENT_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-#: Origin answer fields not passed on: the framing (edge writes its own, RFC 9112 §6), Server (edge's own, as
-#: for every answer) and Surrogate-Key (purge tags, never for clients).
-_NOT_RETURNED = frozenset({b"content-length", b"server", b"surrogate-key"})
 FORWARDED = CacheStatus(fwd="method").encode()  # RFC 9211 §2.2: the method's semantics send it to the origin
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 
@@ -320,7 +317,7 @@ class Passer:
             return self._error(502)
         fields = fetched.headers
         headers = [(b"server", self.site.server)]
-        headers.extend(pair for pair in fields if pair[0] not in _NOT_RETURNED)
+        headers.extend(pair for pair in fields if pair[0] not in NOT_RETURNED)
         headers.append((b"cache-status", FORWARDED))
         dated = any(name == b"date" for name, _ in fields)
         stale = invalidated_paths(req.method, status, step.path, req.target,

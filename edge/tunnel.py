@@ -36,7 +36,7 @@ from .config import Config
 from .core import Plan, Request, text_plan
 from .exchange import Services, upgrade
 from .health import pick_origins
-from .origin import HOP_BY_HOP, OriginError, connection_options, join_cookies, relayed_head
+from .origin import HOP_BY_HOP, NOT_RETURNED, OriginError, connection_options, join_cookies, relayed_head
 from .paths import BadTarget, split_target
 from .relay import CopyRelay, RelayGroup, SpliceRelay, StreamRelay, StreamSide
 from .stats import TUNNEL_BYTES_DOWN, TUNNEL_BYTES_UP, TUNNELS_OPEN, TUNNELS_TOTAL
@@ -45,7 +45,7 @@ MAX_ANSWER_BODY = 1 << 20  # body bytes of an origin's non-101 answer, read whol
 _UPGRADE_LINES = b"Connection: upgrade\r\nUpgrade: websocket\r\n"  # edge's own: an upgrade is per hop (RFC 9110 §7.8)
 #: Origin answer fields edge does not pass on with a plain (non-101) answer: hop-by-hop ones and the framing
 #: it writes itself (the body goes with its own Content-Length).
-_NOT_RETURNED = frozenset(name.encode("ascii") for name in HOP_BY_HOP) | {b"content-length"}
+_NOT_RETURNED = frozenset(name.encode("ascii") for name in HOP_BY_HOP) | NOT_RETURNED
 _BYPASS = CacheStatus(fwd="bypass").encode()  # RFC 9211 §2.2: the cache does not handle upgrades
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
@@ -212,7 +212,7 @@ class OriginAnswer(asyncio.Protocol):
 
     def plan(self, server: bytes) -> Plan:
         """A non-101 answer as a plan for the client: its status, end-to-end fields and body, never stored."""
-        headers = self.end_to_end()
+        headers = [(b"server", server), *self.end_to_end()]
         dated = any(name == b"date" for name, _ in headers)
         body = bytes(self.body)
         headers.append((b"content-length", b"%d" % len(body)))

@@ -296,6 +296,8 @@ def test_non_101_answer_reaches_the_client(wedge, ws_origin) -> None:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 403 ") and body == b"no entry\n"
     assert b"\r\nConnection: close" in head and b"\r\nCache-Status: edge; fwd=bypass" in head
+    servers = [line for line in head.lower().split(b"\r\n") if line.startswith(b"server:")]
+    assert servers == [b"server: edge"], "edge names itself, as in every answer (not the origin's websockets)"
     assert ws_origin.connections == 0
 
 

@@ -186,7 +186,7 @@ def test_origin_403_is_the_streams_answer(wedge, ws_origin, engine: str) -> None
     tunnel = Tunnel(client, "/forbidden")
     stream = client.response(tunnel.sid)
     assert stream.status == 403 and bytes(stream.body) == b"no entry\n" and stream.ended
-    assert stream.headers["cache-status"] == "edge; fwd=bypass"
+    assert stream.headers["cache-status"] == "edge; fwd=bypass" and stream.headers["server"] == "edge"
     again = Tunnel(client, "/echo")
     assert again.stream.status == 200
     again.send(ws_frame(b"after a 403"))
