@@ -385,6 +385,14 @@ class H1Connection(asyncio.Protocol):
         reading was paused at the upgrade, so every later byte waits in the kernel for the relay). Else (TLS)
         the transport itself, for a copying relay."""
         w = self.w
+        transport = self.transport
+        dup = -1
+        if splice and not self.tls and not transport.get_write_buffer_size():
+            try:
+                dup = os.dup(self.fd)  # first: on EMFILE the connection is closed as any other, not left behind
+            except OSError:
+                transport.abort()
+                raise
         w.stats[STATUS_FIELD[101]] += 1
         if w.log is not None:
             self._access(req, 101, 0)
@@ -392,9 +400,8 @@ class H1Connection(asyncio.Protocol):
         self.closing = True
         self.parser = None
         self.queue = None
-        transport = self.transport
-        if splice and not self.tls and not transport.get_write_buffer_size():
-            sock = socket.socket(fileno=os.dup(self.fd))
+        if dup >= 0:
+            sock = socket.socket(fileno=dup)
             transport.abort()  # connection_lost still comes, and counts the connection as closed
             return sock
         w.stats[CONNECTIONS_ACTIVE] -= 1  # its protocol changes: connection_lost will not reach this one
