@@ -156,7 +156,7 @@ class H1Connection(asyncio.Protocol):
 
     __slots__ = ("w", "transport", "parser", "fd", "queue", "state", "deadline", "in_message", "closing",
                  "write_paused", "busy", "req", "head_size", "error", "xfer", "dup", "peer", "last_progress", "reading_paused", "completed", "corked",
-                 "tls", "fields", "line", "held", "tunnel", "body", "reader")
+                 "tls", "fields", "line", "held", "tunnel", "body", "reader", "unread")
 
     def __init__(self, worker: Services, *, tls: bool = False) -> None:
         self.w = worker
@@ -591,6 +591,7 @@ class H1Connection(asyncio.Protocol):
             req.plan = refused
             self.on_message_complete()  # answered at once, closed after, the body never read (as for GET)
             self.error = -1
+            self.unread = True  # (set only here: read with getattr) the close after the answer lingers
             raise _Abort
 
     def _pass_body(self, req: Pending, forward: list[tuple[bytes, bytes]] | tuple) -> Plan | None:
@@ -690,7 +691,9 @@ class H1Connection(asyncio.Protocol):
         closes, or for LINGER seconds (the sweep closes it then), as nginx's lingering close."""
         body, self.body = self.body, None
         self.reader = None
-        body.abandon()
+        self.unread = False
+        if body is not None:
+            body.abandon()
         transport = self.transport
         if transport is None:
             return
@@ -754,8 +757,8 @@ class H1Connection(asyncio.Protocol):
         if self.closing or self.error:
             if getattr(self, "tunnel", None) is not None:  # an upgrade waited for the answers before it
                 self._start_tunnel()
-            elif self.body is not None:
-                self._linger()  # a passed request's body is still coming
+            elif self.body is not None or getattr(self, "unread", False):
+                self._linger()  # a passed request's body is still coming, or was refused unread
             elif self.transport is not None:
                 self.transport.close()
             return

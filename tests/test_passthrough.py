@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -284,6 +285,25 @@ def test_413_beyond_max_body_size(pull, origins, cache_dir, tmp_path: Path):
         r = client.put(f"{server.url}/pass/l", content=over[:-1])
         assert r.status_code == 200 and seen(r)["sha256"] == sha(over[:-1])
     assert [r["length"] for r in origin.stats()["passed"]] == [len(over) - 1]  # only the one at the limit
+    settled(server, cache_dir)
+
+
+def test_a_413_at_the_head_survives_the_body_the_client_still_sends(pull, origins, cache_dir):
+    """RFC 9112 §9.6: refused at its head (Content-Length over max_body_size), a request's body is never read;
+    closing with it unread would reset the connection and could destroy the 413 before the client reads
+    it (a client still sending 16 MiB got a reset). edge half-closes and drops the rest, as nginx lingers."""
+    (origin,) = origins(1)
+    server = pull([origin], config='[proxy]\nmax_body_size = "1m"\n')
+    size = 16 << 20
+    with server.connect() as sock:
+        sock.sendall(b"POST /pass/big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        sock.sendall(bytes(size))  # all of it, as a client that does not read while it sends
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 413 "), data[:200]
+    assert origin.stats()["passed"] == []
     settled(server, cache_dir)
 
 
