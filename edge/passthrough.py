@@ -23,6 +23,7 @@ core.Site.passing) into a `Pass`, and the exchange hands it to the worker's `Pas
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sys
 from collections import deque
@@ -33,6 +34,7 @@ from . import control
 from .cachestatus import CacheStatus
 from .core import Pass, Plan, Request, text_plan
 from .filecache import FileEntry
+from .diskcache import SPILL_MAX
 from .origin import NOT_RETURNED, BodyFailed, Fetched, OriginError
 from .paths import BadTarget, normalize_path, split_target
 from .purge import Purge, purge_cache
@@ -337,38 +339,46 @@ class Passer:
             return Plan(status, headers, (), 0, dated=dated)
         if length is not None:
             headers.append((b"content-length", b"%d" % length))
-        entry = self._entry(headers, length)
+        entry, in_memory = self._entry(headers, length)
         entry.acquire()  # the plan's reference, released by the exchange once delivered
         entry.acquire()  # the copy's own, released at its end
         entry.retire()  # in no cache: its fd closes when the last of them (and of the transfers) lets go
-        task = self.loop.create_task(self._copy(fetched, entry, alive))
+        task = self.loop.create_task(self._copy(fetched, entry, alive, in_memory))
         self.copies.add(task)
         task.add_done_callback(self.copies.discard)
         size = STREAMED if length is None else length
         return Plan(status, headers, ((0, size),), size, entry, dated)
 
-    def _entry(self, headers: list[tuple[bytes, bytes]], length: int | None) -> FileEntry:
-        """An unnamed file for an answer's body, growing as it arrives (never visible on disk, never stored)."""
+    def _entry(self, headers: list[tuple[bytes, bytes]], length: int | None) -> tuple[FileEntry, bool]:
+        """An unnamed file for an answer's body, growing as it arrives (never visible on disk, never stored),
+        and whether it is a memory file."""
         try:
             fd = os.open(self.tmp_dir, _O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600) if _O_TMPFILE else -1
         except OSError:
             fd = -1
-        if fd < 0:
+        in_memory = fd < 0
+        if in_memory:
             fd = os.memfd_create("edge-pass", os.MFD_CLOEXEC)  # no O_TMPFILE here: a memory file instead
         ctype = next((v for k, v in headers if k == b"content-type"), b"application/octet-stream")
         entry = FileEntry("\0pass", "", fd, os.fstat(fd), ctype.decode("latin-1"), None, (b"", None))
         entry.growth = Growth(STREAMED if length is None else length)
         entry.size = STREAMED if length is None else length
-        return entry
+        return entry, in_memory
 
-    async def _copy(self, fetched: Fetched, entry: FileEntry, alive: Callable[[], bool]) -> None:
+    async def _copy(self, fetched: Fetched, entry: FileEntry, alive: Callable[[], bool], in_memory: bool) -> None:
         """Write the origin's body to the answer's file as it arrives; readers follow its growth. A body cut
-        short (or a client gone) fails the growth: no reader passes it off as whole."""
+        short (or a client gone) fails the growth: no reader passes it off as whole. The file never takes the
+        disk cache's min_free reserve (a memory file: at most SPILL_MAX bytes); beyond, the answer is cut."""
         growth = entry.growth
+        store = self.puller.store
         written = 0
         ok = False
         try:
             while chunk := await fetched.read():
+                if not in_memory:
+                    store.check_room(len(chunk))  # OSError(ENOSPC): cut, as a disk that refuses the write
+                elif written + len(chunk) > SPILL_MAX:
+                    raise OSError(errno.ENOMEM, f"more than {SPILL_MAX} bytes of one answer held in memory")
                 view = memoryview(chunk)
                 while view:
                     n = os.pwrite(entry.fd, view, written)

@@ -147,3 +147,18 @@ def test_a_disk_that_fills_while_a_body_streams_goes_on_in_memory_for_every_work
     assert "Traceback" not in server.stderr()
     rival.unlink()
     settled(server, small_disk)
+
+
+def test_a_passed_answer_never_takes_the_caches_min_free_reserve(pull, origins, small_disk):
+    """An answer to a passed method is buffered in an unnamed file on the cache's disk for its client: it may
+    not eat the reserve the cache keeps free (min_free). One that would is cut (the client sees it
+    incomplete, never short and whole); smaller ones pass whole, and the worker goes on."""
+    import httpx
+
+    [origin] = origins(1)
+    server = pull([origin], config='[cache]\nmin_free = "6M"\n')  # 8 MiB of tmpfs: about 2 MiB above it
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(f"{server.url}/pass/big?size=4000000", content=b"x", timeout=20)
+    r = httpx.post(f"{server.url}/pass/small?size=100000", content=b"x", timeout=20)
+    assert r.status_code == 200 and r.content == pattern("small", 100_000)
+    assert "Traceback" not in server.stderr()
