@@ -467,6 +467,39 @@ def test_tls_client_through_the_copying_relay(wedge, ws_origin, tls_args) -> Non
     assert wait_for(lambda: metrics(server)["edge_tunnels_open"] == 0 and metrics(server)["edge_tunnels_total"] == 1)
 
 
+def test_a_tunnel_ended_idle_lets_go_of_a_tls_client_that_never_reads(wedge, ws_origin, tls_args,
+                                                                      tmp_path: Path) -> None:
+    """A wss:// client that sends and never reads: the echo fills every buffer on the way back, nothing moves
+    for idle_timeout, and the tunnel ends. Its connection then goes at once, fd and buffered bytes with it (a
+    close() that waited for the buffer to drain held them for good, and nothing watched it any more)."""
+    server = wedge("--origin", ws_origin.url, *tls_args, config=ws_config(tmp_path, idle_timeout=2))
+    [pid] = server.worker_pids()
+    fds = lambda: len(os.listdir(f"/proc/{pid}/fd"))  # noqa: E731
+    before = fds()
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the client's side holds little
+    raw.connect((server.host, server.tls_port))
+    sock = ssl._create_unverified_context().wrap_socket(raw)
+    sock.sendall(handshake("/echo"))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)  # the 101 head only; nothing after it is ever read
+    assert head.startswith(b"HTTP/1.1 101 "), head
+
+    def send() -> None:  # blocks once every buffer is full; ends with an error when edge lets go
+        try:
+            for _ in range(400):
+                sock.sendall(frame(b"e" * 60_000, 2))
+        except OSError:
+            pass
+
+    threading.Thread(target=send, daemon=True).start()
+    assert wait_for(lambda: metrics(server)["edge_tunnels_open"] == 1, 5)
+    assert wait_for(lambda: metrics(server)["edge_tunnels_open"] == 0, 15), "the idle sweep ends the tunnel"
+    assert wait_for(lambda: fds() <= before, 5), (before, fds(), os.listdir(f"/proc/{pid}/fd"))
+    raw.close()
+
+
 def test_disabled_or_without_origins_stays_plain_http(wedge, ws_origin, tmp_path: Path) -> None:
     """[websocket] enabled = false, or no origins: the upgrade is answered as plain HTTP/1.1, as before."""
     off = wedge("--origin", ws_origin.url, config=ws_config(tmp_path, enabled=False))
