@@ -97,6 +97,11 @@ class _Abort(Exception):
 _TITLES: dict[bytes, bytes] = {}
 
 
+def _early_hints_head(fields: list[tuple[bytes, bytes]]) -> bytes:
+    """A 103 Early Hints interim response (RFC 8297) carrying `fields`: edge's own Link values or an origin's."""
+    return b"HTTP/1.1 103 Early Hints\r\n" + b"".join(b"%s: %s\r\n" % (_title(k), v) for k, v in fields) + b"\r\n"
+
+
 def _title(name: bytes) -> bytes:
     title = _TITLES.get(name)
     if title is None:
@@ -796,16 +801,14 @@ class H1Connection(asyncio.Protocol):
         """103 Early Hints with the page's Link rel=preload values, before the response is ready."""
         hints = self.w.site.hints(pending.target)
         if hints is not None and hints.links:
-            self.transport.write(b"HTTP/1.1 103 Early Hints\r\n" + b"".join(b"Link: %s\r\n" % v for v in hints.links)
-                                 + b"\r\n")
+            self.transport.write(_early_hints_head([(b"link", v) for v in hints.links]))
 
     def _origin_hints(self, pending: Pending, fields: list[tuple[bytes, bytes]]) -> None:
         """An origin's 103 Early Hints for the request being waited on (RFC 8297), written at once; never
         to an HTTP/1.0 client, which knows no 1xx (RFC 9110 §15.2)."""
         if pending.version10 or not self.queue or self.queue[0] is not pending or not self._alive():
             return
-        self.transport.write(b"HTTP/1.1 103 Early Hints\r\n" + b"".join(b"%s: %s\r\n" % (_title(k), v) for k, v in fields)
-                             + b"\r\n")
+        self.transport.write(_early_hints_head(fields))
 
     def _send(self, pending: Pending, plan: Plan) -> None:
         """Write one response: header block, then inline bytes or file ranges."""
