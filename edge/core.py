@@ -135,7 +135,6 @@ class Pass:
         self.body = None
 
 
-
 class Fetch:
     """core needs the disk cache or an origin for `key`: load, revalidate or fetch it (the puller's job).
 

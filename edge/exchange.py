@@ -29,7 +29,6 @@ class Services(Protocol):
     executor: Executor
     puller: Any  # pull.Puller, when origins are configured
     passer: Any  # passthrough.Passer, when origins are configured: other methods go to them
-
     config: Any  # config.Config
     stats: list[int]
     connections: set

@@ -97,6 +97,14 @@ class _Abort(Exception):
 _TITLES: dict[bytes, bytes] = {}
 
 
+def _bad_version_or_host(version: str, host_seen: int) -> bool:
+    """A request edge answers 400: an HTTP version other than 1.0 and 1.1, or not exactly one Host field in
+    HTTP/1.1 (at most one in 1.0) (RFC 9112 §2.3, §3.2)."""
+    if version == "1.1":
+        return host_seen != 1
+    return version != "1.0" or host_seen > 1
+
+
 def _early_hints_head(fields: list[tuple[bytes, bytes]]) -> bytes:
     """A 103 Early Hints interim response (RFC 8297) carrying `fields`: edge's own Link values or an origin's."""
     return b"HTTP/1.1 103 Early Hints\r\n" + b"".join(b"%s: %s\r\n" % (_title(k), v) for k, v in fields) + b"\r\n"
@@ -455,8 +463,6 @@ class H1Connection(asyncio.Protocol):
             self.body = None
             self.reader = None
 
-
-
     # -- parser callbacks -------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:  # noqa: D102
@@ -557,8 +563,7 @@ class H1Connection(asyncio.Protocol):
         version10 = pending.version10 = version == "1.0"
         pending.keep_alive = parser.should_keep_alive() and not pending.has_body and not self.closing \
             and not pending.close
-        host_seen = pending.host_seen
-        if (version != "1.1" and not version10) or (not version10 and host_seen != 1) or host_seen > 1:
+        if _bad_version_or_host(version, pending.host_seen):
             pending.plan = self.w.site.error(400)
             pending.keep_alive = False
             self.error = -1
@@ -607,9 +612,8 @@ class H1Connection(asyncio.Protocol):
         site = self.w.site
         version = parser.get_http_version()
         version10 = req.version10 = version == "1.0"
-        host_seen = req.host_seen
-        if (version != "1.1" and not version10) or (not version10 and host_seen != 1) or host_seen > 1:
-            return site.error(400)  # RFC 9112 §3.2, as on_message_complete
+        if _bad_version_or_host(version, req.host_seen):
+            return site.error(400)
         req.method = parser.get_method()
         step = site.passing(req)
         if type(step) is not Pass:
@@ -1069,7 +1073,6 @@ class _BodyReader:
 
 
 class _PassFields(dict):
-
     """The field table of a request whose method passes through to an origin: every field goes on as sent
     (FORWARD), whatever its name, but the framing ones the adapter reads (RFC 9112 §6) and Connection (its
     close, and the fields it names, which stay behind: RFC 9110 §7.6.1)."""

@@ -174,11 +174,6 @@ class RequestBody:
                 self.waiter = None
 
 
-def continue_line(version10: bool) -> bytes | None:
-    """The interim answer to `Expect: 100-continue` (none to an HTTP/1.0 client, RFC 9110 §10.1.1)."""
-    return None if version10 else CONTINUE
-
-
 def expects_continue(fields: list[tuple[bytes, bytes]] | tuple) -> bool:
     """The request's Expect field asks for 100-continue (RFC 9110 §10.1.1; other expectations are ignored)."""
     return any(name.lower() == b"expect" and value.strip().lower() == b"100-continue" for name, value in fields)
@@ -281,7 +276,6 @@ class Passer:
             body.abandon()  # no origin reads it any more (an answer that streams may still be reading it)
         return plan
 
-
     async def _serve(self, req: Request, step: Pass, body: RequestBody | None, alive: Callable[[], bool],
                      interim: Callable[[list[tuple[bytes, bytes]]], None] | None) -> Plan:
         method = req.method
@@ -300,9 +294,7 @@ class Passer:
                                             client=getattr(req, "client", None), passed=(fields, framing), body=body)
         except OriginError as e:
             self.stats[ORIGIN_ERRORS] += 1
-
             return self._error(504 if e.timeout else 502)
-
         try:
             return await self._answer(req, step, fetched, alive)
         except BaseException:
@@ -433,7 +425,6 @@ class Passer:
                 print(f"edge: worker {os.getpid()}: invalidation not sent to the manager: {e}", file=sys.stderr,
                       flush=True)
             failed = missing or not answers or any("error" in a for a in answers.values())
-
             if failed:
                 print(f"edge: worker {os.getpid()}: the node's invalidation of {list(part.paths)[:3]} is not "
                       f"confirmed: {answers or 'no answer'}", file=sys.stderr, flush=True)

@@ -228,6 +228,11 @@ FRAMING = [
     ("CONNECT is not passed: 405", b"CONNECT edge.test:443 HTTP/1.1\r\nHost: edge.test:443\r\n\r\n", 405, False),
     ("TRACE is not passed: 405", post(method="TRACE"), 405, False),
     ("no Host: 400", b"POST /pass/a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", 400, False),
+    ("two Hosts: 400", b"POST /pass/a HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\nhi", 400, False),
+    ("two Hosts in HTTP/1.0: 400", b"POST /pass/a HTTP/1.0\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\nhi",
+     400, False),
+    ("HTTP/1.2: 400", b"POST /pass/a HTTP/1.2\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", 400, False),
+    ("HTTP/1.0 without Host", b"POST /pass/a HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi", 200, True),
     ("a bodiless DELETE", b"DELETE /pass/a HTTP/1.1\r\nHost: edge.test\r\n\r\n", 200, True),
     ("an unknown token method", post(method="PROPFIND", body=b"<x/>"), 200, True),
 ]
