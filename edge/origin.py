@@ -371,8 +371,9 @@ class _Conn(asyncio.Protocol):
             self._transfer_coding(value)
         if name not in _HOP_BY_HOP_BYTES:
             self.response.headers.append((name, value))
-        elif name == b"connection":  # RFC 9110 §7.6.1: the fields it names are hop-by-hop too (removed below)
-            self.response.nominated |= connection_options(value)
+        elif name == b"connection":  # RFC 9110 §7.6.1: the fields it names are hop-by-hop too (removed below;
+            # those always dropped were never kept, so "keep-alive" or "close" costs no second pass)
+            self.response.nominated |= connection_options(value) - _HOP_BY_HOP_BYTES
 
     def on_headers_complete(self) -> None:  # noqa: D102
         status = self.parser.get_status_code()

@@ -39,6 +39,8 @@ class Ring:
 
     def candidates(self, key: bytes) -> list[int]:
         """Origin indexes in ring order from `key`'s position: the owner first, then each next distinct one."""
+        if len(self.names) == 1:
+            return [0]  # every key's: no hash to compute (one origin is the common case of a miss)
         start = bisect.bisect(self._points, point(key))
         n = len(self._points)
         seen: list[int] = []
