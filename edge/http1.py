@@ -902,6 +902,7 @@ class H1Connection(asyncio.Protocol):
                     return False
                 if xfer.starved:
                     xfer.starved = False
+                    xfer.growth.caught_up()
                     xfer.growth.wait(self._grown)
                     return False
                 if xfer.chunked:
@@ -935,6 +936,7 @@ class H1Connection(asyncio.Protocol):
             xfer.starved = False
             if self.dup >= 0:
                 self.w.loop.remove_writer(self.dup)
+            xfer.growth.caught_up()
             xfer.growth.wait(self._grown)
         elif self.dup < 0:
             self._wait_writable()

@@ -668,6 +668,7 @@ class H2Connection(asyncio.Protocol):
                     length = done  # a STREAMED body ended here: an empty DATA frame ends the stream
                 elif want <= 0:
                     stream.starved = True
+                    growth.caught_up()
                     self._watch(stream)
                     return pos
             sizes = [cap] * (want // cap) + ([want % cap] if want % cap else []) if want > 0 else [0]

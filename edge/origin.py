@@ -359,6 +359,7 @@ class _Conn(asyncio.Protocol):
         """Read again."""
         if self.paused and self.transport is not None and not self.closed:
             self.paused = False
+            self.last_data = self.loop.time()
             self.transport.resume_reading()
 
     # -- httptools callbacks -----------------------------------------------------------------------
@@ -448,8 +449,9 @@ class _Conn(asyncio.Protocol):
         response = self.response
         if response is None or response.complete or response.error is not None:
             return True
-        if self.uploading or now - self.last_data < self.pool.read_timeout:
-            return False  # (a request body still going out watches its own time: _upload)
+        if self.uploading or self.paused or now - self.last_data < self.pool.read_timeout:
+            return False  # (a request body still going out watches its own time: _upload; a paused one waits
+            # for its reader, a passed answer's slow client: the time runs again from resume())
         response._fail(OriginError(f"{self.pool.upstream.url}: no answer for {self.pool.read_timeout:g} s",
                                    timeout=True))
         self.transport.abort()

@@ -44,6 +44,10 @@ from .stored import STREAMED, Growth
 BODY_HIGH = 256 * 1024  # request body bytes waiting for the origin before the client is read no more
 BODY_LOW = 64 * 1024  # ... and read again below this
 READ_MOST = 256 * 1024  # body bytes handed to the origin connection in one write
+#: Bytes of a passed answer read from the origin ahead of what its client took: beyond, the origin is read
+#: no more until the client catches up (back-pressure; nginx reads ahead to proxy_max_temp_file_size).
+PASS_LEAD = 8 * 1024 * 1024
+ALIVE_CHECK = 1.0  # seconds between looks at whether the client of a paused answer is still there
 INVALIDATE_WAIT = 2.0  # seconds an answer waits for the node's purge after an unsafe method (then goes anyway)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: RFC 9110 §9.2.1: the safe methods; a successful answer to any other invalidates (RFC 9111 §4.4).
@@ -358,9 +362,10 @@ class Passer:
         return entry, in_memory
 
     async def _copy(self, fetched: Fetched, entry: FileEntry, alive: Callable[[], bool], in_memory: bool) -> None:
-        """Write the origin's body to the answer's file as it arrives; readers follow its growth. A body cut
-        short (or a client gone) fails the growth: no reader passes it off as whole. The file never takes the
-        disk cache's min_free reserve (a memory file: at most SPILL_MAX bytes); beyond, the answer is cut."""
+        """Write the origin's body to the answer's file as it arrives, at most PASS_LEAD bytes ahead of its
+        client; the client's transfer follows its growth. A body cut short (or a client gone) fails the growth:
+        no reader passes it off as whole. The file never takes the disk cache's min_free reserve (a memory
+        file: at most SPILL_MAX bytes); beyond, the answer is cut."""
         growth = entry.growth
         store = self.puller.store
         written = 0
@@ -377,6 +382,8 @@ class Passer:
                     written += n
                     view = view[n:]
                 growth.grew(written)
+                if written - growth.taken > PASS_LEAD and not await self._caught_up(growth, written, alive):
+                    return
                 if not alive():
                     return  # nobody reads it any more: the origin connection is dropped (finally)
             if growth.length >= STREAMED:
@@ -394,6 +401,21 @@ class Passer:
                 growth.fail()
             entry.growth = None if ok else growth
             entry.release()
+
+    async def _caught_up(self, growth: Growth, written: int, alive: Callable[[], bool]) -> bool:
+        """Wait, reading nothing more from the origin (whose connection pauses once its buffer fills), until
+        the client has taken all but PASS_LEAD of the `written` bytes; False when the client is gone."""
+        while written - growth.taken > PASS_LEAD and not growth.failed:
+            if not alive():
+                return False
+            waiter = growth.on_taken = self.loop.create_future()
+            timer = self.loop.call_later(ALIVE_CHECK, lambda: waiter.done() or waiter.set_result(None))
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                growth.on_taken = None
+        return True
 
     def _error(self, status: int) -> Plan:
         """A short error answer, saying the request went (or was to go) to an origin."""

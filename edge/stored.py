@@ -44,7 +44,7 @@ def streamed_sent(parts: list | tuple, index: int, done: int, growth: Growth | N
 class Growth:
     """A body still being written to its file: bytes there so far, whether it ended, who waits for more."""
 
-    __slots__ = ("available", "length", "done", "failed", "waiters")
+    __slots__ = ("available", "length", "done", "failed", "waiters", "taken", "on_taken")
 
     def __init__(self, length: int) -> None:
         self.available = 0
@@ -52,10 +52,22 @@ class Growth:
         self.done = False
         self.failed = False
         self.waiters: list[Callable[[], None]] = []
+        #: Bytes available when a reader last had taken them all (caught_up): how far a body with one reader
+        #: (a passed answer) has run ahead of its client.
+        self.taken = 0
+        #: A future (set by the writer) resolved when a reader next catches up.
+        self.on_taken = None
 
     def wait(self, callback: Callable[[], None]) -> None:
         """Call `callback` once, at the next change (more bytes, the end, or a failure)."""
         self.waiters.append(callback)
+
+    def caught_up(self) -> None:
+        """A reader has sent all of the body there is (it waits for more, not for its client)."""
+        self.taken = self.available
+        waiter = self.on_taken
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def grew(self, available: int) -> None:
         """More of the body is in the file."""

@@ -22,9 +22,13 @@ import threading
 import time
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 from conftest import Client, EdgeProcess, request, wait_for
+from origin_server import pattern
 from test_pull import Origin, closed_url, origins, settled, stored_keys  # noqa: F401 - origins is a fixture
 
 CURL = shutil.which("curl")
@@ -380,6 +384,130 @@ def test_one_gib_upload_streams_with_bounded_rss(pull, origins, cache_dir, tmp_p
     assert after - base < RSS_GROWTH
     assert not stored_keys(cache_dir)
     settled(server, cache_dir)
+
+
+def _held_answers(pid: int) -> list[int]:
+    """Sizes of the worker's unnamed files holding passed answers (O_TMPFILE, or memory files "edge-pass")."""
+    sizes = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if "edge-pass" in target or ("/#" in target and target.endswith("(deleted)")):
+                sizes.append(os.stat(f"/proc/{pid}/fd/{fd}").st_size)
+        except OSError:
+            pass  # closed meanwhile
+    return sizes
+
+
+def _held_when_steady(pid: int, tick=lambda: None) -> int:  # noqa: ANN001
+    """The most the worker holds for one passed answer once that has not changed for 3 s (`tick` runs between
+    looks); fails when it keeps changing for 30 s."""
+    held, steady = 0, 0
+    deadline = time.monotonic() + 30
+    while steady < 30 and time.monotonic() < deadline:
+        tick()
+        now_held = max(_held_answers(pid), default=0)
+        steady = steady + 1 if now_held == held and held else 0
+        held = now_held
+        time.sleep(0.1)
+    assert steady >= 30, f"what edge holds for the client kept changing: {held} bytes"
+    return held
+
+
+def _read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer with a Content-Length from `sock`: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = sock.recv(1 << 20)
+        assert piece, f"closed before the head ended: {data[:200]!r}"
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+    chunks = [body]
+    got = len(body)
+    while got < length:
+        piece = sock.recv(1 << 20)
+        assert piece, f"closed after {got} of {length} body bytes"
+        chunks.append(piece)
+        got += len(piece)
+    return head, b"".join(chunks)
+
+
+def test_a_client_that_does_not_read_holds_its_passed_answer_back_at_the_origin(pull, origins, cache_dir):
+    """Back-pressure: a client that reads nothing of a 64 MiB answer to its POST makes edge stop reading the
+    origin once about PASS_LEAD (8 MiB) is held for it, rather than copying the whole answer to disk; once
+    it reads, the answer arrives whole (the pause does not count as the origin's silence either)."""
+    (origin,) = origins(1)
+    server = pull([origin], config="[proxy]\nread_timeout = 2\n")
+    size = 64 << 20
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.connect((server.host, server.port))
+    try:
+        sock.sendall(b"POST /pass/slow?size=%d HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx" % size)
+        held = _held_when_steady(server.worker_pid)
+        assert 8 << 20 <= held <= 12 << 20, f"{held} bytes of the answer held for a client that reads nothing"
+        sock.settimeout(30)
+        head, body = _read_answer(sock)
+    finally:
+        sock.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert len(body) == size and sha(body) == sha(pattern("slow", size))
+    assert wait_for(lambda: not _held_answers(server.worker_pid), timeout=10), "the answer's file was not let go"
+    assert "Traceback" not in server.stderr()
+
+
+def test_an_http2_client_that_grants_no_window_holds_its_passed_answer_back_too(pull, origins, cache_dir):
+    """The same over HTTP/2: a stream whose client grants no flow-control window past the first 64 KiB holds
+    about PASS_LEAD of a 64 MiB answer, not all of it; once the client grants window, the answer ends whole."""
+    (origin,) = origins(1)
+    server = pull([origin], config="[proxy]\nread_timeout = 2\n")
+    size = 64 << 20
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    sock = socket.create_connection((server.host, server.port))
+    received: list[bytes] = []
+    ended = []
+
+    def pump(grant: bool) -> None:
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            data = None
+        if data == b"":
+            raise AssertionError(f"edge closed the connection after {sum(map(len, received))} body bytes")
+        for event in conn.receive_data(data) if data else ():
+            if isinstance(event, h2.events.DataReceived):
+                received.append(event.data)
+                if grant:
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                ended.append(event)
+        sock.sendall(conn.data_to_send())
+
+    try:
+        sock.settimeout(0.05)
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"x"),
+                                (b":path", b"/pass/slow2?size=%d" % size), (b"content-length", b"1")])
+        conn.send_data(sid, b"x", end_stream=True)
+        sock.sendall(conn.data_to_send())
+        held = _held_when_steady(server.worker_pid, lambda: pump(grant=False))
+        assert 8 << 20 <= held <= 12 << 20, f"{held} bytes of the answer held for a stream without window"
+        conn.acknowledge_received_data(sum(map(len, received)), sid)  # what arrived so far, then the rest
+        conn.increment_flow_control_window(size)
+        conn.increment_flow_control_window(size, stream_id=sid)
+        sock.sendall(conn.data_to_send())
+        deadline = time.monotonic() + 60
+        while not ended and time.monotonic() < deadline:
+            pump(grant=True)
+    finally:
+        sock.close()
+    assert ended and isinstance(ended[0], h2.events.StreamEnded)
+    body = b"".join(received)
+    assert len(body) == size and sha(body) == sha(pattern("slow2", size))
+    assert wait_for(lambda: not _held_answers(server.worker_pid), timeout=10), "the answer's file was not let go"
+    assert "Traceback" not in server.stderr()
 
 
 # -- without origins -------------------------------------------------------------------------------------
