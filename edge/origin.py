@@ -34,6 +34,17 @@ def connection_options(value: bytes) -> set[bytes]:
     return {option.strip(b" \t").lower() for option in value.split(b",")}
 
 
+def end_to_end(fields: Sequence[tuple[bytes, bytes]], dropped: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+    """`fields` (names as sent) without those `dropped` names (lower-case) and those a Connection field among
+    them lists (RFC 9110 §7.6.1), for a head carried on whole (a passed request, an upgrade's answer)."""
+    nominated: set[bytes] = set()
+    for name, value in fields:
+        if name.lower() == b"connection":
+            nominated |= connection_options(value)
+    return [(name, value) for name, value in fields
+            if name.lower() not in dropped and name.lower() not in nominated]
+
+
 #: Fields of an origin's answer never passed on as they came: the framing (edge writes its own, RFC 9112 §6),
 #: Server (edge's own, as for every answer) and Surrogate-Key (purge tags, never for clients).
 NOT_RETURNED = frozenset({b"content-length", b"server", b"surrogate-key"})
@@ -60,17 +71,9 @@ def relayed_head(method: bytes, target: bytes, fields: Sequence[tuple[bytes, byt
 
     RFC 9110 §7.6.1: hop-by-hop fields and those the client's Connection names stay behind; §7.6.3: Via
     lists the client's hops, then edge."""
-    nominated: set[bytes] = set()
-    client_via: list[bytes] = []
-    for name, value in fields:
-        lower = name.lower()
-        if lower == b"connection":
-            nominated |= connection_options(value)
-        elif lower == b"via":
-            client_via.append(value)
+    client_via = [value for name, value in fields if name.lower() == b"via"]
     lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
-    lines.extend(b"%s: %s\r\n" % (name, value) for name, value in fields
-                 if name.lower() not in _NOT_PASSED and name.lower() not in nominated)
+    lines.extend(b"%s: %s\r\n" % field for field in end_to_end(fields, _NOT_PASSED))
     lines.append(own)
     lines.append(b"Via: %s\r\n\r\n" % b", ".join([*client_via, via]))
     return b"".join(lines)

@@ -36,7 +36,7 @@ from .config import Config
 from .core import Plan, Request, text_plan
 from .exchange import Services, upgrade
 from .health import pick_origins
-from .origin import HOP_BY_HOP, NOT_RETURNED, OriginError, connection_options, join_cookies, relayed_head
+from .origin import HOP_BY_HOP, NOT_RETURNED, OriginError, end_to_end, join_cookies, relayed_head
 from .paths import BadTarget, split_target
 from .relay import CopyRelay, RelayGroup, SpliceRelay, StreamRelay, StreamSide
 from .stats import TUNNEL_BYTES_DOWN, TUNNEL_BYTES_UP, TUNNELS_OPEN, TUNNELS_TOTAL
@@ -203,12 +203,7 @@ class OriginAnswer(asyncio.Protocol):
     def end_to_end(self) -> list[tuple[bytes, bytes]]:
         """The answer's fields without hop-by-hop ones and those its Connection names (RFC 9110 §7.6.1), and
         without Content-Length; names lower-cased (as HTTP/2 needs them)."""
-        nominated: set[bytes] = set()
-        for name, value in self.fields:
-            if name.lower() == b"connection":
-                nominated |= connection_options(value)
-        return [(name.lower(), value) for name, value in self.fields
-                if name.lower() not in _NOT_RETURNED and name.lower() not in nominated]
+        return [(name.lower(), value) for name, value in end_to_end(self.fields, _NOT_RETURNED)]
 
     def plan(self, server: bytes) -> Plan:
         """A non-101 answer as a plan for the client: its status, end-to-end fields and body, never stored."""
