@@ -339,6 +339,28 @@ def finish_download(sock: socket.socket, body: bytes, length: int, pause: float 
     return got, digest.digest()
 
 
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer framed by Content-Length: (status, fields by lower-case name, body); the body
+    is short when the server closes first."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"closed before the end of the head: {buf[:200]!r}"
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers["content-length"])
+    parts, got = [body], len(body)
+    while got < length:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return int(lines[0].split()[1]), headers, b"".join(parts)
+
+
 def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """Everything the server sends until it closes the connection."""
     sock.settimeout(timeout)

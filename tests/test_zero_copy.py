@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import read_answer
 
 STRACE = shutil.which("strace") or ("/usr/bin/strace" if os.path.exists("/usr/bin/strace") else None)
 
@@ -144,25 +145,8 @@ def download(host: str, port: int, target: str) -> tuple[int, int, bytes]:
     sock = socket.create_connection((host, port), timeout=20)
     try:
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(1 << 20)
-            assert chunk, f"closed before the end of the head: {buf[:200]!r}"
-            buf += chunk
-        head, _, body = buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        length = int(headers["content-length"])
-        parts = [body]
-        got = len(body)
-        while got < length:
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-        return status, length, b"".join(parts)
+        status, headers, body = read_answer(sock)
+        return status, int(headers["content-length"]), body
     finally:
         sock.close()
 
