@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -324,18 +325,26 @@ def wait_for(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
     return predicate()
 
 
+def body_chunks(sock: socket.socket, got: int, length: int, pause: float = 0.0) -> Iterator[bytes]:
+    """The pieces of a response body after its first `got` bytes, until `length` or the server closes
+    (`pause` seconds after each: a slow reader)."""
+    while got < length:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return
+        got += len(chunk)
+        yield chunk
+        if pause:
+            time.sleep(pause)
+
+
 def finish_download(sock: socket.socket, body: bytes, length: int, pause: float = 0.0) -> tuple[int, bytes]:
     """Read the rest of a response body begun with `body` (until `length` or EOF): (bytes got, SHA-256)."""
     digest = hashlib.sha256(body)
     got = len(body)
-    while got < length:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
+    for chunk in body_chunks(sock, got, length, pause):
         digest.update(chunk)
         got += len(chunk)
-        if pause:
-            time.sleep(pause)
     return got, digest.digest()
 
 
@@ -350,15 +359,8 @@ def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     head, _, body = buf.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers["content-length"])
-    parts, got = [body], len(body)
-    while got < length:
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return int(lines[0].split()[1]), headers, b"".join(parts)
+    body = b"".join([body, *body_chunks(sock, len(body), int(headers["content-length"]))])
+    return int(lines[0].split()[1]), headers, body
 
 
 def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
