@@ -369,7 +369,7 @@ def affinities(root: int) -> set[str]:
     return seen
 
 
-CREATE_SLOW_US = 100.0  # a file created in the bench's --tmp costing more than this: the figure is flagged
+CREATE_SLOW_US = 100.0  # a file created in the run's directory ($TMPDIR) costing more than this: flagged
 
 
 def create_cost(directory: Path, count: int = 400) -> float:
@@ -390,7 +390,7 @@ def create_cost_note(directory: Path) -> str:
     note = f"Creating a file in {directory} (the caches' disk) costs {us:.0f} µs"
     if us > CREATE_SLOW_US:
         note += (f": **more than {CREATE_SLOW_US:.0f} µs, the proxy-miss figures measure the filesystem**; "
-                 "run again with --tmp (or TMPDIR) on another directory")
+                 "run again with TMPDIR on another directory")
         log(note)
     return note + "."
 
@@ -1829,8 +1829,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet-wait", type=float, default=20.0,
                     help="before each run wait up to this many seconds for other "
                          "processes to go quiet (0: don't wait)")
-    ap.add_argument("--tmp", help="an existing directory for the run's files, the proxy rows' caches among them "
-                    "(default: a new one under $TMPDIR or /tmp, removed at the end)")
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)  # scripts/bench's own (its clean-up reads server-pgids there)
     ap.add_argument("--bench-venv", default=str(REPO / ".bench-venv"), help=argparse.SUPPRESS)
     ap.add_argument("--edge-venv", default=str(REPO / ".venv"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
