@@ -405,7 +405,7 @@ class Passer:
     async def _caught_up(self, growth: Growth, written: int, alive: Callable[[], bool]) -> bool:
         """Wait, reading nothing more from the origin (whose connection pauses once its buffer fills), until
         the client has taken all but PASS_LEAD of the `written` bytes; False when the client is gone."""
-        while written - growth.taken > PASS_LEAD and not growth.failed:
+        while written - growth.taken > PASS_LEAD:
             if not alive():
                 return False
             waiter = growth.on_taken = self.loop.create_future()
