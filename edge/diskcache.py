@@ -8,8 +8,10 @@ Layout under the cache directory (shared by every worker of a node):
                              before Linux 6.6) or it is too big for one
   tmp/                       bodies being written, cleared at start; a fetch other workers may follow
                              writes tmp/<digest>.fetch (one per key: the fetching worker holds the key's
-                             lock) with its metadata in user.edge.meta and a few flags in user.edge.head
-The metadata is set on the body before the body is renamed into place, so a reader sees nothing or
+                             lock) with its metadata in user.edge.meta and a few flags in user.edge.head;
+                             any other body is written there without a name (O_TMPFILE) and linked
+                             into place, where the filesystem allows (else under a temp name)
+The metadata is set on the body before the body is renamed (or linked) into place, so a reader sees nothing or
 a complete object with its metadata, and a stored object costs one inode, not two (allocating an
 inode was the largest single cost of a cache miss, measured on ext4). With a sidecar file the body
 is renamed first; a reader that finds no metadata treats the body as absent.
@@ -174,19 +176,25 @@ class Writer:
         self.ino = 0
         self.fd = -1
         # followed: the digest of the key whose lock the caller holds; its body goes to tmp/<followed>.fetch,
-        # where other workers find it (a leftover of a worker that died there is replaced).
-        self.tmp = (store.follow_path(followed) if followed is not None
-                    else f"{store.tmp_dir}/{self.name}.{store.pid}.{time.monotonic_ns()}")
+        # where other workers find it (a leftover of a worker that died there is replaced). A body nobody
+        # follows gets no name until commit() links it into place (O_TMPFILE): no entry made in tmp/ and
+        # renamed out of it again (~7 µs of a miss, measured on ext4), nothing left behind by a crash.
+        self.tmp = store.follow_path(followed) if followed is not None else ""
         try:
             store.check_room(length)
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-            try:
-                self.fd = os.open(self.tmp, flags, 0o644)
-            except FileExistsError:
-                if followed is None:
-                    raise
-                os.unlink(self.tmp)
-                self.fd = os.open(self.tmp, flags, 0o644)
+            if followed is None:
+                self.fd = store.unnamed_file()
+                if self.fd < 0:  # the filesystem has no O_TMPFILE
+                    self.tmp = store.temp_path(self.name)
+            if self.fd < 0:
+                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                try:
+                    self.fd = os.open(self.tmp, flags, 0o644)
+                except FileExistsError:
+                    if followed is None:
+                        raise
+                    os.unlink(self.tmp)
+                    self.fd = os.open(self.tmp, flags, 0o644)
             # A followed temp file's inode: abort() unlinks the name only while it is still this file.
             self.ino = os.fstat(self.fd).st_ino if followed is not None else 0
         except OSError as e:
@@ -287,9 +295,13 @@ class Writer:
                     raise
                 if self.meta_set is not None:
                     os.removexattr(self.fd, XATTR)  # the head's metadata, not this: readers would take it
-                sidecar = self.tmp + ".meta"  # no user xattrs on this filesystem, or too much for one
+                # no user xattrs on this filesystem, or too much for one
+                sidecar = (self.tmp or self.store.temp_path(self.name)) + ".meta"
                 write_file(sidecar, data)
-            os.replace(self.tmp, body)
+            if self.tmp:
+                os.replace(self.tmp, body)
+            else:
+                self.store.link_unnamed(self.fd, body)
             renamed = True
             if sidecar is not None:
                 os.replace(sidecar, meta_path)
@@ -344,6 +356,8 @@ class DiskCache:
         self.objects_dir = os.path.join(root, "objects")
         self.tmp_dir = os.path.join(root, "tmp")
         self.pid = os.getpid()  # in temp names (a DiskCache is made in the process that writes with it)
+        self.proc_fds = -1  # /proc/self/fd, opened at the first unnamed file (-2: none to be had)
+        self.proc_pid = 0  # the process that opened proc_fds
         os.makedirs(self.tmp_dir, exist_ok=True)
         for i in range(256):  # every objects/ab/ made once here, not checked on every store
             os.makedirs(os.path.join(self.objects_dir, f"{i:02x}"), exist_ok=True)
@@ -353,6 +367,48 @@ class DiskCache:
         self.evictions = 0
         self.room = 0  # free bytes on the filesystem as last seen by check_room, less what it admitted since
         self.room_until = 0.0  # monotonic time until which `room` is trusted
+
+    def temp_path(self, name: str) -> str:
+        """A new name in tmp/ for a body or metadata of digest `name` being written by this process."""
+        return f"{self.tmp_dir}/{name}.{self.pid}.{time.monotonic_ns()}"
+
+    def unnamed_file(self) -> int:
+        """A new file in tmp/ without a name (O_TMPFILE), open read-write; -1 where the filesystem (or a missing
+        /proc, through which link_unnamed names it) does not allow one. OSError when the disk refuses it."""
+        pid = os.getpid()
+        if self.proc_fds == -1 or self.proc_pid != pid:  # a forked process needs its own /proc/self
+            try:
+                self.proc_fds, self.proc_pid = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), pid
+            except OSError:
+                self.proc_fds, self.proc_pid = -2, pid
+        if self.proc_fds < 0:
+            return -1
+        try:
+            return os.open(self.tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            os.close(self.proc_fds)
+            self.proc_fds = -2
+            return -1
+
+    def link_unnamed(self, fd: int, path: str) -> None:
+        """Give the unnamed file open as `fd` the name `path`, atomically replacing any file there."""
+        try:
+            os.link(str(fd), path, src_dir_fd=self.proc_fds)  # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/<fd>
+            return
+        except FileExistsError:
+            pass  # a link never replaces: name it in tmp/, then rename that over the old object
+        tmp = self.temp_path(os.path.basename(path))
+        os.link(str(fd), tmp, src_dir_fd=self.proc_fds)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     def follow_path(self, name: str) -> str:
         """Where the body of the fetch holding the lock of digest `name` is being written."""

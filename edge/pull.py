@@ -55,6 +55,7 @@ from .storefaults import FaultLog, reason_of
 from .stored import (
     DROPPED_BYTES,
     DROPPED_FIELDS,
+    NOT_ON_DISK,
     STREAMED,
     Growth,
     StoredEntry,
@@ -369,8 +370,10 @@ class Puller:
     async def _from_disk(self, fetch: Fetch) -> StoredEntry | None:
         """The stored object for fetch.key, checked against the disk (it may be new, refreshed, purged)."""
         old = self.cache.peek(fetch.name)
-        if old is None and not os.path.exists(self.store.paths(fetch.digest)[0]):
-            return None  # a plain miss: one stat here costs less than a trip to the I/O pool
+        if old is None and not os.access(self.store.paths(fetch.digest)[0], os.F_OK):
+            # A plain miss: one access() here costs less than a trip to the I/O pool (and than a stat, which
+            # fills a stat result and raises).
+            return None
         found = await self.loop.run_in_executor(self.executor, self._open_stored, fetch.key, fetch.name, old)
         current = self.cache.peek(fetch.name)
         if current is not old or (old is not None and old.dead):
@@ -602,8 +605,7 @@ class Puller:
         try:
             # Readers use pread/sendfile at explicit offsets: the writer's own open file serves them too,
             # and the entry closes it after the last of them.
-            entry = StoredEntry(name, writer.tmp, writer.fd,
-                                os.fstat(writer.fd), meta, now, wall,
+            entry = StoredEntry(name, writer.tmp, writer.fd, NOT_ON_DISK, meta, now, wall,
                                 stored_headers=[pair for pair in fields if pair[0] not in DROPPED_BYTES])
             writer.detach()
             entry.acquire()
@@ -675,7 +677,7 @@ class Puller:
             writer.abort()
             entry.retire()  # served to its own requests from the open fd, then closed
             return False
-        entry.fs_path, entry.changed = published
+        entry.published(*published)
         if small is not None and 0 < entry.size <= self.inline_max:  # like a small local file: one write with its head
             entry.body = b"".join(small)
         if marker is not None:
@@ -766,8 +768,8 @@ class Puller:
         return None if names is None else keyed_names(names, self.pool.forward)
 
     def _commit(self, writer: Writer, meta: Meta, marker: tuple[bytes, str] | None,
-                meta_data: bytes | None, fd: int) -> tuple[str, int] | None:
-        """Publish a complete body (open as `fd`) and its metadata: (body path, its ctime), or None.
+                meta_data: bytes | None, fd: int) -> tuple[str, os.stat_result] | None:
+        """Publish a complete body (open as `fd`) and its metadata: (body path, its fstat), or None.
 
         With `marker` (base key, Vary fields), also record that the key varies by those fields: an empty
         object under the base key whose metadata names them, so later requests look up their own variant.
@@ -785,7 +787,7 @@ class Puller:
             return None
         if st.st_nlink == 0:
             return None  # purged or evicted at once: serve it from the open fd, do not keep it
-        return body, st.st_ctime_ns
+        return body, st
 
     async def _follow(self, fetch: Fetch, name: str, slot: int, had_stale: bool) -> Outcome | None:
         """Another worker holds the key's lock: its fetch as this flight's outcome (follow.Follower), or None

@@ -22,6 +22,9 @@ DROPPED_BYTES = frozenset(name.encode("ascii") for name in DROPPED_FIELDS)
 #: Fields a 304 repeats from the stored response (RFC 9110 §15.4.5).
 NOT_MODIFIED_FIELDS = frozenset({b"etag", b"cache-control", b"expires", b"vary", b"last-modified",
                                  b"content-location", b"date"})
+#: The stat of a body still arriving (no fstat on a miss): no file on disk is the same_file as it until
+#: StoredEntry.published gives it the stored file's.
+NOT_ON_DISK = os.stat_result((0,) * 10)
 #: The length of a body known only at its end (an origin's chunked or close-delimited answer) while it
 #: streams: no Content-Length goes out, HTTP/1.1 clients get it chunked (edge/http1.py).
 STREAMED = 1 << 62
@@ -139,6 +142,13 @@ class StoredEntry(FileEntry):
         self.changed = changed  # the body's ctime when loaded: metadata rewrites change it
         self.age_second = -1
         self.refresh(meta, now, wall)
+
+    def published(self, fs_path: str, st: os.stat_result) -> None:
+        """The body this entry was made for while it arrived (with NOT_ON_DISK) is stored as `fs_path`, which
+        `st` (an fstat after it was put in place) describes: later checks compare the disk to these."""
+        self.fs_path = fs_path
+        self.changed = st.st_ctime_ns
+        self.ino, self.dev, self.mtime_ns = st.st_ino, st.st_dev, st.st_mtime_ns
 
     def refresh(self, meta: Meta, now: float, wall: float) -> None:
         """Take the freshness of `meta` (e.g. after a 304 revalidation), rebased on the loop clock."""

@@ -40,6 +40,41 @@ def test_a_committed_object_is_readable_with_its_metadata(tmp_path: Path):
     assert cache.size == len(b"hello body") and list(os.listdir(cache.tmp_dir)) == []
 
 
+def test_a_body_nobody_follows_has_no_name_until_it_is_published_and_replaces_the_stored_one(tmp_path: Path):
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    assert store(cache, b"/r", b"first body")
+    w = cache.writer(b"/r")
+    w.write(b"second, longer body")
+    assert w.tmp == "" and os.listdir(cache.tmp_dir) == []  # O_TMPFILE: nothing in tmp/ to clear after a crash
+    assert Path(cache.body_path(b"/r")).read_bytes() == b"first body"  # readers see the old one meanwhile
+    assert w.commit(meta_for(b"/r", b"second, longer body"))
+    assert Path(cache.body_path(b"/r")).read_bytes() == b"second, longer body"
+    assert cache.meta(b"/r").length == len(b"second, longer body") and os.listdir(cache.tmp_dir) == []
+    assert cache.size == len(b"second, longer body")
+
+
+@pytest.mark.parametrize("refusal", ["no O_TMPFILE", "no /proc"])
+def test_without_unnamed_files_a_body_is_written_under_a_temp_name(tmp_path: Path, monkeypatch, refusal):
+    real_open = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if refusal == "no O_TMPFILE" and flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        if refusal == "no /proc" and path == "/proc/self/fd":
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    for body in (b"first body", b"second body"):
+        w = cache.writer(b"/n")
+        w.write(body)
+        assert w.tmp and os.listdir(cache.tmp_dir) == [os.path.basename(w.tmp)]
+        assert w.commit(meta_for(b"/n", body))
+        assert Path(cache.body_path(b"/n")).read_bytes() == body and os.listdir(cache.tmp_dir) == []
+    assert cache.proc_fds == -2  # asked once, not on every body
+
+
 def test_a_short_body_is_never_published(tmp_path: Path):
     cache = DiskCache(str(tmp_path), 1 << 20)
     w = cache.writer(b"/cut")
@@ -238,8 +273,8 @@ def test_make_room_evicts_least_recently_used_until_min_free(tmp_path: Path):
 @pytest.mark.parametrize("calls, code, reason", [
     (("setxattr", "write_file"), errno.ENOSPC, "disk-full"),  # the metadata, in the xattr and in a sidecar
     (("setxattr",), errno.EIO, "io-error"),
-    (("replace",), errno.EROFS, "read-only"),  # the rename
-    (("replace",), errno.EIO, "io-error"),
+    (("replace", "link"), errno.EROFS, "read-only"),  # putting the body in place: a rename, or the link of
+    (("replace", "link"), errno.EIO, "io-error"),      # a body written without a name (O_TMPFILE)
 ])
 def test_a_refused_metadata_write_or_rename_stores_nothing_and_says_why(tmp_path: Path, monkeypatch, calls, code,
                                                                       reason):

@@ -11,7 +11,7 @@ from edge.conditional import Conditions
 from edge.core import Fetch, Plan, Request, Site, store_name
 from edge.diskcache import Meta
 from edge.filecache import FileCache, NotFound, Resolver
-from edge.stored import NEVER, STREAMED, Growth, StoredEntry, normalise_coding
+from edge.stored import NEVER, NOT_ON_DISK, STREAMED, Growth, StoredEntry, normalise_coding
 
 
 def test_growth_wakes_waiters_once_per_change():
@@ -82,6 +82,18 @@ def test_stored_entry_freshness_on_the_loop_clock(body):
     assert entry.age(505.0) == 15
     assert entry.ttl(505.0) == 45
     assert entry.etag == b'"v1"' and entry.content_type == "text/plain" and entry.size == 5
+
+
+def test_an_entry_made_while_its_body_arrives_matches_the_disk_only_once_published(body):
+    # A miss makes its entry before the body is written (no fstat then); the later writes change the file's
+    # mtime, so the identity to compare the disk with at the next check is the one taken after publishing.
+    path, fd = body
+    meta = _meta()
+    entry = StoredEntry(store_name(meta.key.encode()), "", fd, NOT_ON_DISK, meta, 500.0, 1010.0)
+    assert not entry.same_file(os.stat(path)) and entry.changed == 0
+    entry.published(path, os.fstat(fd))
+    st = os.stat(path)
+    assert entry.fs_path == path and entry.same_file(st) and entry.changed == st.st_ctime_ns
 
 
 def test_no_cache_and_must_revalidate_are_never_fresh_or_served_stale(body):
