@@ -26,7 +26,7 @@ from .ring import Ring
 #: Connection-specific fields (RFC 9110 §7.6.1): never forwarded in either direction.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "proxy-authenticate", "proxy-authorization"})
-_HOP_BY_HOP_BYTES = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
+HOP_BY_HOP_BYTES = frozenset(name.encode("ascii") for name in HOP_BY_HOP)  # the same, as header names arrive
 
 
 def connection_options(value: bytes) -> set[bytes]:
@@ -87,7 +87,7 @@ IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b
 #: A passed-through request's client fields edge never sends on: hop-by-hop ones (RFC 9110 §7.6.1), and those
 #: it writes itself: Host and Via (as for every origin request), the body's framing (RFC 9112 §6: edge frames
 #: the body it forwards) and Expect (edge answers 100-continue itself when it starts reading the body).
-_NOT_PASSED = _HOP_BY_HOP_BYTES | {b"host", b"via", b"content-length", b"transfer-encoding", b"expect"}
+_NOT_PASSED = HOP_BY_HOP_BYTES | {b"host", b"via", b"content-length", b"transfer-encoding", b"expect"}
 UPLOAD_HIGH = 256 * 1024  # request body bytes buffered towards an origin before edge stops taking more
 KEEPALIVE = 30.0  # seconds an idle pooled connection is kept (origins commonly close after 60-75 s)
 HIGH_WATER = 1 << 20  # body bytes buffered for a slow reader before reading from the origin pauses
@@ -373,11 +373,11 @@ class _Conn(asyncio.Protocol):
             self.framed = True
         elif name == b"transfer-encoding":
             self._transfer_coding(value)
-        if name not in _HOP_BY_HOP_BYTES:
+        if name not in HOP_BY_HOP_BYTES:
             self.response.headers.append((name, value))
         elif name == b"connection":  # RFC 9110 §7.6.1: the fields it names are hop-by-hop too (removed below;
             # those always dropped were never kept, so "keep-alive" or "close" costs no second pass)
-            self.response.nominated |= connection_options(value) - _HOP_BY_HOP_BYTES
+            self.response.nominated |= connection_options(value) - HOP_BY_HOP_BYTES
 
     def on_headers_complete(self) -> None:  # noqa: D102
         status = self.parser.get_status_code()

@@ -36,7 +36,7 @@ from .config import Config
 from .core import Plan, Request, text_plan
 from .exchange import Services, upgrade
 from .health import pick_origins
-from .origin import HOP_BY_HOP, NOT_RETURNED, OriginError, end_to_end, join_cookies, relayed_head
+from .origin import HOP_BY_HOP_BYTES, NOT_RETURNED, OriginError, end_to_end, join_cookies, relayed_head
 from .paths import BadTarget, split_target
 from .relay import CopyRelay, RelayGroup, SpliceRelay, StreamRelay, StreamSide
 from .stats import TUNNEL_BYTES_DOWN, TUNNEL_BYTES_UP, TUNNELS_OPEN, TUNNELS_TOTAL
@@ -45,7 +45,7 @@ MAX_ANSWER_BODY = 1 << 20  # body bytes of an origin's non-101 answer, read whol
 _UPGRADE_LINES = b"Connection: upgrade\r\nUpgrade: websocket\r\n"  # edge's own: an upgrade is per hop (RFC 9110 §7.8)
 #: Origin answer fields edge does not pass on with a plain (non-101) answer: hop-by-hop ones and the framing
 #: it writes itself (the body goes with its own Content-Length).
-_NOT_RETURNED = frozenset(name.encode("ascii") for name in HOP_BY_HOP) | NOT_RETURNED
+_NOT_RETURNED = HOP_BY_HOP_BYTES | NOT_RETURNED
 _BYPASS = CacheStatus(fwd="bypass").encode()  # RFC 9211 §2.2: the cache does not handle upgrades
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
