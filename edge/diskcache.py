@@ -356,8 +356,8 @@ class DiskCache:
         self.objects_dir = os.path.join(root, "objects")
         self.tmp_dir = os.path.join(root, "tmp")
         self.pid = os.getpid()  # in temp names (a DiskCache is made in the process that writes with it)
-        self.proc_fds = -1  # /proc/self/fd, opened at the first unnamed file (-2: none to be had)
-        self.proc_pid = 0  # the process that opened proc_fds
+        self.proc_fds = -1  # /proc/self/fd, opened at the first unnamed file (-2: no unnamed files here)
+        self.proc_pid = 0  # the process that set proc_fds
         os.makedirs(self.tmp_dir, exist_ok=True)
         for i in range(256):  # every objects/ab/ made once here, not checked on every store
             os.makedirs(os.path.join(self.objects_dir, f"{i:02x}"), exist_ok=True)
@@ -373,24 +373,36 @@ class DiskCache:
         return f"{self.tmp_dir}/{name}.{self.pid}.{time.monotonic_ns()}"
 
     def unnamed_file(self) -> int:
-        """A new file in tmp/ without a name (O_TMPFILE), open read-write; -1 where the filesystem (or a missing
-        /proc, through which link_unnamed names it) does not allow one. OSError when the disk refuses it."""
+        """A new file in tmp/ without a name (O_TMPFILE), open read-write; -1 where this process cannot write one
+        and link it into place (see _probe_unnamed). OSError when the disk refuses it."""
         pid = os.getpid()
-        if self.proc_fds == -1 or self.proc_pid != pid:  # a forked process needs its own /proc/self
-            try:
-                self.proc_fds, self.proc_pid = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), pid
-            except OSError:
-                self.proc_fds, self.proc_pid = -2, pid
+        if self.proc_pid != pid:  # first use, or a forked process: its own /proc/self
+            if self.proc_fds >= 0:
+                os.close(self.proc_fds)
+            self.proc_fds, self.proc_pid = self._probe_unnamed(), pid
         if self.proc_fds < 0:
             return -1
+        return os.open(self.tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+
+    def _probe_unnamed(self) -> int:
+        """/proc/self/fd, open, when this process can link an unnamed file into tmp/ through it; else -2: no
+        O_TMPFILE on this filesystem, no /proc, or /proc/self not this process's to use (not dumpable after
+        a change of user). Tried once with a file of its own, so a store never finds out at its commit."""
+        proc = fd = -1
         try:
-            return os.open(self.tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise
-            os.close(self.proc_fds)
-            self.proc_fds = -2
-            return -1
+            proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(self.tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+            probe = self.temp_path("probe")
+            os.link(str(fd), probe, src_dir_fd=proc)
+            os.unlink(probe)
+            return proc
+        except OSError:
+            if proc >= 0:
+                os.close(proc)
+            return -2
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     def link_unnamed(self, fd: int, path: str) -> None:
         """Give the unnamed file open as `fd` the name `path`, atomically replacing any file there."""

@@ -53,9 +53,35 @@ def test_a_body_nobody_follows_has_no_name_until_it_is_published_and_replaces_th
     assert cache.size == len(b"second, longer body")
 
 
-@pytest.mark.parametrize("refusal", ["no O_TMPFILE", "no /proc"])
+def test_a_forked_process_links_its_own_unnamed_files(tmp_path: Path):
+    # /proc/self/fd opened before a fork is the parent's: a child linking its fd number through it would
+    # publish whatever file the parent has open under that number.
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    assert store(cache, b"/parent", b"parent's body")
+    held = cache.writer(b"/held")  # the parent keeps an unnamed file open meanwhile
+    held.write(b"held by the parent")
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = store(cache, b"/child", b"child's body") and \
+                Path(cache.body_path(b"/child")).read_bytes() == b"child's body"
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert Path(cache.body_path(b"/child")).read_bytes() == b"child's body"
+    held.abort()
+
+
+@pytest.mark.parametrize("refusal", ["no O_TMPFILE", "no /proc", "/proc/self/fd not ours"])
 def test_without_unnamed_files_a_body_is_written_under_a_temp_name(tmp_path: Path, monkeypatch, refusal):
-    real_open = os.open
+    real_open, real_link = os.open, os.link
+
+    def link(src, dst, *args, **kwargs):
+        if refusal == "/proc/self/fd not ours" and kwargs.get("src_dir_fd") is not None:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))  # a process no longer dumpable
+        return real_link(src, dst, *args, **kwargs)
 
     def open_(path, flags, *args, **kwargs):
         if refusal == "no O_TMPFILE" and flags & os.O_TMPFILE == os.O_TMPFILE:
@@ -65,6 +91,7 @@ def test_without_unnamed_files_a_body_is_written_under_a_temp_name(tmp_path: Pat
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "link", link)
     cache = DiskCache(str(tmp_path), 1 << 20)
     for body in (b"first body", b"second body"):
         w = cache.writer(b"/n")
