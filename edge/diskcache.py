@@ -379,7 +379,9 @@ class DiskCache:
         if self.proc_pid != pid:  # first use, or a forked process: its own /proc/self
             if self.proc_fds >= 0:
                 os.close(self.proc_fds)
-            self.proc_fds, self.proc_pid = self._probe_unnamed(), pid
+                self.proc_fds = -1
+            self.proc_fds = self._probe_unnamed()  # OSError: the disk refuses files now; tried again next time
+            self.proc_pid = pid
         if self.proc_fds < 0:
             return -1
         return os.open(self.tmp_dir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
@@ -387,7 +389,8 @@ class DiskCache:
     def _probe_unnamed(self) -> int:
         """/proc/self/fd, open, when this process can link an unnamed file into tmp/ through it; else -2: no
         O_TMPFILE on this filesystem, no /proc, or /proc/self not this process's to use (not dumpable after
-        a change of user). Tried once with a file of its own, so a store never finds out at its commit."""
+        a change of user). Tried once with a file of its own, so a store never finds out at its commit; OSError
+        when the disk refuses it (full, quota, read-only, I/O error), which says nothing either way."""
         proc = fd = -1
         try:
             proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -396,9 +399,11 @@ class DiskCache:
             os.link(str(fd), probe, src_dir_fd=proc)
             os.unlink(probe)
             return proc
-        except OSError:
+        except OSError as e:
             if proc >= 0:
                 os.close(proc)
+            if reason_of(e) != "other":
+                raise
             return -2
         finally:
             if fd >= 0:

@@ -74,6 +74,25 @@ def test_a_forked_process_links_its_own_unnamed_files(tmp_path: Path):
     held.abort()
 
 
+def test_a_full_disk_at_the_first_body_does_not_rule_out_unnamed_files_later(tmp_path: Path, monkeypatch):
+    real_open = os.open
+    full = [True]
+
+    def open_(path, flags, *args, **kwargs):
+        if full[0] and flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    w = cache.writer(b"/f")
+    w.write(b"body")
+    assert w.failed == "disk-full" and not w.commit(meta_for(b"/f", b"body"))  # answered from memory, not stored
+    full[0] = False
+    assert store(cache, b"/f", b"body")
+    assert cache.proc_fds >= 0 and Path(cache.body_path(b"/f")).read_bytes() == b"body"
+
+
 @pytest.mark.parametrize("refusal", ["no O_TMPFILE", "no /proc", "/proc/self/fd not ours"])
 def test_without_unnamed_files_a_body_is_written_under_a_temp_name(tmp_path: Path, monkeypatch, refusal):
     real_open, real_link = os.open, os.link
