@@ -184,7 +184,7 @@ class Writer:
             store.check_room(length)
             if followed is None:
                 self.fd = store.unnamed_file()
-                if self.fd < 0:  # the filesystem has no O_TMPFILE
+                if self.fd < 0:  # no unnamed files here (see DiskCache._probe_unnamed)
                     self.tmp = store.temp_path(self.name)
             if self.fd < 0:
                 flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
